@@ -1,0 +1,37 @@
+# Two commands for a fresh machine: `make demo` (set up, train, say where results are) and `make test`.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN     = $(VENV)/bin
+DATA   ?= medmnist:bloodmnist
+MODEL  ?= tf_efficientnet_lite0
+# Offline machines: the shared ImageNet checkpoint stands in for a download when it is there.
+WEIGHTS ?= $(wildcard ../shared/weights/tf_efficientnet_lite0.in1k.safetensors)
+SIZE   ?= 64
+EPOCHS ?= 4
+NAME   ?= demo
+ARGS   ?=
+
+.PHONY: setup demo test lint clean
+
+setup: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/histoclass train --data $(DATA) --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
+		--image-size $(SIZE) --epochs $(EPOCHS) --phase1-epochs 1 --batch-size 64 --name $(NAME) $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,91 @@
+"""Reading one image as 8-bit RGB and resizing it: the single preprocessing path for training and inference.
+
+Imports only numpy and Pillow, so an ONNX deployment without torch preprocesses exactly as training did.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["IMAGE_EXTENSIONS", "RESIZE_METHOD", "array_to_rgb", "is_image_file", "open_rgb", "resize_square"]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+#: How every path resizes: Pillow bilinear straight to size x size (no crop), after JPEG DCT scaling.
+RESIZE_METHOD = "pillow-bilinear-stretch"
+
+
+def is_image_file(path: Path) -> bool:
+    """True for files with a supported image extension that are not hidden."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def array_to_rgb(array: np.ndarray) -> np.ndarray:
+    """Any 2-D or 3-D image array (8/16-bit, float, gray, RGBA) -> uint8 HxWx3.
+
+    Integer images are scaled by their type's full range, so a 16-bit image keeps its relative intensities.
+    """
+    if array.dtype == np.uint8:
+        out = array
+    elif np.issubdtype(array.dtype, np.integer):
+        out = (array.astype(np.float64) * (255.0 / np.iinfo(array.dtype).max)).round().astype(np.uint8)
+    else:
+        peak = 1.0 if float(np.nanmax(array)) <= 1.0 else 255.0
+        out = (np.clip(np.nan_to_num(array), 0, peak) * (255.0 / peak)).round().astype(np.uint8)
+    if out.ndim == 2:
+        out = np.repeat(out[:, :, None], 3, axis=2)
+    elif out.shape[2] == 1:
+        out = np.repeat(out, 3, axis=2)
+    elif out.shape[2] >= 4:
+        out = out[:, :, :3]
+    return np.ascontiguousarray(out)
+
+
+def _pil_to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
+        array = np.asarray(image)
+        if image.mode.startswith("I;16"):
+            array = array.astype(np.uint16)
+        elif image.mode == "I":
+            array = array.astype(np.uint16) if array.max() > 255 else array.astype(np.uint8)
+        return Image.fromarray(array_to_rgb(array))
+    return image.convert("RGB")
+
+
+def _read_with_tifffile(path: Path) -> Image.Image:
+    """Multi-channel 16-bit TIFFs that Pillow cannot open (common from microscopes)."""
+    try:
+        import tifffile
+    except ImportError as error:
+        raise OSError("cannot read this TIFF with Pillow; pip install tifffile") from error
+    return Image.fromarray(array_to_rgb(tifffile.imread(path)))
+
+
+def open_rgb(source: str | Path | bytes, size_hint: int | None = None) -> Image.Image:
+    """Decode an image file (or its bytes) fully to RGB; raises OSError/ValueError on bad data.
+
+    ``size_hint`` lets JPEG decoding scale down in the DCT (much faster) while staying >= the target size.
+    """
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        image = Image.open(stream)
+    except Image.UnidentifiedImageError:
+        if isinstance(source, bytes) or Path(source).suffix.lower() not in {".tif", ".tiff"}:
+            raise
+        return _read_with_tifffile(Path(source))
+    if size_hint and image.format == "JPEG":
+        image.draft("RGB", (size_hint, size_hint))
+    image.load()
+    return _pil_to_rgb(image)
+
+
+def resize_square(image: Image.Image, size: int) -> np.ndarray:
+    """Resize to ``size`` x ``size`` (stretching, as the seeds' Keras generators did) -> uint8 HxWx3."""
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.array(image, dtype=np.uint8)

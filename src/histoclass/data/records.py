@@ -1,0 +1,79 @@
+"""Labelled image records: what a data source yields and every later stage consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from histoclass.data.images import array_to_rgb, open_rgb, resize_square
+
+__all__ = ["DataSource", "ImageRecords"]
+
+
+@dataclass(frozen=True)
+class ImageRecords:
+    """N images with integer labels, backed either by files (``paths``) or by an in-memory ``array``.
+
+    ``ids`` name each image in reports and CSVs (a path relative to the dataset, a CSV id, or an index);
+    ``groups`` (patient, slide, source image) keep related images on one side of a split.
+    """
+
+    ids: list[str]
+    labels: np.ndarray
+    paths: list[Path] | None = None
+    array: np.ndarray | None = None
+    groups: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, indices: np.ndarray | list[int]) -> ImageRecords:
+        """The records at ``indices``, in that order."""
+        index = np.asarray(indices, dtype=np.int64)
+        return replace(
+            self,
+            ids=[self.ids[i] for i in index],
+            labels=self.labels[index],
+            paths=None if self.paths is None else [self.paths[i] for i in index],
+            array=None if self.array is None else self.array[index],
+            groups=None if self.groups is None else [self.groups[i] for i in index],
+        )
+
+    def open(self, i: int, size_hint: int | None = None) -> Image.Image:
+        """Image ``i`` as RGB (raises OSError/ValueError if its file is unreadable)."""
+        if self.array is not None:
+            return Image.fromarray(array_to_rgb(self.array[i]))
+        assert self.paths is not None
+        return open_rgb(self.paths[i], size_hint)
+
+    def load(self, i: int, size: int) -> np.ndarray:
+        """Image ``i`` resized to ``size`` x ``size``, uint8 HxWx3."""
+        return resize_square(self.open(i, size_hint=size), size)
+
+    def class_counts(self, num_classes: int) -> np.ndarray:
+        """Images per class index."""
+        return np.bincount(self.labels[self.labels >= 0], minlength=num_classes)
+
+
+@dataclass
+class DataSource:
+    """A dataset as read from disk: class names and its splits (``train``/``val``/``test``, or ``all``)."""
+
+    name: str
+    classes: list[str]
+    splits: dict[str, ImageRecords]
+    kind: str
+    missing: list[tuple[str, str]] = field(default_factory=list)
+
+    def split(self, name: str | None) -> tuple[str, ImageRecords]:
+        """The named split; by default ``test``, else ``val``, else everything."""
+        from histoclass.errors import HistoclassError
+
+        order = [name] if name else ["test", "val", "all", "train"]
+        for candidate in order:
+            if candidate in self.splits:
+                return candidate, self.splits[candidate]
+        raise HistoclassError(f"--split: '{name}' not in this dataset; it has {', '.join(sorted(self.splits))}")

@@ -1,0 +1,81 @@
+"""Augmentation built from an :class:`AugmentConfig` (presets: keras, tfdata, histology, none).
+
+Images arrive already resized to the model's size as uint8 CxHxW tensors, so every transform works on few
+pixels; normalisation happens on the device, batched, inside the training module.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+from histoclass.config import AugmentConfig
+
+__all__ = ["RandomRot90", "create_batch_mixer", "create_train_transform"]
+
+
+class RandomRot90(v2.Transform):
+    """Rotate by a random multiple of 90 degrees: lossless, and tissue has no up."""
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return {"k": int(torch.randint(0, 4, ()).item())}
+
+    def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
+        return torch.rot90(inpt, params["k"], dims=(-2, -1)) if params["k"] else inpt
+
+
+def create_train_transform(augment: AugmentConfig, image_size: int) -> v2.Compose:
+    """The per-image training transform for ``augment`` at ``image_size``."""
+    steps: list[v2.Transform] = []
+    if augment.crop_scale is not None and augment.crop_scale < 1:
+        steps.append(v2.RandomResizedCrop(image_size, scale=(augment.crop_scale, 1.0), antialias=True))
+    if augment.rotation or augment.shift or augment.shear or augment.zoom:
+        steps.append(
+            v2.RandomAffine(
+                degrees=augment.rotation,
+                translate=(augment.shift, augment.shift) if augment.shift else None,
+                scale=(1 - augment.zoom, 1 + augment.zoom) if augment.zoom else None,
+                shear=augment.shear or None,
+                interpolation=v2.InterpolationMode.BILINEAR,
+            )
+        )
+    if augment.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    if augment.vflip:
+        steps.append(v2.RandomVerticalFlip())
+    if augment.rot90:
+        steps.append(RandomRot90())
+    if augment.brightness or augment.contrast or augment.saturation or augment.hue:
+        steps.append(
+            v2.ColorJitter(
+                brightness=augment.brightness or None,
+                contrast=augment.contrast or None,
+                saturation=augment.saturation or None,
+                hue=augment.hue or None,
+            )
+        )
+    return v2.Compose(steps)
+
+
+class BatchMixer:
+    """MixUp and/or CutMix on a fraction of batches; returns soft targets either way."""
+
+    def __init__(self, augment: AugmentConfig, num_classes: int) -> None:
+        choices = []
+        if augment.mixup > 0:
+            choices.append(v2.MixUp(alpha=augment.mixup, num_classes=num_classes))
+        if augment.cutmix > 0:
+            choices.append(v2.CutMix(alpha=augment.cutmix, num_classes=num_classes))
+        self.mix = v2.RandomChoice(choices) if choices else None
+        self.probability = augment.mix_prob
+        self.num_classes = num_classes
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mix is not None and torch.rand(()) < self.probability:
+            return self.mix(images, labels)
+        return images, torch.nn.functional.one_hot(labels, self.num_classes).to(images.dtype)
+
+
+def create_batch_mixer(augment: AugmentConfig, num_classes: int) -> BatchMixer | None:
+    """A :class:`BatchMixer` when MixUp or CutMix is on, else None."""
+    return BatchMixer(augment, num_classes) if (augment.mixup > 0 or augment.cutmix > 0) else None

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, plots, the HTML report, and side-by-side comparison of runs."""

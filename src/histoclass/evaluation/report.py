@@ -1,0 +1,127 @@
+"""``report.html``: one self-contained page (images embedded) a pathologist opens to decide on trust."""
+
+from __future__ import annotations
+
+import base64
+import io
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import yaml
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from histoclass.atomic import write_text
+from histoclass.data.records import ImageRecords
+from histoclass.model_info import ModelInfo
+
+__all__ = ["gallery_items", "render_report"]
+
+
+def _b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii") if path.is_file() else ""
+
+
+def gallery_items(
+    records: ImageRecords,
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    rows: np.ndarray,
+    labels: list[str],
+    top: int,
+) -> list[dict]:
+    """The ``top`` highest-loss images (``rows`` index ``records``) as embedded JPEG thumbnails."""
+    losses = -np.log(np.clip(probabilities[np.arange(len(y_true)), y_true], 1e-12, 1.0))
+    items = []
+    for position in np.argsort(-losses)[:top]:
+        image = records.open(int(rows[position]))
+        image.thumbnail((192, 192))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        predicted = int(probabilities[position].argmax())
+        items.append(
+            {
+                "id": records.ids[int(rows[position])],
+                "true": labels[int(y_true[position])],
+                "pred": labels[predicted],
+                "confidence": float(probabilities[position, predicted]),
+                "image": base64.b64encode(buffer.getvalue()).decode("ascii"),
+            }
+        )
+    return items
+
+
+def _config_rows(model_dir: Path, info: ModelInfo) -> list[tuple[str, str]]:
+    rows = [
+        ("model", info.name or model_dir.name),
+        ("architecture", info.architecture),
+        ("head", info.head),
+        ("image size", f"{info.image_size} px"),
+        ("classes", ", ".join(info.labels)),
+        ("parameters", f"{info.parameters:,}" if info.parameters else "–"),
+        ("preprocessing", f"{info.resize}; mean {info.mean}, std {info.std}"),
+    ]
+    config_file = model_dir / "config.yaml"
+    if config_file.is_file():
+        config = yaml.safe_load(config_file.read_text())
+        train, data, model = config.get("train", {}), config.get("data", {}), config.get("model", {})
+        rows += [
+            ("training data", str(data.get("path"))),
+            ("weights", model.get("weights") or ("ImageNet" if model.get("pretrained") else "from scratch")),
+            ("epochs (frozen phase)", f"{train.get('epochs')} ({train.get('phase1_epochs')})"),
+            ("fine-tuned blocks", str(train.get("unfreeze_last"))),
+            ("learning rate / optimiser", f"{train.get('lr')} / {train.get('optimizer')}"),
+            ("batch size", str(data.get("batch_size"))),
+            ("augmentation", str(config.get("augment", {}).get("preset"))),
+        ]
+    return rows
+
+
+def render_report(
+    out_dir: Path,
+    model_dir: Path,
+    info: ModelInfo,
+    metrics: dict,
+    confused: list[tuple[str, str, int]],
+    gallery: list[dict],
+    data_name: str,
+    skipped: int,
+) -> Path:
+    """Write ``out_dir/report.html`` from the metrics and the PNGs already in ``out_dir``."""
+    from histoclass.training.curves import plot_curves
+    from histoclass.training.history import read_history
+
+    history = read_history(model_dir / "history.csv")
+    curves = plot_curves(history, out_dir / "curves.png") if history else None
+
+    def fmt(value: float | None) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    headline = [
+        ("images", str(metrics["n"])),
+        ("accuracy", fmt(metrics["accuracy"])),
+        ("balanced accuracy", fmt(metrics["balanced_accuracy"])),
+        ("macro F1", fmt(metrics["macro_f1"])),
+        ("ROC-AUC", fmt(metrics["roc_auc"])),
+        ("log loss", fmt(metrics["log_loss"])),
+        ("ECE", fmt(metrics["ece"])),
+    ]
+    template = Environment(
+        loader=PackageLoader("histoclass.evaluation", "templates"), autoescape=select_autoescape()
+    ).get_template("report.html.j2")
+    html = template.render(
+        title=f"{info.name or model_dir.name} on {data_name}",
+        subtitle=f"{info.architecture}, {info.image_size} px · evaluated {datetime.now():%Y-%m-%d %H:%M}",
+        headline=headline,
+        skipped=skipped,
+        config_rows=_config_rows(model_dir, info),
+        curves=_b64(curves) if curves else "",
+        per_class=list(metrics["per_class"].items()),
+        confusion=_b64(out_dir / "confusion_matrix.png"),
+        roc=_b64(out_dir / "roc.png"),
+        reliability=_b64(out_dir / "reliability.png"),
+        ece=fmt(metrics["ece"]),
+        confused=confused[:10],
+        gallery=gallery,
+    )
+    return write_text(out_dir / "report.html", html)

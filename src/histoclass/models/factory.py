@@ -1,0 +1,191 @@
+"""``create_model``: any timm backbone (or a registered torchvision one) + a new head for the dataset's classes.
+
+Weights come from, in order: ``weights`` (a local file), the local hub cache, a download when the hub is
+reachable. Offline with nothing cached is one clear error, not a minute of retries.
+"""
+
+from __future__ import annotations
+
+import difflib
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from histoclass.errors import HistoclassError
+from histoclass.models.heads import create_head
+
+__all__ = ["BACKBONES", "Backbone", "Classifier", "create_backbone", "create_model", "register_backbone"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Backbone:
+    """Images -> pooled features, with the preprocessing its weights expect and its blocks in order."""
+
+    module: nn.Module
+    num_features: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    blocks: list[list[str]]  # parameter names of each block, input side first
+
+
+BackboneBuilder = Callable[[bool, str | None], Backbone]
+BACKBONES: dict[str, BackboneBuilder] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Register a non-timm backbone builder ``(pretrained, weights_file) -> Backbone`` under ``name``."""
+
+    def decorate(builder: BackboneBuilder) -> BackboneBuilder:
+        BACKBONES[name] = builder
+        return builder
+
+    return decorate
+
+
+def _hub_reachable(host: str, timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _offline_error(name: str) -> HistoclassError:
+    return HistoclassError(
+        f"--pretrained: no ImageNet weights for '{name}' in the local cache and the model hub cannot be reached; "
+        "pass --weights FILE (a local .safetensors or .pth) or --no-pretrained"
+    )
+
+
+def _check_weights_file(weights: str) -> str:
+    if not Path(weights).is_file():
+        raise HistoclassError(f"--weights: no such file '{weights}'; pass a .safetensors or .pth checkpoint")
+    return str(weights)
+
+
+def _cached_timm_weights(name: str) -> str | None:
+    """Path of already-downloaded weights for ``name`` in the Hugging Face cache, if any."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg else None
+    if not hub_id:
+        return None
+    repo, _, revision = hub_id.partition("@")
+    for filename in ("model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename, revision=revision or None)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _timm_backbone(name: str, pretrained: bool, weights: str | None) -> Backbone:
+    overlay = None
+    if weights:
+        overlay = {"file": _check_weights_file(weights)}
+    elif pretrained:
+        cached = _cached_timm_weights(name)
+        if cached:
+            overlay = {"file": cached}
+        elif not _hub_reachable("huggingface.co"):
+            raise _offline_error(name)
+    try:
+        module = timm.create_model(
+            name, pretrained=pretrained or bool(weights), num_classes=0, pretrained_cfg_overlay=overlay
+        )
+    except RuntimeError as error:  # timm reports a checkpoint that does not fit as a RuntimeError
+        if weights:
+            first = str(error).splitlines()[0][:200]
+            raise HistoclassError(f"--weights: '{weights}' does not fit '{name}' ({first})") from None
+        raise
+    cfg = module.pretrained_cfg
+    groups = timm.models.group_parameters(module, module.group_matcher(coarse=True))
+    return Backbone(
+        module=module,
+        num_features=module.num_features,
+        mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(cfg.get("std", IMAGENET_STD)),
+        blocks=[list(names) for names in groups.values()],
+    )
+
+
+@register_backbone("alexnet")
+def alexnet_backbone(pretrained: bool, weights: str | None) -> Backbone:
+    """torchvision's AlexNet up to its 4096-d penultimate layer (timm has no AlexNet)."""
+    from torchvision.models import AlexNet_Weights, alexnet
+
+    model = alexnet(weights=None)
+    if weights:
+        _load_state_dict_file(model, _check_weights_file(weights))
+    elif pretrained:
+        url = AlexNet_Weights.IMAGENET1K_V1.url
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        if not cached.is_file() and not _hub_reachable("download.pytorch.org"):
+            raise _offline_error("alexnet")
+        model.load_state_dict(torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True))
+    model.classifier = model.classifier[:-1]
+    blocks = [[f"features.{i}.{p}" for p in ("weight", "bias")] for i in (0, 3, 6, 8, 10)]
+    blocks += [[f"classifier.{i}.{p}" for p in ("weight", "bias")] for i in (1, 4)]
+    return Backbone(model, 4096, IMAGENET_MEAN, IMAGENET_STD, blocks)
+
+
+def _load_state_dict_file(model: nn.Module, path: str) -> None:
+    """Load a .safetensors or .pth state dict (never unpickling arbitrary objects)."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise HistoclassError(f"--weights: '{path}' does not fit this model ({str(error)[:200]})") from None
+
+
+def create_backbone(name: str, pretrained: bool = True, weights: str | None = None) -> Backbone:
+    """A registered backbone, or any timm model name; unknown names get suggestions."""
+    if name in BACKBONES:
+        return BACKBONES[name](pretrained, weights)
+    if not timm.is_model(name):
+        known = list(BACKBONES) + timm.list_models()
+        close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models() for names"
+        raise HistoclassError(f"--model: unknown model '{name}'; {hint}")
+    return _timm_backbone(name, pretrained, weights)
+
+
+class Classifier(nn.Module):
+    """Backbone + head. ``blocks`` lists backbone parameter names block by block, for two-phase training."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone.module
+        self.head = head
+        self.blocks = backbone.blocks
+        self.mean, self.std = backbone.mean, backbone.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images))
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    head: str = "linear",
+    dropout: float = 0.0,
+    pretrained: bool = True,
+    weights: str | None = None,
+) -> Classifier:
+    """Backbone ``name`` with a new ``head`` for ``num_classes`` classes."""
+    backbone = create_backbone(name, pretrained=pretrained, weights=weights)
+    return Classifier(backbone, create_head(head, backbone.num_features, num_classes, dropout))

@@ -1,0 +1,133 @@
+"""Behaviour as Lightning callbacks: the two-phase schedule, phase-aware early stopping, history, speed."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
+
+from histoclass.atomic import atomic_path, write_csv
+from histoclass.training.history import HISTORY_COLUMNS, read_history
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "HistoryWriter",
+    "ImagesPerSecond",
+    "PhaseAwareEarlyStopping",
+    "TwoPhaseFinetuning",
+    "phase_of",
+]
+
+
+def phase_of(epoch_index: int, phase1_epochs: int) -> int:
+    """1 while the backbone is frozen (0-based ``epoch_index`` < ``phase1_epochs``), then 2."""
+    return 1 if epoch_index < phase1_epochs else 2
+
+
+class TwoPhaseFinetuning(Callback):
+    """Phase 1 trains the head on a frozen backbone (BatchNorm in inference mode, as in Keras' guide);
+    phase 2 also trains the last ``unfreeze_last`` backbone blocks, at the backbone's lower learning rate.
+
+    The phase follows from the epoch alone, so a resumed run lands in the right phase by itself.
+    """
+
+    def __init__(self, phase1_epochs: int, unfreeze_last: int | str) -> None:
+        self.phase1_epochs = phase1_epochs
+        self.unfreeze_last = unfreeze_last
+
+    def _trainable_names(self, blocks: list[list[str]], phase: int) -> set[str]:
+        if phase == 1:
+            return set()
+        chosen = blocks if self.unfreeze_last == "all" else blocks[len(blocks) - int(self.unfreeze_last) :]
+        return {name for block in chosen for name in block} if self.unfreeze_last != 0 else set()
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        model = pl_module.model
+        trainable = self._trainable_names(model.blocks, phase_of(trainer.current_epoch, self.phase1_epochs))
+        for name, parameter in model.backbone.named_parameters():
+            parameter.requires_grad_(name in trainable)
+        for module in model.backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                frozen = not any(p.requires_grad for p in module.parameters(recurse=False))
+                module.train(not frozen)
+
+
+class PhaseAwareEarlyStopping(EarlyStopping):
+    """Early stopping on validation loss that waits for fine-tuning: phase 1 is short and always completes."""
+
+    def __init__(self, phase1_epochs: int, **kwargs) -> None:
+        super().__init__(check_on_train_epoch_end=False, **kwargs)
+        self.phase1_epochs = phase1_epochs
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch + 1 > self.phase1_epochs:
+            super().on_validation_end(trainer, pl_module)
+
+
+class HistoryWriter(Callback):
+    """One ``history.csv`` row per epoch (1-based, across both phases), rewritten atomically each epoch.
+
+    On resume, rows of epochs not yet re-run are dropped so the file never repeats or skips an epoch.
+    """
+
+    def __init__(self, path: str | Path, phase1_epochs: int) -> None:
+        self.path = Path(path)
+        self.phase1_epochs = phase1_epochs
+        self.rows: list[dict] = []
+        self._started = 0.0
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        done = trainer.current_epoch
+        self.rows = [row for row in read_history(self.path) if int(row["epoch"]) <= done]
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or "val_loss" not in trainer.callback_metrics:
+            return
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        row = {
+            "epoch": trainer.current_epoch + 1,
+            "phase": phase_of(trainer.current_epoch, self.phase1_epochs),
+            "train_loss": metrics.get("train_loss_epoch", float("nan")),
+            **{key: metrics.get(key, float("nan")) for key in HISTORY_COLUMNS[3:8]},
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - self._started, 3),
+        }
+        self.rows = [r for r in self.rows if int(r["epoch"]) < row["epoch"]] + [row]
+        if trainer.is_global_zero:
+            write_csv(self.path, HISTORY_COLUMNS, ([row[c] for c in HISTORY_COLUMNS] for row in self.rows))
+
+
+class ImagesPerSecond(Callback):
+    """Training throughput in the progress bar: images/s between consecutive batches, loading included."""
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._last = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            rate = len(batch[1]) * trainer.world_size / max(now - self._last, 1e-9)
+            pl_module.log("img_s", rate, on_step=True, on_epoch=False, prog_bar=True, logger=False)
+        self._last = now
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints go to a temporary file first and are renamed into place: a crash never leaves half a file."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)

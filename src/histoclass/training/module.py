@@ -1,0 +1,125 @@
+"""The LightningModule: loss, metrics and optimiser for a :class:`Classifier`. Lightning owns the loop."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from histoclass.config import TrainConfig
+from histoclass.data.transforms import BatchMixer
+from histoclass.models.factory import Classifier
+
+__all__ = ["ClassifierModule", "normalize_batch"]
+
+
+def normalize_batch(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW -> float, scaled to [0, 1], standardised with the backbone's mean and std, channels-last."""
+    scaled = images.float().div_(255.0)
+    return ((scaled - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+def _val_metrics(num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "accuracy": MulticlassAccuracy(num_classes, average="micro"),
+            "macro_precision": MulticlassPrecision(num_classes, average="macro", zero_division=0),
+            "macro_recall": MulticlassRecall(num_classes, average="macro", zero_division=0),
+            "macro_f1": MulticlassF1Score(num_classes, average="macro", zero_division=0),
+        },
+        prefix="val_",
+    )
+
+
+class ClassifierModule(L.LightningModule):
+    """Trains ``model`` with cross-entropy (class weights, label smoothing, MixUp/CutMix targets)."""
+
+    def __init__(
+        self,
+        model: Classifier,
+        train: TrainConfig,
+        class_weights: torch.Tensor | None = None,
+        label_smoothing: float = 0.0,
+        mixer: BatchMixer | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model.to(memory_format=torch.channels_last)
+        self.train_config = train
+        self.mixer = mixer
+        self.register_buffer("mean", torch.tensor(model.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(model.std).view(1, -1, 1, 1), persistent=False)
+        self.criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+        self.val_metrics = _val_metrics(model.head[-1].out_features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(normalize_batch(images, self.mean, self.std))
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        inputs = normalize_batch(images, self.mean, self.std)
+        targets: torch.Tensor = labels
+        if self.mixer is not None:
+            inputs, targets = self.mixer(inputs, labels)
+        loss = self.criterion(self.model(inputs), targets)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.log(
+            "val_loss",
+            self.criterion(logits, labels),
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=len(labels),
+        )
+        self.val_metrics.update(logits, labels)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.val_metrics.compute()
+        self.log_dict(metrics)
+        self.log("val_acc", metrics["val_accuracy"], prog_bar=True, logger=False)
+        self.val_metrics.reset()
+
+    def configure_optimizers(self):
+        """Two parameter groups: the head at ``lr``, the backbone at ``lr * finetune_lr_scale``.
+
+        The groups exist from the start (frozen parameters get no gradient and so no update), which keeps the
+        optimiser and scheduler state identical across phases and therefore resumable.
+        """
+        cfg = self.train_config
+        groups = [
+            {"params": list(self.model.head.parameters()), "lr": cfg.lr, "name": "head"},
+            {
+                "params": list(self.model.backbone.parameters()),
+                "lr": cfg.lr * cfg.finetune_lr_scale,
+                "name": "backbone",
+            },
+        ]
+        optimizers = {
+            "adamw": lambda: torch.optim.AdamW(groups, weight_decay=cfg.weight_decay),
+            "adam": lambda: torch.optim.Adam(groups, weight_decay=cfg.weight_decay),
+            "sgd": lambda: torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay),
+        }
+        optimizer = optimizers[cfg.optimizer]()
+        if cfg.scheduler == "none":
+            return optimizer
+        if cfg.scheduler == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.min_lr)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss", "interval": "epoch"},
+        }

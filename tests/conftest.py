@@ -1,0 +1,116 @@
+"""Fixtures that build small real datasets from ../shared and train small real models once per session."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from histoclass.config import build_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+BLOOD = SHARED / "data" / "bloodcells" / "train"
+BLOOD_TEST = SHARED / "data" / "bloodcells" / "test_simple"
+BREAST = SHARED / "data" / "breastmnist.npz"
+LITE0 = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
+CLASSES = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
+#: Class + source image: the augmented copies of one blood-cell photo form one group.
+BLOOD_GROUPS = r"^([^/]+/_\d+)_"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not BLOOD.is_dir():
+        raise pytest.UsageError(f"the shared data is missing: expected {BLOOD} (../shared beside the checkout)")
+
+
+def blood_files(per_class: int, offset: int = 0) -> dict[str, list[Path]]:
+    """``per_class`` real images per class, spread evenly over each class folder (many source images)."""
+    chosen = {}
+    for name in CLASSES:
+        files = sorted((BLOOD / name).iterdir())
+        step = max(1, len(files) // per_class)
+        chosen[name] = files[offset::step][:per_class]
+    return chosen
+
+
+def link_class_folders(target: Path, files: dict[str, list[Path]]) -> Path:
+    """A class-folder dataset of symlinks to the shared images (nothing copied)."""
+    for name, paths in files.items():
+        (target / name).mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            (target / name / path.name).symlink_to(path)
+    return target
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``histoclass ARGS`` in a fresh process, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "histoclass", *args], capture_output=True, text=True, cwd=cwd, timeout=900
+    )
+
+
+@pytest.fixture(scope="session")
+def blood_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """600 real blood-cell images (150 a class) as class folders."""
+    return link_class_folders(tmp_path_factory.mktemp("blood") / "blood", blood_files(150))
+
+
+def small_config(data: Path, runs: Path, name: str, **train) -> dict:
+    """The settings every test training shares: 96 px, 5 epochs, group-aware split."""
+    return {
+        "data": {"path": str(data), "image_size": 96, "batch_size": 32, "group_by": BLOOD_GROUPS, "workers": 1},
+        "model": {"name": "tf_efficientnet_lite0", "weights": str(LITE0)},
+        "train": {"epochs": 5, "phase1_epochs": 1, "lr": 2e-3, **train},
+        "run": {"name": name, "runs_dir": str(runs)},
+    }
+
+
+@pytest.fixture(scope="session")
+def blood_with_bad_files(tmp_path_factory: pytest.TempPathFactory, blood_subset: Path) -> Path:
+    """The subset plus a truncated JPEG, an empty file and a text file named .jpeg."""
+    root = tmp_path_factory.mktemp("blood-bad") / "blood"
+    shutil.copytree(blood_subset, root, symlinks=True)
+    real = next((BLOOD / "MONOCYTE").iterdir()).read_bytes()
+    (root / "MONOCYTE" / "_bad_truncated.jpeg").write_bytes(real[: len(real) // 3])
+    (root / "NEUTROPHIL" / "_bad_empty.jpeg").write_bytes(b"")
+    (root / "EOSINOPHIL" / "_bad_text.jpeg").write_text("this is not an image\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+def trained_run(blood_with_bad_files: Path, runs_dir: Path) -> Path:
+    """A real transfer-learning run (ImageNet EfficientNet-Lite0) on the subset with bad files in it."""
+    from histoclass.training.job import train
+
+    return train(build_config(small_config(blood_with_bad_files, runs_dir, "pretrained")))
+
+
+@pytest.fixture(scope="session")
+def scratch_run(blood_subset: Path, runs_dir: Path) -> Path:
+    """The same training from random weights."""
+    from histoclass.training.job import train
+
+    values = small_config(blood_subset, runs_dir, "scratch")
+    values["model"] = {"name": "tf_efficientnet_lite0", "pretrained": False}
+    return train(build_config(values))
+
+
+def val_accuracy(run: Path) -> float:
+    import json
+
+    return float(json.loads((run / "metrics.json").read_text())["val_accuracy"])
+
+
+@pytest.fixture()
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

@@ -1,0 +1,140 @@
+"""Data sources, image reading, checks and splits on the real shared data."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import BLOOD, BLOOD_GROUPS, BREAST, CLASSES, blood_files, link_class_folders
+from histoclass.config import DataConfig
+from histoclass.data.checks import check_source
+from histoclass.data.images import open_rgb, resize_square
+from histoclass.data.sources import read_source
+from histoclass.data.splits import groups_from_pattern, split_train_val
+from histoclass.errors import HistoclassError
+
+
+def test_class_folders_detects_classes_and_counts(blood_subset: Path) -> None:
+    source = read_source(str(blood_subset))
+    assert source.classes == CLASSES
+    assert list(source.splits) == ["all"]
+    records = source.splits["all"]
+    assert records.class_counts(4).tolist() == [150] * 4
+    assert records.ids[0].startswith("EOSINOPHIL/")
+    assert records.load(0, 48).shape == (48, 48, 3)
+
+
+def test_presplit_folders_are_used_as_splits(tmp_path: Path) -> None:
+    link_class_folders(tmp_path / "train", blood_files(10))
+    link_class_folders(tmp_path / "validation", blood_files(4, offset=1))
+    link_class_folders(tmp_path / "test", {"MONOCYTE": blood_files(3, offset=2)["MONOCYTE"]})
+    source = read_source(str(tmp_path))
+    assert set(source.splits) == {"train", "val", "test"}
+    assert len(source.splits["val"]) == 16
+    assert source.splits["test"].labels.tolist() == [CLASSES.index("MONOCYTE")] * 3
+
+
+def test_csv_route_ids_without_extension(tmp_path: Path) -> None:
+    images = tmp_path / "train"
+    images.mkdir()
+    rows = []
+    for label, paths in blood_files(6).items():
+        for path in paths:
+            image_id = f"{label[:3]}{path.stem}"
+            shutil.copy(path, images / f"{image_id}.jpeg")
+            rows.append({"id": image_id, "label": label, "patient": path.stem.split("_")[1]})
+    with open(tmp_path / "train_labels.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", "label", "patient"])
+        writer.writeheader()
+        writer.writerows([*rows, {"id": "no-such-image", "label": "MONOCYTE", "patient": "0"}])
+    config = DataConfig(image_dir=str(images), group_column="patient")
+    source = read_source(str(tmp_path / "train_labels.csv"), config)
+    assert source.classes == CLASSES
+    assert len(source.splits["all"]) == 24
+    assert source.missing == [("no-such-image", f"no image for this id in '{images}'")]
+    assert source.splits["all"].groups[0] == rows[0]["patient"]
+    with pytest.raises(HistoclassError, match="no column 'diagnosis'.*--label-column"):
+        read_source(str(tmp_path / "train_labels.csv"), DataConfig(image_dir=str(images), label_column="diagnosis"))
+
+
+def test_npz_route_official_splits_and_label_shapes(tmp_path: Path) -> None:
+    source = read_source(str(BREAST))
+    assert {k: len(v) for k, v in source.splits.items()} == {"train": 546, "val": 78, "test": 156}
+    assert source.classes == ["malignant", "normal, benign"]
+    assert source.splits["train"].load(0, 32).shape == (32, 32, 3)
+    with np.load(BREAST) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays = {k: (v.reshape(-1, 1) if k.endswith("labels") else v) for k, v in arrays.items()}
+    np.savez(tmp_path / "custom.npz", **arrays)
+    reread = read_source(str(tmp_path / "custom.npz"))
+    assert reread.classes == ["0", "1"]
+    assert np.array_equal(reread.splits["test"].labels, source.splits["test"].labels)
+
+
+def test_medmnist_name_reads_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "medmnist").mkdir()
+    shutil.copy(BREAST, tmp_path / "medmnist" / "breastmnist.npz")
+    monkeypatch.setenv("HISTOCLASS_CACHE", str(tmp_path))
+    source = read_source("medmnist:breastmnist")
+    assert len(source.splits["train"]) == 546
+    with pytest.raises(HistoclassError, match="unknown MedMNIST dataset 'nosuchmnist'"):
+        read_source("medmnist:nosuchmnist")
+
+
+def test_16bit_grayscale_and_tiff_become_8bit_rgb(tmp_path: Path) -> None:
+    rgb = open_rgb(next((BLOOD / "LYMPHOCYTE").iterdir()))
+    gray8 = np.asarray(rgb.convert("L"))
+    Image.fromarray(gray8.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    Image.fromarray(gray8).save(tmp_path / "g8.tif")
+    rgb.save(tmp_path / "rgb.bmp")
+    for name in ("g16.png", "g8.tif"):
+        loaded = np.asarray(open_rgb(tmp_path / name))
+        assert loaded.shape == (*gray8.shape, 3) and loaded.dtype == np.uint8
+        assert np.abs(loaded[:, :, 0].astype(int) - gray8).max() <= 1
+    assert resize_square(open_rgb(tmp_path / "rgb.bmp"), 40).shape == (40, 40, 3)
+
+
+def test_bad_files_are_reported_and_left_untouched(blood_with_bad_files: Path) -> None:
+    before = {p: p.stat().st_size for p in blood_with_bad_files.rglob("_bad_*")}
+    report = check_source(read_source(str(blood_with_bad_files)))
+    reasons = {bad.id.split("/")[-1]: bad.reason for bad in report.bad}
+    assert set(reasons) == {"_bad_truncated.jpeg", "_bad_empty.jpeg", "_bad_text.jpeg"}
+    assert "empty" in reasons["_bad_empty.jpeg"]
+    assert "unreadable" in reasons["_bad_truncated.jpeg"]
+    assert report.counts["all"].tolist() == [150] * 4
+    assert {p: p.stat().st_size for p in blood_with_bad_files.rglob("_bad_*")} == before
+
+
+def test_group_split_keeps_every_group_on_one_side(blood_subset: Path) -> None:
+    records = read_source(str(blood_subset)).splits["all"]
+    groups = groups_from_pattern(records.ids, BLOOD_GROUPS)
+    assert len(set(groups)) > 20
+    train, val = split_train_val(records, 0.2, seed=1, groups=groups)
+    assert not {groups[i] for i in train} & {groups[i] for i in val}
+    assert 0.1 < len(val) / len(records) < 0.3
+    assert set(records.labels[val]) == {0, 1, 2, 3}
+    with pytest.raises(HistoclassError, match="does not match"):
+        groups_from_pattern(records.ids, r"patient-(\d+)")
+
+
+def test_stratified_split_is_seeded_and_balanced(blood_subset: Path) -> None:
+    records = read_source(str(blood_subset)).splits["all"]
+    train, val = split_train_val(records, 0.25, seed=3)
+    again = split_train_val(records, 0.25, seed=3)
+    assert np.array_equal(val, again[1]) and len(set(train) & set(val)) == 0
+    assert set(np.bincount(records.labels[val]).tolist()) <= {37, 38}  # 25% of 150 per class
+
+
+def test_missing_and_empty_inputs_raise_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(HistoclassError, match="no such file or folder"):
+        read_source(str(tmp_path / "absent"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(next((BLOOD / "MONOCYTE").iterdir()), tmp_path / "a" / "x.jpeg")
+    with pytest.raises(HistoclassError, match="class folder '.*/b' has no images"):
+        read_source(str(tmp_path))

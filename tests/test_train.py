@@ -1,0 +1,98 @@
+"""Real training on real blood-cell images: the run directory, transfer learning, two phases."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from conftest import CLASSES, LITE0, val_accuracy
+from histoclass.config import build_config
+from histoclass.inference.predictor import load
+from histoclass.training.history import HISTORY_COLUMNS, read_history
+from histoclass.training.rundir import create_run_dir
+
+RUN_FILES = [
+    "config.yaml",
+    "labels.txt",
+    "skipped_files.txt",
+    "checkpoints/best.ckpt",
+    "checkpoints/last.ckpt",
+    "model.safetensors",
+    "model.json",
+    "history.csv",
+    "metrics.json",
+    "plots/curves.png",
+]
+
+
+def test_run_directory_holds_everything(trained_run: Path) -> None:
+    for name in RUN_FILES:
+        assert (trained_run / name).is_file(), name
+    assert any((trained_run / "tensorboard").iterdir())
+    assert (trained_run / "labels.txt").read_text().split() == CLASSES
+    info = json.loads((trained_run / "model.json").read_text())
+    assert info["architecture"] == "tf_efficientnet_lite0" and info["mean"] == [0.5, 0.5, 0.5]
+    rows = read_history(trained_run / "history.csv")
+    assert list(rows[0]) == HISTORY_COLUMNS
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["phase"] for r in rows] == ["1", "2", "2", "2", "2"]
+
+
+def test_training_beats_chance_clearly(trained_run: Path) -> None:
+    assert val_accuracy(trained_run) > 0.5  # chance is 0.25 for 4 balanced classes
+
+
+def test_bad_files_are_listed_and_left_out(trained_run: Path) -> None:
+    skipped = (trained_run / "skipped_files.txt").read_text().splitlines()
+    assert sorted(line.split("\t")[1].split("/")[-1] for line in skipped) == [
+        "_bad_empty.jpeg",
+        "_bad_text.jpeg",
+        "_bad_truncated.jpeg",
+    ]
+
+
+def test_resolved_config_reproduces_the_run(trained_run: Path) -> None:
+    config = build_config(yaml.safe_load((trained_run / "config.yaml").read_text()))
+    assert config.run.name == trained_run.name
+    assert config.train.phase1_epochs == 1 and config.augment.vflip and config.augment.rot90
+
+
+def test_phase1_freezes_backbone_and_phase2_moves_it(trained_run: Path) -> None:
+    """Phase 1 leaves the stem untouched (frozen, BatchNorm in inference mode); the last blocks change."""
+    from histoclass.models.factory import create_backbone
+
+    start = create_backbone("tf_efficientnet_lite0", weights=str(LITE0))
+    start_state = start.module.state_dict()
+    final = load_file(str(trained_run / "model.safetensors"))
+    assert torch.equal(final["backbone.conv_stem.weight"], start_state["conv_stem.weight"])
+    assert torch.equal(final["backbone.bn1.running_mean"], start_state["bn1.running_mean"])
+    assert not torch.equal(final["backbone.conv_head.weight"], start_state["conv_head.weight"])
+
+
+def test_pretrained_beats_scratch(trained_run: Path, scratch_run: Path) -> None:
+    assert val_accuracy(trained_run) > val_accuracy(scratch_run) + 0.1
+
+
+def test_saved_model_reproduces_validation_accuracy(trained_run: Path) -> None:
+    """The best weights, run through the inference path on the recorded validation ids, give metrics.json."""
+    with open(trained_run / "split.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    val = [r for r in rows if r["split"] == "val"]
+    assert val and {r["split"] for r in rows} == {"train", "val"}
+    root = Path(yaml.safe_load((trained_run / "config.yaml").read_text())["data"]["path"])
+    probabilities = load(trained_run).predict([root / r["id"] for r in val])
+    accuracy = float(np.mean([CLASSES[k] == r["label"] for k, r in zip(probabilities.argmax(1), val, strict=True)]))
+    assert abs(accuracy - val_accuracy(trained_run)) < 1e-6
+
+
+def test_existing_run_name_is_never_overwritten(tmp_path: Path) -> None:
+    first = create_run_dir(tmp_path, "exp")
+    (first.root / "keep.txt").write_text("x")
+    second = create_run_dir(tmp_path, "exp")
+    assert second.root.name == "exp-2" and (first.root / "keep.txt").read_text() == "x"
