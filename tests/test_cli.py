@@ -1,0 +1,102 @@
+"""The command line as a user meets it: help, check-data, config files, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import BLOOD, LITE0, blood_files, link_class_folders, run_cli
+from histoclass.config import apply_overrides, build_config, load_config
+from histoclass.errors import HistoclassError
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_help_explains_every_verb_and_train_flag() -> None:
+    top = run_cli("--help")
+    assert top.returncode == 0
+    for verb in ("train", "check-data", "evaluate", "predict", "compare"):
+        assert verb in top.stdout
+    train = run_cli("train", "--help")
+    flags = ["--data", "--image-dir", "--model", "--pretrained", "--no-pretrained", "--weights", "--image-size",
+             "--epochs", "--phase1-epochs", "--unfreeze-last", "--batch-size", "--lr", "--seed", "--val-fraction",
+             "--group-by", "--name", "--runs-dir", "--config", "--set", "--devices"]  # fmt: skip
+    for flag in flags:
+        assert flag in train.stdout, flag
+
+
+def test_check_data_reports_bad_files(blood_with_bad_files: Path) -> None:
+    result = run_cli("check-data", str(blood_with_bad_files))
+    assert result.returncode == 0, result.stderr
+    for expected in ("EOSINOPHIL", "150", "320x240", "_bad_truncated.jpeg", "_bad_empty.jpeg", "_bad_text.jpeg"):
+        assert expected in result.stderr
+
+
+def test_config_file_flags_and_set_override_in_order(tmp_path: Path) -> None:
+    (tmp_path / "cfg.yaml").write_text("data:\n  image_size: 64\n  batch_size: 8\ntrain:\n  lr: 0.01\n")
+    values = apply_overrides(load_config(tmp_path / "cfg.yaml"), {"data.batch_size": 16})
+    config = build_config(apply_overrides(values, ["train.lr=5e-4", "augment.preset=keras", "train.unfreeze_last=all"]))
+    assert (config.data.image_size, config.data.batch_size, config.train.lr) == (64, 16, 5e-4)
+    assert config.augment.rotation == 20 and config.augment.hflip and not config.augment.vflip
+    assert config.train.unfreeze_last == "all" and config.train.phase1_epochs == 6
+    with pytest.raises(HistoclassError, match=r"train\.lr: Input should be greater than 0"):
+        build_config(apply_overrides({}, ["train.lr=-1"]))
+    with pytest.raises(HistoclassError, match="section.key=value"):
+        apply_overrides({}, ["lr"])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return link_class_folders(tmp_path_factory.mktemp("tiny") / "data", blood_files(6))
+
+
+def test_bad_inputs_give_one_clear_line(tmp_path: Path, tiny: Path) -> None:
+    common = ["--runs-dir", str(tmp_path / "runs"), "--no-pretrained", "--image-size", "32", "--epochs", "1"]
+    assert_one_line_error(run_cli("train", "--data", str(tmp_path / "missing"), *common), "no such file or folder")
+    empty = tmp_path / "empty"
+    shutil.copytree(tiny, empty, symlinks=True)
+    (empty / "BASOPHIL").mkdir()
+    assert_one_line_error(run_cli("train", "--data", str(empty), *common), "BASOPHIL", "has no images")
+    labels = tmp_path / "labels.csv"
+    with open(labels, "w", newline="") as handle:
+        csv.writer(handle).writerows([["image", "label"], ["a", "x"]])
+    assert_one_line_error(
+        run_cli("train", "--data", str(labels), "--image-dir", str(tiny), *common), "no column 'id'", "--id-column"
+    )
+    assert_one_line_error(run_cli("train", "--data", str(tiny), "--model", "resnet5O", *common), "unknown model")
+    assert_one_line_error(
+        run_cli("train", "--data", str(tiny), "--set", "data.val_fraction=2", *common), "val_fraction"
+    )
+    assert_one_line_error(run_cli("train", "--data", str(tiny), "--weights", "nope.pth", *common), "--weights")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_offline_pretrained_fails_fast_naming_the_fixes(tmp_path: Path, tiny: Path) -> None:
+    from histoclass.models.factory import _hub_reachable
+
+    if _hub_reachable("huggingface.co"):
+        pytest.skip("the model hub is reachable here: the offline path cannot be shown")
+    result = run_cli("train", "--data", str(tiny), "--model", "resnet18", "--runs-dir", str(tmp_path), "--epochs", "1")
+    assert_one_line_error(result, "--weights", "--no-pretrained")
+
+
+def test_cli_train_end_to_end_with_weights_file(tmp_path: Path, tiny: Path) -> None:
+    result = run_cli(
+        "train", "--data", str(tiny), "--model", "tf_efficientnet_lite0", "--weights", str(LITE0),
+        "--image-size", "32", "--epochs", "2", "--phase1-epochs", "1", "--batch-size", "8", "--workers", "0",
+        "--name", "cli", "--runs-dir", str(tmp_path / "runs"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "runs" / "cli" / "model.safetensors").is_file()
+    assert "Split (images per class)" in result.stderr
+    assert BLOOD.is_dir()

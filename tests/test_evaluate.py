@@ -1,0 +1,149 @@
+"""evaluate, predict, compare and the Python API on real held-out images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+import histoclass
+from conftest import BLOOD, BLOOD_TEST, BREAST, CLASSES, run_cli
+from histoclass.evaluation.metrics import METRIC_KEYS, expected_calibration_error
+
+EVAL_FILES = [
+    "metrics.json",
+    "classification_report.txt",
+    "confusion_matrix.png",
+    "roc.png",
+    "reliability.png",
+    "predictions.csv",
+    "most_confused.csv",
+    "report.html",
+]
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run: Path) -> Path:
+    result = run_cli("evaluate", str(trained_run), "--data", str(BLOOD_TEST))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return trained_run / "eval" / "test_simple"
+
+
+def test_evaluate_writes_every_file_and_key(evaluated: Path) -> None:
+    for name in EVAL_FILES:
+        assert (evaluated / name).is_file(), name
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    assert list(metrics) == METRIC_KEYS
+    assert metrics["n"] == 71 and metrics["labels"] == CLASSES
+    assert set(metrics["per_class"]["MONOCYTE"]) == {"precision", "recall", "f1", "support", "auc"}
+
+
+def test_metrics_agree_with_sklearn_from_predictions_csv(evaluated: Path) -> None:
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    rows = read_rows(evaluated / "predictions.csv")
+    y_true = np.array([CLASSES.index(r["true_label"]) for r in rows])
+    y_pred = np.array([CLASSES.index(r["label"]) for r in rows])
+    probs = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
+    assert metrics["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+    assert metrics["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
+    assert metrics["macro_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro"))
+    assert metrics["weighted_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, average="weighted"))
+    assert metrics["macro_precision"] == pytest.approx(
+        skm.precision_score(y_true, y_pred, average="macro", zero_division=0)
+    )
+    assert metrics["roc_auc"] == pytest.approx(skm.roc_auc_score(y_true, probs, multi_class="ovr"), abs=1e-4)
+    assert metrics["log_loss"] == pytest.approx(skm.log_loss(y_true, probs, labels=range(4)), abs=1e-4)
+    assert metrics["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred).tolist()
+    assert metrics["ece"] == pytest.approx(expected_calibration_error(y_true, probs), abs=1e-4)
+    assert metrics["accuracy"] > 0.4  # held-out images, chance 0.25
+
+
+def test_ece_matches_a_direct_computation() -> None:
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55]])
+    truth = np.array([0, 1, 1, 0])
+    # bins: 0.9 -> right (|1-0.9|), 0.6 -> wrong (|0-0.6|), 0.8 -> right (|1-0.8|), 0.55 -> wrong (|0-0.55|)
+    assert expected_calibration_error(truth, probs) == pytest.approx((0.1 + 0.6 + 0.2 + 0.55) / 4)
+
+
+def test_report_html_renders_every_section_in_chromium(evaluated: Path, tmp_path: Path) -> None:
+    html = (evaluated / "report.html").read_text()
+    assert 'src="http' not in html and html.count("data:image/png;base64,") >= 4
+    for section in ("summary", "config", "curves", "per-class", "confusion", "roc", "calibration", "gallery"):
+        assert f'id="{section}"' in html
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is not installed (.ci/run installs Debian's chromium package)")
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         f"--screenshot={shot}", "--window-size=1280,4000", f"file://{evaluated / 'report.html'}"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert shot.stat().st_size > 50_000  # a page with plots, not a blank one
+
+
+def test_predict_folder_of_1000_with_a_corrupt_image(trained_run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    for name in CLASSES:
+        (folder / name).mkdir(parents=True)
+        for path in sorted((BLOOD / name).iterdir())[-250:]:
+            (folder / name / path.name).symlink_to(path)
+    victim = sorted((folder / "MONOCYTE").iterdir())[0]
+    victim.unlink()
+    victim.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    out = tmp_path / "predictions.csv"
+    result = run_cli("predict", str(trained_run), str(folder), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = read_rows(out)
+    assert len(rows) == 1000
+    assert list(rows[0]) == ["id", "label", "confidence", *(f"prob_{c}" for c in CLASSES)]
+    broken = [r for r in rows if r["label"] == ""]
+    assert [r["id"] for r in broken] == [victim.relative_to(folder).as_posix()]
+    assert victim.name in result.stderr
+    good = [r for r in rows if r["label"]]
+    accuracy = np.mean([r["id"].split("/")[0] == r["label"] for r in good])
+    assert accuracy > 0.4
+
+
+def test_predict_kaggle_columns_csv_input_and_tta(trained_run: Path, tmp_path: Path) -> None:
+    files = sorted((BLOOD_TEST / "LYMPHOCYTE").iterdir())
+    ids = tmp_path / "ids.csv"
+    ids.write_text("id\n" + "".join(f"{p.stem}\n" for p in files))
+    out = tmp_path / "submission.csv"
+    result = run_cli("predict", str(trained_run), str(ids), "--image-dir", str(BLOOD_TEST / "LYMPHOCYTE"),
+                     "--columns", "id,label", "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(out)
+    assert list(rows[0]) == ["id", "label"] and [r["id"] for r in rows] == [p.stem for p in files]
+    predictor = histoclass.load(trained_run)
+    plain, tta = predictor.predict(files), predictor.predict(files, tta=True)
+    assert np.allclose(tta.sum(axis=1), 1) and not np.allclose(plain, tta)
+    assert [CLASSES[k] for k in plain.argmax(1)] == [r["label"] for r in rows]
+
+
+def test_evaluate_npz_test_split_and_class_mismatch(trained_run: Path) -> None:
+    result = run_cli("evaluate", str(trained_run), "--data", str(BREAST))
+    assert result.returncode == 2 and "classes the model does not know" in result.stderr
+
+
+def test_compare_two_runs(trained_run: Path, scratch_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    result = run_cli("compare", str(trained_run), str(scratch_run), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    rows = read_rows(out / "compare.csv")
+    assert [r["run"] for r in rows] == ["pretrained", "scratch"]
+    assert float(rows[0]["accuracy"]) > float(rows[1]["accuracy"])
+    assert float(rows[0]["parameters_m"]) > 3 and rows[0]["best_epoch"]
+    assert (out / "compare.png").stat().st_size > 10_000 and "| run |" in (out / "compare.md").read_text()
