@@ -178,6 +178,48 @@ def compare(
     run_comparison(runs, data, split, out)
 
 
+@app.command()
+def export(
+    run: Annotated[str, typer.Argument(help="Run directory (runs/NAME).")],
+    format: Annotated[str, typer.Option("--format", "-f", help="onnx | tflite | torchscript.")] = "onnx",
+    check_data: Annotated[
+        str | None, typer.Option(help="Images to check parity on [the run's validation images].")
+    ] = None,
+    int8: Annotated[bool, typer.Option(help="Also write an int8 ONNX model (static quantisation).")] = False,
+    nhwc: Annotated[bool, typer.Option(help="Take NHWC input (mobile camera pipelines).")] = False,
+    images: Annotated[int, typer.Option(help="How many images the parity check uses.")] = 256,
+) -> None:
+    """Export to ONNX, TFLite or TorchScript with labels.txt and preprocess.json, checked against PyTorch."""
+    from histoclass.export.job import export as run_export
+
+    run_export(run, format, check_data, int8, nhwc, images)
+
+
+@app.command()
+def serve(
+    model: Annotated[str, typer.Argument(help="Run directory (runs/NAME) or an exported model.onnx.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for the whole network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes, each with its own copy of the model.")] = 1,
+    api_key: Annotated[str | None, typer.Option(help="Require this X-API-Key header on /api/ (not /health).")] = None,
+    max_file_mb: Annotated[float, typer.Option(help="Largest accepted upload, MB.")] = 20.0,
+    max_files: Annotated[int, typer.Option(help="Most images in one request.")] = 64,
+    max_megapixels: Annotated[float, typer.Option(help="Largest accepted image (decompression-bomb guard).")] = 50.0,
+    keep_uploads: Annotated[
+        str | None, typer.Option(help="Save every upload into this folder (off: none kept).")
+    ] = None,
+) -> None:
+    """Serve the Histology Classifier web page and REST API (POST /api/predict, /api/explain; docs at /docs)."""
+    from histoclass.serving.app import ServeSettings
+    from histoclass.serving.job import serve as run_server
+
+    settings = ServeSettings(
+        model=model, api_key=api_key, max_file_mb=max_file_mb, max_files=max_files,
+        max_megapixels=max_megapixels, keep_uploads=keep_uploads,
+    )  # fmt: skip
+    run_server(settings, host, port, workers)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2."""
     try:

@@ -10,7 +10,7 @@ from histoclass.errors import HistoclassError
 from histoclass.inference.predictor import Predictor, register_backend
 from histoclass.model_info import ModelInfo, read_labels
 
-__all__ = ["OnnxPredictor", "TFLitePredictor", "TorchPredictor", "read_export_info"]
+__all__ = ["OnnxPredictor", "TFLitePredictor", "TorchPredictor", "TorchScriptPredictor", "read_export_info"]
 
 
 def read_export_info(model_file: Path) -> ModelInfo:
@@ -106,3 +106,21 @@ class TFLitePredictor(Predictor):
         interpreter.set_tensor(detail["index"], batch.astype(np.float32))
         interpreter.invoke()
         return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+@register_backend(lambda path: path.suffix == ".pt" and path.is_file())
+class TorchScriptPredictor(Predictor):
+    """An exported TorchScript ``model.pt`` (our own export: TorchScript archives are code, load only trusted ones)."""
+
+    def __init__(self, path: Path) -> None:
+        import torch
+
+        self.source = path
+        self.info = read_export_info(path)
+        self.module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(_to_layout(batch, self.info.layout))).float().numpy()

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RunPaths", "create_run_dir"]
+import numpy as np
+import yaml
+
+from histoclass.data.records import ImageRecords
+from histoclass.errors import HistoclassError
+
+__all__ = ["RunPaths", "create_run_dir", "validation_records"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +72,27 @@ def create_run_dir(runs_dir: str | Path, name: str) -> RunPaths:
             continue
         return RunPaths(candidate)
     raise RuntimeError(f"no free run name for '{base}' in {runs_dir}")
+
+
+def validation_records(run_dir: str | Path) -> ImageRecords:
+    """The exact validation images of a run (``split.csv``), read again from its training data."""
+    from histoclass.config import build_config
+    from histoclass.data.sources import read_source
+
+    paths = RunPaths(Path(run_dir))
+    if not paths.split.is_file() or not paths.config.is_file():
+        raise HistoclassError(f"'{run_dir}' has no split.csv/config.yaml; pass --check-data PATH")
+    config = build_config(yaml.safe_load(paths.config.read_text()))
+    with open(paths.split, newline="") as handle:
+        wanted = {row["id"] for row in csv.DictReader(handle) if row["split"] == "val"}
+    try:
+        source = read_source(config.data.path, config.data)
+    except HistoclassError as error:
+        raise HistoclassError(
+            f"the run's training data is not readable here ({error}); pass --check-data PATH"
+        ) from None
+    for records in source.splits.values():
+        chosen = [i for i, image_id in enumerate(records.ids) if image_id in wanted]
+        if chosen:
+            return records.subset(np.asarray(chosen))
+    raise HistoclassError(f"none of the run's validation images were found in {config.data.path}; pass --check-data")

@@ -1,0 +1,1 @@
+"""Export: ONNX, TorchScript and TFLite models that are checked against the trained PyTorch model."""

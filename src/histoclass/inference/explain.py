@@ -1,0 +1,59 @@
+"""Grad-CAM: which regions of an image drove the predicted class (torch models only).
+
+The feature map is the backbone's last spatial one: timm's ``forward_features`` where the backbone has it,
+else the output of its last convolution.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from histoclass.figures import plt
+from histoclass.models.factory import Classifier
+
+__all__ = ["grad_cam", "overlay_png"]
+
+
+def _features_and_logits(model: Classifier, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    backbone = model.backbone
+    if hasattr(backbone, "forward_features") and hasattr(backbone, "forward_head"):
+        features = backbone.forward_features(batch)
+        return features, model.head(backbone.forward_head(features))
+    captured: list[torch.Tensor] = []
+    last_conv = [m for m in backbone.modules() if isinstance(m, nn.Conv2d)][-1]
+    handle = last_conv.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        logits = model(batch)
+    finally:
+        handle.remove()
+    return captured[-1], logits
+
+
+def grad_cam(model: Classifier, batch: torch.Tensor, target: int | None = None) -> tuple[np.ndarray, int]:
+    """A [0, 1] heatmap at the input's size for ``target`` (default: the predicted class) of a 1-image batch."""
+    model.eval()
+    with torch.enable_grad():
+        batch = batch.clone().requires_grad_(True)
+        features, logits = _features_and_logits(model, batch)
+        target = int(logits.argmax(dim=1)[0]) if target is None else target
+        (gradients,) = torch.autograd.grad(logits[0, target], features)
+    weights = gradients.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * features).sum(dim=1, keepdim=True)).detach()
+    cam = nn.functional.interpolate(cam, size=batch.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    cam = cam - cam.min()
+    peak = float(cam.max())
+    return (cam / peak if peak > 0 else cam).cpu().numpy(), target
+
+
+def overlay_png(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> bytes:
+    """The heatmap (jet colours) blended over the uint8 HxWx3 image, as PNG bytes."""
+    colours = (plt.get_cmap("jet")(heatmap)[:, :, :3] * 255).astype(np.float32)
+    blended = (1 - alpha) * pixels.astype(np.float32) + alpha * colours
+    buffer = io.BytesIO()
+    Image.fromarray(blended.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,28 @@
+"""The serve job: load the model once, print the address, run uvicorn."""
+
+from __future__ import annotations
+
+import os
+
+from histoclass.console import console
+from histoclass.serving.app import SETTINGS_ENV, ServeSettings, create_app
+
+__all__ = ["serve"]
+
+
+def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Serve ``settings.model`` until interrupted; more than one worker loads one model each."""
+    import uvicorn
+
+    app = create_app(settings)
+    title = app.title.removeprefix("histoclass: ")
+    labels = len(app.state.card["labels"])
+    console.print(f"Serving {title} ({labels} classes) on [bold]http://{host}:{port}[/]  (API docs: /docs)")
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+        return
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    uvicorn.run(
+        "histoclass.serving.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
+        log_level="warning",
+    )  # fmt: skip

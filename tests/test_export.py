@@ -1,0 +1,110 @@
+"""Exported models agree with the PyTorch model on real images, and the ONNX path needs no torch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import histoclass
+from conftest import BLOOD_TEST, CLASSES, run_cli
+
+BLOCK_TORCH = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "timm", "lightning", "torchvision", "torchmetrics"}:
+            raise ImportError(f"{name} is forbidden in this process")
+sys.meta_path.insert(0, Block())
+"""
+
+
+@pytest.fixture(scope="module")
+def onnx_model(trained_run: Path) -> Path:
+    result = run_cli("export", str(trained_run), "--format", "onnx")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return trained_run / "export" / "model.onnx"
+
+
+def test_onnx_export_files_and_recorded_parity(onnx_model: Path) -> None:
+    folder = onnx_model.parent
+    assert (folder / "labels.txt").read_text().split() == CLASSES
+    preprocess = json.loads((folder / "preprocess.json").read_text())
+    assert preprocess["image_size"] == 96 and preprocess["mean"] == [0.5, 0.5, 0.5] and preprocess["layout"] == "NCHW"
+    parity = json.loads((folder / "parity.json").read_text())["onnx"]
+    assert parity["passed"] and parity["top1_agreement"] >= 0.995 and parity["max_abs_diff"] <= 1e-3
+    assert parity["images"] == 120  # the run's whole validation split
+    import onnx
+
+    graph = onnx.load(str(onnx_model))
+    assert graph.opset_import[0].version >= 17
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_onnx_predictions_match_pytorch_on_held_out_images(trained_run: Path, onnx_model: Path) -> None:
+    files = sorted(BLOOD_TEST.rglob("*.jpeg"))
+    torch_probs = histoclass.load(trained_run).predict(files)
+    onnx_probs = histoclass.load(onnx_model).predict(files)
+    assert np.abs(torch_probs - onnx_probs).max() < 1e-3
+    assert (torch_probs.argmax(1) == onnx_probs.argmax(1)).mean() >= 0.995
+
+
+def test_onnx_predict_runs_where_torch_is_forbidden(trained_run: Path, onnx_model: Path, tmp_path: Path) -> None:
+    script = BLOCK_TORCH + "from histoclass.cli import main\nsys.argv[0] = 'histoclass'\nmain()\n"
+    out_onnx, out_torch = tmp_path / "onnx.csv", tmp_path / "torch.csv"
+    result = subprocess.run(
+        [sys.executable, "-c", script, "predict", str(onnx_model), str(BLOOD_TEST), "--out", str(out_onnx)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    refused = subprocess.run([sys.executable, "-c", BLOCK_TORCH + "import torch"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr
+    assert run_cli("predict", str(trained_run), str(BLOOD_TEST), "--out", str(out_torch)).returncode == 0
+
+    def labels(path: Path) -> list[tuple[str, str]]:
+        with open(path, newline="") as handle:
+            return [(row["id"], row["label"]) for row in csv.DictReader(handle)]
+
+    assert labels(out_onnx) == labels(out_torch) and len(labels(out_onnx)) == 71
+
+
+def test_evaluate_accepts_an_onnx_model(onnx_model: Path) -> None:
+    result = run_cli("evaluate", str(onnx_model), "--data", str(BLOOD_TEST))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (onnx_model.parent / "eval" / "test_simple" / "report.html").is_file()
+
+
+def test_int8_and_nhwc_and_torchscript(trained_run: Path, tmp_path: Path) -> None:
+    result = run_cli("export", str(trained_run), "--format", "onnx", "--int8", "--check-data", str(BLOOD_TEST))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "int8:" in result.stderr and "MB ->" in result.stderr
+    parity = json.loads((trained_run / "export" / "parity.json").read_text())["onnx"]["int8"]
+    assert parity["size_bytes_int8"] < parity["size_bytes_float"] / 2
+    assert (trained_run / "export" / "model.int8.onnx").is_file() == parity["kept"]
+    result = run_cli("export", str(trained_run), "--format", "torchscript", "--nhwc")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((trained_run / "export" / "preprocess.json").read_text())["layout"] == "NHWC"
+    files = sorted(BLOOD_TEST.rglob("*.jpeg"))[:8]
+    scripted = histoclass.load(trained_run / "export" / "model.pt").predict(files)
+    assert np.abs(scripted - histoclass.load(trained_run).predict(files)).max() < 1e-4
+
+
+def test_export_bad_inputs(trained_run: Path, tmp_path: Path) -> None:
+    unknown = run_cli("export", str(trained_run), "--format", "coreml")
+    assert unknown.returncode == 2 and "unknown format 'coreml'" in unknown.stderr and "Traceback" not in unknown.stderr
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("model.json", "config.yaml", "labels.txt"):
+        (broken / name).write_bytes((trained_run / name).read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    damaged = run_cli("export", str(broken))
+    assert damaged.returncode == 2 and "damaged" in damaged.stderr and "Traceback" not in damaged.stderr
+    (broken / "model.safetensors").unlink()
+    missing = run_cli("export", str(broken))
+    assert (missing.returncode == 2 and "not a model" in missing.stderr) or "model.safetensors" in missing.stderr
+    assert not (broken / "export").exists() or not any((broken / "export").glob("model.*"))

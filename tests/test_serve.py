@@ -1,0 +1,185 @@
+"""The web app and REST API through a real uvicorn server on 127.0.0.1, and the page in real Chromium."""
+
+from __future__ import annotations
+
+import csv
+import io
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from conftest import BLOOD_TEST, CLASSES, run_cli
+
+TEST_IMAGES = sorted(BLOOD_TEST.rglob("*.jpeg"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(model: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "histoclass", "serve", str(model), "--port", str(port), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.25)
+    process.kill()
+    raise RuntimeError(f"server did not start: {process.stdout.read()}")
+
+
+@pytest.fixture(scope="module")
+def server(trained_run: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    process, url = start_server(trained_run, "--max-file-mb", "1")
+    yield process, url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def upload(url: str, files: list[tuple[str, bytes]], endpoint: str = "predict", **kwargs) -> httpx.Response:
+    field = "files" if endpoint == "predict" else "file"
+    payload = [(field, (name, data, "application/octet-stream")) for name, data in files]
+    return httpx.post(f"{url}/api/{endpoint}", files=payload, timeout=120, **kwargs)
+
+
+def test_api_labels_agree_with_histoclass_predict(server, trained_run: Path, tmp_path: Path) -> None:
+    _, url = server
+    chosen = TEST_IMAGES[::4]
+    response = upload(url, [(p.name, p.read_bytes()) for p in chosen])
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["filename"] for r in results] == [p.name for p in chosen]
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-6 for r in results)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for path in chosen:
+        (folder / path.name).symlink_to(path)
+    out = tmp_path / "p.csv"
+    assert run_cli("predict", str(trained_run), str(folder), "--out", str(out)).returncode == 0
+    with open(out, newline="") as handle:
+        expected = {row["id"]: row["label"] for row in csv.DictReader(handle)}
+    assert {r["filename"]: r["label"] for r in results} == expected
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A small PNG file whose header claims ``width`` x ``height``: a decompression bomb."""
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    data = png_chunk(b"IDAT", zlib.compress(b"\0" * 4096))
+    return b"\x89PNG\r\n\x1a\n" + header + data + png_chunk(b"IEND", b"")
+
+
+def test_garbage_uploads_get_clear_4xx_and_the_server_survives(server) -> None:
+    process, url = server
+    real = TEST_IMAGES[0].read_bytes()
+    cases = {
+        "text renamed .png": ([("notes.png", b"just some text, not pixels\n")], 415),
+        "zero bytes": ([("empty.jpeg", b"")], 422),
+        "30000x30000 header": ([("bomb.png", png_header(30000, 30000))], 413),
+        "truncated jpeg": ([("cut.jpeg", real[: len(real) // 2])], 422),
+        "over the size limit": ([("big.png", b"\x89PNG" + b"\0" * 1_200_000)], 413),
+        "200 files at once": ([(f"{i}.jpeg", real) for i in range(200)], 413),
+    }
+    for name, (files, status) in cases.items():
+        response = upload(url, files)
+        assert response.status_code == status, name
+        assert response.json()["detail"], name
+    assert upload(url, [("cut.jpeg", real[:500])], endpoint="explain").status_code == 422
+    assert process.poll() is None
+    assert upload(url, [("ok.jpeg", real)]).status_code == 200
+
+
+def test_explain_returns_a_heatmap_png(server) -> None:
+    _, url = server
+    response = upload(url, [(TEST_IMAGES[3].name, TEST_IMAGES[3].read_bytes())], endpoint="explain")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(response.content))
+    assert image.size == (96, 96) and response.headers["x-predicted-label"] in CLASSES
+
+
+def test_200_concurrent_requests_from_20_clients(server) -> None:
+    process, url = server
+    server_process = psutil.Process(process.pid)
+    payloads = [(p.name, p.read_bytes()) for p in TEST_IMAGES[:20]]
+    upload(url, payloads[:2])
+    before = server_process.memory_info().rss
+
+    def client(index: int) -> list[int]:
+        with httpx.Client(timeout=120) as session:
+            return [
+                session.post(f"{url}/api/predict", files=[("files", payloads[(index + k) % 20])]).status_code
+                for k in range(10)
+            ]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        statuses = [s for batch in pool.map(client, range(20)) for s in batch]
+    elapsed = time.perf_counter() - started
+    after = server_process.memory_info().rss
+    print(f"\n200 requests / 20 clients: {elapsed:.1f} s, {200 / elapsed:.0f} req/s; "
+          f"server RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB")  # fmt: skip
+    assert statuses == [200] * 200
+    assert after - before < 200 * 2**20
+
+
+def test_api_key_guards_the_api_but_not_health_or_page(trained_run: Path) -> None:
+    process, url = start_server(trained_run, "--api-key", "s3cret")
+    try:
+        image = [(TEST_IMAGES[0].name, TEST_IMAGES[0].read_bytes())]
+        assert upload(url, image).status_code == 401
+        assert upload(url, image, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert httpx.get(f"{url}/api/model").status_code == 401
+        assert httpx.get(f"{url}/").status_code == 200 and httpx.get(f"{url}/static/app.js").status_code == 200
+        assert "/api/predict" in httpx.get(f"{url}/openapi.json").json()["paths"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_page_in_chromium_uploads_two_images_and_shows_heatmaps(server, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    _, url = server
+    chosen = [TEST_IMAGES[0], TEST_IMAGES[-1]]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(url)
+        page.wait_for_selector("#card dd")
+        page.set_input_files("#file-input", [str(p) for p in chosen])
+        page.wait_for_function("document.querySelectorAll('.result img.heatmap.ready').length === 2", timeout=60_000)
+        labels = page.eval_on_selector_all(".result", "cards => cards.map(c => c.dataset.label)")
+        assert len(labels) == 2 and all(label in CLASSES for label in labels)
+        assert page.locator(".result .bar").count() == 2 * len(CLASSES)
+        assert page.is_visible(".result img.heatmap")
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        page.uncheck("#show-heatmap")
+        assert not page.is_visible(".result img.heatmap")
+        browser.close()
+    assert (tmp_path / "page.png").stat().st_size > 20_000
