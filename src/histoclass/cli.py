@@ -62,6 +62,14 @@ def train(
     cache: Annotated[str | None, typer.Option(help="none | ram: decode images once [none].")] = None,
     accelerator: Annotated[str | None, typer.Option(help="auto | cpu | gpu [auto].")] = None,
     devices: Annotated[str | None, typer.Option(help="auto, a count, or ids such as 0,1 [auto].")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Machines, for torchrun --nnodes or SLURM [1].")] = None,
+    sync_batchnorm: Annotated[bool | None, typer.Option(help="BatchNorm statistics across processes [off].")] = None,
+    checkpoint_every_steps: Annotated[
+        int | None, typer.Option(help="Also checkpoint every K training steps, mid-epoch.")
+    ] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue an interrupted run (runs/NAME) from its last checkpoint.")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Run name [dataset-model]; never overwritten.")] = None,
     runs_dir: Annotated[str | None, typer.Option(help="Parent folder of run directories [runs].")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML config; flags and --set override it.")] = None,
@@ -102,9 +110,15 @@ def train(
         "train.seed": seed,
         "train.accelerator": accelerator,
         "train.devices": devices,
+        "train.num_nodes": num_nodes,
+        "train.sync_batchnorm": sync_batchnorm,
+        "train.checkpoint_every_steps": checkpoint_every_steps,
         "run.name": name,
         "run.runs_dir": runs_dir,
     }
+    if resume is not None:
+        run_training(resume=resume)
+        return
     values = apply_overrides(load_config(config), {k: v for k, v in flags.items() if v is not None})
     run_training(build_config(apply_overrides(values, set_ or [])))
 

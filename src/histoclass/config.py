@@ -125,6 +125,11 @@ class TrainConfig(_Section):
     accelerator: str = Field("auto", description="auto | cpu | gpu")
     devices: str = Field("auto", description="auto, a count, or a list such as 0,1")
     precision: str | None = Field(None, description="default: bf16-mixed on a GPU, 32 on CPU")
+    strategy: str | None = Field(None, description="Lightning strategy (default: DDP when several processes)")
+    num_nodes: int = Field(1, ge=1, description="machines (torchrun --nnodes or SLURM nodes)")
+    sync_batchnorm: bool = Field(False, description="BatchNorm statistics over all processes")
+    scale_lr: bool = Field(False, description="multiply lr by the number of processes")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint every K steps mid-epoch")
 
     @model_validator(mode="after")
     def _resolve_phase1(self) -> TrainConfig:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +19,9 @@ from histoclass.training.history import HISTORY_COLUMNS, read_history
 
 __all__ = [
     "AtomicCheckpointIO",
+    "DistributedSummary",
+    "EpochSeeder",
+    "GracefulStop",
     "HistoryWriter",
     "ImagesPerSecond",
     "PhaseAwareEarlyStopping",
@@ -80,16 +86,21 @@ class HistoryWriter(Callback):
         self.phase1_epochs = phase1_epochs
         self.rows: list[dict] = []
         self._started = 0.0
+        self._validated = False
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        done = trainer.current_epoch
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        done = trainer.current_epoch  # restored from the checkpoint by now when resuming
         self.rows = [row for row in read_history(self.path) if int(row["epoch"]) <= done]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
+        self._validated = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validated = not trainer.sanity_checking
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or "val_loss" not in trainer.callback_metrics:
+        if not self._validated:  # an epoch cut short by a stop request has no validation row
             return
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         row = {
@@ -131,3 +142,66 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class EpochSeeder(Callback):
+    """Reseeds every epoch from (seed, epoch): dropout, MixUp and augmentation draw the same numbers whether
+    the run was interrupted or not, so a resumed run ends with the same weights as an uninterrupted one."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        torch.manual_seed(self.seed * 7919 + epoch * 104_729 + trainer.global_rank)
+        dataset = trainer.train_dataloader.dataset if trainer.train_dataloader is not None else None
+        if dataset is not None and hasattr(dataset, "epoch"):
+            dataset.epoch = epoch
+
+
+class GracefulStop(Callback):
+    """SIGINT/SIGTERM: finish the current batch, save ``last.ckpt``, stop. A second signal stops at once."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        self.checkpoint = Path(checkpoint)
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested:
+            os._exit(128 + signum)
+        self.requested = True
+        print(f"\nhistoclass: signal {signum}: saving a checkpoint after this batch (again to stop now)", flush=True)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.requested and not trainer.should_stop:
+            trainer.save_checkpoint(self.checkpoint)
+            trainer.should_stop = True
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+class DistributedSummary(Callback):
+    """Prints the effective batch size and the learning rate in use once the processes are known."""
+
+    def __init__(self, batch_size: int, lr: float, scaled: bool) -> None:
+        self.batch_size, self.lr, self.scaled = batch_size, lr, scaled
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            world = trainer.world_size
+            lr = self.lr * world if self.scaled else self.lr
+            how = f"scaled x{world} (--set train.scale_lr=true)" if self.scaled else "not scaled"
+            print(
+                f"{world} process(es) x {self.batch_size} images = effective batch {world * self.batch_size}; "
+                f"lr {lr:g} ({how})",
+                flush=True,
+            )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -10,6 +13,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -29,6 +33,9 @@ from histoclass.models.heads import create_head
 from histoclass.models.serialization import count_parameters, save_model
 from histoclass.training.callbacks import (
     AtomicCheckpointIO,
+    DistributedSummary,
+    EpochSeeder,
+    GracefulStop,
     HistoryWriter,
     ImagesPerSecond,
     PhaseAwareEarlyStopping,
@@ -37,7 +44,7 @@ from histoclass.training.callbacks import (
 from histoclass.training.curves import plot_curves
 from histoclass.training.history import read_history
 from histoclass.training.module import ClassifierModule
-from histoclass.training.rundir import RunPaths, create_run_dir
+from histoclass.training.rundir import RUN_DIR_ENV, RunPaths, claim_run_dir, latest_checkpoint
 
 __all__ = ["split_for_training", "train"]
 
@@ -86,11 +93,21 @@ def _balanced_weights(train: ImageRecords, num_classes: int) -> torch.Tensor:
     return torch.tensor(counts.sum() / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
 
 
+def _device_count(config: Config, on_gpu: bool) -> int:
+    devices = config.train.devices
+    if devices == "auto":
+        return torch.cuda.device_count() if on_gpu else 1
+    return len([d for d in devices.split(",") if d.strip()]) if "," in devices else int(devices)
+
+
 def _trainer_settings(config: Config) -> dict:
+    """Accelerator, devices, precision and strategy: bf16 on GPUs, and DDP that tolerates frozen blocks."""
     cfg = config.train
     on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
     precision = cfg.precision or ("bf16-mixed" if on_gpu else "32-true")
-    return {"accelerator": cfg.accelerator, "devices": cfg.devices, "precision": precision}
+    several = _device_count(config, on_gpu) * cfg.num_nodes > 1
+    strategy = cfg.strategy or ("ddp_find_unused_parameters_true" if several else "auto")
+    return {"accelerator": cfg.accelerator, "devices": cfg.devices, "precision": precision, "strategy": strategy}
 
 
 def _write_run_header(
@@ -118,7 +135,8 @@ def _datasets(config: Config, train: ImageRecords, val: ImageRecords) -> tuple[I
         with console.status("Decoding images into the RAM cache"):
             caches = [build_ram_cache(train, size), build_ram_cache(val, size)]
     transform = create_train_transform(config.augment, size)
-    return ImageDataset(train, size, transform, caches[0]), ImageDataset(val, size, None, caches[1])
+    seed = config.train.seed
+    return ImageDataset(train, size, transform, caches[0], seed), ImageDataset(val, size, None, caches[1], seed)
 
 
 def _finish_run(run: RunPaths, module: ClassifierModule, info: ModelInfo, best: str, started: float) -> Path:
@@ -146,78 +164,149 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
-def train(config: Config) -> Path:
-    """Train a classifier as ``config`` says and return its run directory."""
-    _quiet_lightning()
-    started = time.time()
-    data, model_cfg = config.data, config.model
-    if not data.path:
-        raise HistoclassError("--data is required: a class-folder dataset, a labels CSV, an .npz or medmnist:NAME")
-    L.seed_everything(config.train.seed, workers=True, verbose=False)
-    backbone = create_backbone(model_cfg.name, pretrained=model_cfg.pretrained, weights=model_cfg.weights)
-    source = read_source(data.path, data)
-    with console.status(f"Checking {sum(len(r) for r in source.splits.values())} images"):
-        report = check_source(source)
-    _check_classes(report)
-    train_records, val_records = split_for_training(report, config)
-    _print_split(source.classes, train_records, val_records)
-
-    name = config.run.name or f"{source.name}-{model_cfg.name}"
-    run = create_run_dir(config.run.runs_dir, name)
-    config = config.model_copy(update={"run": config.run.model_copy(update={"name": run.root.name})})
-    _write_run_header(run, config, source.classes, report, train_records, val_records)
-    console.print(f"Run directory: [bold]{run.root}[/]")
-
-    model = Classifier(
-        backbone, create_head(model_cfg.head, backbone.num_features, len(source.classes), model_cfg.dropout)
-    )
-    info = ModelInfo(
-        architecture=model_cfg.name,
-        head=model_cfg.head,
-        dropout=model_cfg.dropout,
-        labels=source.classes,
-        image_size=data.image_size,
-        mean=list(backbone.mean),
-        std=list(backbone.std),
-        name=run.root.name,
-        parameters=count_parameters(model),
-    )
-    weights = (
-        _balanced_weights(train_records, len(source.classes)) if config.train.class_weights == "balanced" else None
-    )
-    module = ClassifierModule(
+def _build_model(config: Config, backbone, classes: list[str], train_records: ImageRecords) -> ClassifierModule:
+    cfg = config.model
+    model = Classifier(backbone, create_head(cfg.head, backbone.num_features, len(classes), cfg.dropout))
+    balanced = config.train.class_weights == "balanced"
+    return ClassifierModule(
         model,
         config.train,
-        class_weights=weights,
+        class_weights=_balanced_weights(train_records, len(classes)) if balanced else None,
         label_smoothing=config.augment.label_smoothing,
-        mixer=create_batch_mixer(config.augment, len(source.classes)),
+        mixer=create_batch_mixer(config.augment, len(classes)),
     )
-    train_set, val_set = _datasets(config, train_records, val_records)
-    datamodule = HistoDataModule(train_set, val_set, data.batch_size, data.workers)
-    phase1 = config.train.phase1_epochs
-    checkpoint = ModelCheckpoint(
+
+
+def _model_info(config: Config, module: ClassifierModule, classes: list[str], name: str) -> ModelInfo:
+    model = module.model
+    return ModelInfo(
+        architecture=config.model.name,
+        head=config.model.head,
+        dropout=config.model.dropout,
+        labels=classes,
+        image_size=config.data.image_size,
+        mean=list(model.mean),
+        std=list(model.std),
+        name=name,
+        parameters=count_parameters(model),
+    )
+
+
+def _trainer(config: Config, run: RunPaths) -> tuple[L.Trainer, ModelCheckpoint]:
+    cfg = config.train
+    phase1 = cfg.phase1_epochs
+    best = ModelCheckpoint(
         dirpath=run.checkpoints, filename="best", monitor="val_loss", mode="min", save_last=True, save_top_k=1
     )
+    callbacks = [
+        EpochSeeder(cfg.seed),
+        TwoPhaseFinetuning(phase1, cfg.unfreeze_last),
+        PhaseAwareEarlyStopping(phase1, monitor="val_loss", patience=cfg.early_stopping_patience),
+        best,
+        HistoryWriter(run.history, phase1),
+        GracefulStop(run.checkpoints / "last.ckpt"),
+        DistributedSummary(config.data.batch_size, cfg.lr, cfg.scale_lr),
+        ImagesPerSecond(),
+        RichProgressBar(),
+    ]
+    if cfg.checkpoint_every_steps:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run.checkpoints,
+                filename="step-{epoch}-{step}",
+                every_n_train_steps=cfg.checkpoint_every_steps,
+                save_top_k=1,
+                monitor=None,
+            )
+        )
     trainer = L.Trainer(
-        max_epochs=config.train.epochs,
-        callbacks=[
-            TwoPhaseFinetuning(phase1, config.train.unfreeze_last),
-            PhaseAwareEarlyStopping(phase1, monitor="val_loss", patience=config.train.early_stopping_patience),
-            checkpoint,
-            HistoryWriter(run.history, phase1),
-            ImagesPerSecond(),
-            RichProgressBar(),
-        ],
+        max_epochs=cfg.epochs,
+        num_nodes=cfg.num_nodes,
+        sync_batchnorm=cfg.sync_batchnorm,
+        callbacks=callbacks,
         logger=TensorBoardLogger(run.root, name="tensorboard", version=""),
         default_root_dir=run.root,
         plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
         enable_model_summary=False,
         **_trainer_settings(config),
     )
-    trainer.fit(module, datamodule=datamodule)
-    if trainer.is_global_zero:
-        _finish_run(run, module, info, checkpoint.best_model_path, started)
+    return trainer, best
+
+
+def _resumed_config(resume: str | Path) -> tuple[Config, RunPaths, Path]:
+    from histoclass.config import build_config
+
+    run = RunPaths(Path(resume))
+    if not run.config.is_file():
+        raise HistoclassError(f"--resume: '{resume}' is not a run directory (no config.yaml)")
+    checkpoint = latest_checkpoint(run)
+    return build_config(yaml.safe_load(run.config.read_text())), run, checkpoint
+
+
+def _same_split(run: RunPaths, val: ImageRecords) -> None:
+    with open(run.split, newline="") as handle:
+        recorded = sorted(row["id"] for row in csv.DictReader(handle) if row["split"] == "val")
+    if recorded != sorted(val.ids):
+        raise HistoclassError(f"--resume: the data behind '{run.root}' changed since the run started; start a new run")
+
+
+def train(config: Config | None = None, resume: str | Path | None = None) -> Path:
+    """Train a classifier as ``config`` says (or continue the run ``resume``) and return its run directory."""
+    _quiet_lightning()
+    started = time.time()
+    checkpoint = None
+    if resume is not None:
+        config, run, checkpoint = _resumed_config(resume)
+        console.print(f"Resuming [bold]{run.root}[/] from {checkpoint.name}")
+    data = config.data
+    if not data.path:
+        raise HistoclassError("--data is required: a class-folder dataset, a labels CSV, an .npz or medmnist:NAME")
+    L.seed_everything(config.train.seed, workers=True, verbose=False)
+    backbone = create_backbone(config.model.name, pretrained=config.model.pretrained, weights=config.model.weights)
+    source = read_source(data.path, data)
+    with console.status(f"Checking {sum(len(r) for r in source.splits.values())} images"):
+        report = check_source(source)
+    _check_classes(report)
+    train_records, val_records = split_for_training(report, config)
+    if resume is None:
+        _print_split(source.classes, train_records, val_records)
+        run, writer = claim_run_dir(config.run.runs_dir, config.run.name or f"{source.name}-{config.model.name}")
+        config = config.model_copy(update={"run": config.run.model_copy(update={"name": run.root.name})})
+        if writer:
+            _write_run_header(run, config, source.classes, report, train_records, val_records)
+            console.print(f"Run directory: [bold]{run.root}[/]")
+    else:
+        _same_split(run, val_records)
+    module = _build_model(config, backbone, source.classes, train_records)
+    train_set, val_set = _datasets(config, train_records, val_records)
+    datamodule = HistoDataModule(train_set, val_set, data.batch_size, data.workers, seed=config.train.seed)
+    trainer, best = _trainer(config, run)
+    with _shared_run_dir(run):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
+    if trainer.is_global_zero and not trainer.interrupted and not _stopped_early_by_signal(trainer):
+        _finish_run(
+            run, module, _model_info(config, module, source.classes, run.root.name), best.best_model_path, started
+        )
         console.print(f"Done: results in [bold]{run.root}[/]")
     return run.root
+
+
+def _stopped_early_by_signal(trainer: L.Trainer) -> bool:
+    return any(isinstance(c, GracefulStop) and c.requested for c in trainer.callbacks)
+
+
+@contextlib.contextmanager
+def _shared_run_dir(run: RunPaths):
+    """Expose the run directory to the processes Lightning spawns for the other devices, for the fit only."""
+    previous = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run.root)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous

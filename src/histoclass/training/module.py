@@ -5,7 +5,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassF1Score,
@@ -57,6 +57,8 @@ class ClassifierModule(L.LightningModule):
         self.register_buffer("std", torch.tensor(model.std).view(1, -1, 1, 1), persistent=False)
         self.criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
         self.val_metrics = _val_metrics(model.head[-1].out_features)
+        # Summed over every image and process, so the loss is exact whatever the sharding.
+        self.val_loss = MeanMetric()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(normalize_batch(images, self.mean, self.std))
@@ -68,27 +70,23 @@ class ClassifierModule(L.LightningModule):
         if self.mixer is not None:
             inputs, targets = self.mixer(inputs, labels)
         loss = self.criterion(self.model(inputs), targets)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits = self(images)
-        self.log(
-            "val_loss",
-            self.criterion(logits, labels),
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=True,
-            batch_size=len(labels),
-        )
+        self.val_loss.update(self.criterion(logits, labels), weight=len(labels))
         self.val_metrics.update(logits, labels)
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_metrics.compute()
-        self.log_dict(metrics)
-        self.log("val_acc", metrics["val_accuracy"], prog_bar=True, logger=False)
+        # Already reduced over every process by torchmetrics: sync_dist averages identical values.
+        self.log("val_loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
+        self.log_dict(metrics, sync_dist=True)
+        self.log("val_acc", metrics["val_accuracy"], prog_bar=True, logger=False, sync_dist=True)
         self.val_metrics.reset()
+        self.val_loss.reset()
 
     def configure_optimizers(self):
         """Two parameter groups: the head at ``lr``, the backbone at ``lr * finetune_lr_scale``.

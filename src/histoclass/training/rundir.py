@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,10 @@ import yaml
 from histoclass.data.records import ImageRecords
 from histoclass.errors import HistoclassError
 
-__all__ = ["RunPaths", "create_run_dir", "validation_records"]
+__all__ = ["RUN_DIR_ENV", "RunPaths", "claim_run_dir", "create_run_dir", "latest_checkpoint", "validation_records"]
+
+#: Set while a run trains, so processes Lightning spawns for other devices join the same run directory.
+RUN_DIR_ENV = "HISTOCLASS_RUN_DIR"
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,56 @@ def create_run_dir(runs_dir: str | Path, name: str) -> RunPaths:
             continue
         return RunPaths(candidate)
     raise RuntimeError(f"no free run name for '{base}' in {runs_dir}")
+
+
+def _launch() -> tuple[int, int, str]:
+    """(global rank, world size, launch id) as torchrun or srun announce them; (0, 1, "") otherwise."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        launch = env.get("TORCHELASTIC_RUN_ID") or f"{env.get('MASTER_ADDR')}-{env.get('MASTER_PORT')}"
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), launch
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        return (
+            int(env["SLURM_PROCID"]),
+            int(env["SLURM_NTASKS"]),
+            f"slurm-{env.get('SLURM_JOB_ID')}-{env.get('SLURM_STEP_ID')}",
+        )
+    return 0, 1, ""
+
+
+def claim_run_dir(runs_dir: str | Path, name: str, timeout: float = 600.0) -> tuple[RunPaths, bool]:
+    """The run directory of this process and whether it writes the run's files (global rank 0 only).
+
+    Processes Lightning spawns find it in :data:`RUN_DIR_ENV`; under torchrun or srun rank 0 claims it and
+    the other ranks read its path from a marker file in ``runs_dir`` (a shared filesystem across nodes).
+    """
+    given = os.environ.get(RUN_DIR_ENV)
+    if given:
+        return RunPaths(Path(given)), False
+    rank, world, launch = _launch()
+    if world == 1:
+        return create_run_dir(runs_dir, name), True
+    marker = Path(runs_dir) / f".launch-{_safe_name(launch)}"
+    if rank == 0:
+        from histoclass.atomic import write_text
+
+        run = create_run_dir(runs_dir, name)
+        write_text(marker, str(run.root))
+        return run, True
+    deadline = time.monotonic() + timeout
+    while not marker.is_file():
+        if time.monotonic() > deadline:
+            raise HistoclassError(f"rank {rank}: rank 0 did not create the run directory in {timeout:.0f} s")
+        time.sleep(0.5)
+    return RunPaths(Path(marker.read_text().strip())), False
+
+
+def latest_checkpoint(run: RunPaths) -> Path:
+    """The newest checkpoint to resume from (``last.ckpt`` or a mid-epoch ``step-*.ckpt``)."""
+    candidates = [p for p in run.checkpoints.glob("*.ckpt") if p.name == "last.ckpt" or p.name.startswith("step-")]
+    if not candidates:
+        raise HistoclassError(f"--resume: '{run.root}' has no checkpoint yet (checkpoints/last.ckpt); start it again")
+    return max(candidates, key=lambda p: p.stat().st_mtime)
 
 
 def validation_records(run_dir: str | Path) -> ImageRecords:
