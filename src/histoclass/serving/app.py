@@ -106,12 +106,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 [UploadRejected(413, "(request)", f"{len(files)} files; the limit is {settings.max_files} a request")]
             )
         decoded, rejected = [], []
+        size = predictor.info.image_size
         for upload in files:
             data = await upload.read(settings.max_bytes + 1)
             name = upload.filename or "upload"
             try:
                 image = await run_in_threadpool(
-                    decode_upload, name, data, settings.max_bytes, int(settings.max_megapixels * 1e6)
+                    decode_upload, name, data, settings.max_bytes, int(settings.max_megapixels * 1e6), size
                 )
             except UploadRejected as error:
                 rejected.append(error)
@@ -119,7 +120,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             if settings.keep_uploads:
                 Path(settings.keep_uploads).mkdir(parents=True, exist_ok=True)
                 (Path(settings.keep_uploads) / f"{uuid.uuid4().hex}-{Path(name).name}").write_bytes(data)
-            decoded.append((name, resize_square(image, predictor.info.image_size)))
+            decoded.append((name, resize_square(image, size)))
         if rejected:
             raise _UploadBatchRejected(rejected)
         return decoded

@@ -30,8 +30,11 @@ class UploadRejected(Exception):
         return {"filename": self.filename, "status": self.status, "error": self.message}
 
 
-def decode_upload(filename: str, data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Check size, type and pixel count, then decode fully; raises :class:`UploadRejected`."""
+def decode_upload(
+    filename: str, data: bytes, max_bytes: int, max_pixels: int, size_hint: int | None = None
+) -> Image.Image:
+    """Check size, type and pixel count, then decode fully (as every other path does, with the same
+    ``size_hint``); raises :class:`UploadRejected`."""
     if not data:
         raise UploadRejected(422, filename, "empty file (0 bytes)")
     if len(data) > max_bytes:
@@ -52,6 +55,6 @@ def decode_upload(filename: str, data: bytes, max_bytes: int, max_pixels: int) -
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return open_rgb(data)
+            return open_rgb(data, size_hint)
     except Exception as error:  # truncated or corrupt data surfaces as many exception types
         raise UploadRejected(422, filename, f"damaged image ({str(error).splitlines()[0][:120]})") from None
