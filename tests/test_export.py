@@ -108,3 +108,18 @@ def test_export_bad_inputs(trained_run: Path, tmp_path: Path) -> None:
     missing = run_cli("export", str(broken))
     assert (missing.returncode == 2 and "not a model" in missing.stderr) or "model.safetensors" in missing.stderr
     assert not (broken / "export").exists() or not any((broken / "export").glob("model.*"))
+
+
+def test_tflite_export_agrees_with_pytorch_on_held_out_images(trained_run: Path, tmp_path: Path) -> None:
+    result = run_cli("export", str(trained_run), "--format", "tflite")
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = trained_run / "export" / "model.tflite"
+    assert json.loads((trained_run / "export" / "parity.json").read_text())["tflite"]["passed"]
+    files = sorted(BLOOD_TEST.rglob("*.jpeg"))
+    lite, reference = histoclass.load(model).predict(files), histoclass.load(trained_run).predict(files)
+    assert (lite.argmax(1) == reference.argmax(1)).mean() >= 0.995
+    assert np.abs(lite - reference).max() < 1e-3
+    out = tmp_path / "tflite.csv"
+    assert run_cli("predict", str(model), str(BLOOD_TEST), "--out", str(out)).returncode == 0
+    with open(out, newline="") as handle:
+        assert [row["label"] for row in csv.DictReader(handle)] == [CLASSES[k] for k in lite.argmax(1)]
