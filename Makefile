@@ -27,8 +27,8 @@ demo: setup
 		--image-size $(SIZE) --epochs $(EPOCHS) --phase1-epochs 1 --batch-size 64 --name $(NAME) $(ARGS)
 
 lint: setup
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -88,9 +88,10 @@ def test_int8_and_nhwc_and_torchscript(trained_run: Path, tmp_path: Path) -> Non
     assert (trained_run / "export" / "model.int8.onnx").is_file() == parity["kept"]
     result = run_cli("export", str(trained_run), "--format", "torchscript", "--nhwc")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads((trained_run / "export" / "preprocess.json").read_text())["layout"] == "NHWC"
+    assert json.loads((trained_run / "export" / "nhwc" / "preprocess.json").read_text())["layout"] == "NHWC"
+    assert json.loads((trained_run / "export" / "preprocess.json").read_text())["layout"] == "NCHW"
     files = sorted(BLOOD_TEST.rglob("*.jpeg"))[:8]
-    scripted = histoclass.load(trained_run / "export" / "model.pt").predict(files)
+    scripted = histoclass.load(trained_run / "export" / "nhwc" / "model.pt").predict(files)
     assert np.abs(scripted - histoclass.load(trained_run).predict(files)).max() < 1e-4
 
 

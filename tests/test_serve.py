@@ -183,3 +183,20 @@ def test_page_in_chromium_uploads_two_images_and_shows_heatmaps(server, tmp_path
         assert not page.is_visible(".result img.heatmap")
         browser.close()
     assert (tmp_path / "page.png").stat().st_size > 20_000
+
+
+def test_serving_an_onnx_export_predicts_and_declines_heatmaps(trained_run: Path) -> None:
+    from histoclass.export.job import export
+
+    model = export(trained_run, "onnx")
+    process, url = start_server(model)
+    try:
+        card = httpx.get(f"{url}/api/model").json()
+        assert card["format"] == "onnx" and card["explain"] is False and card["labels"] == CLASSES
+        image = [(TEST_IMAGES[5].name, TEST_IMAGES[5].read_bytes())]
+        assert upload(url, image).json()["results"][0]["label"] in CLASSES
+        refused = upload(url, image, endpoint="explain")
+        assert refused.status_code == 409 and "run directory" in refused.json()["detail"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -59,7 +59,7 @@ class ImageDataset(Dataset):
         pixels = self.cache[index] if self.cache is not None else self.records.load(index, self.image_size)
         image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
         if self.transform is not None:
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 100_019 + index) % 2**63)
+            torch.random.default_generator.manual_seed((self.seed * 1_000_003 + self.epoch * 100_019 + index) % 2**63)
             image = self.transform(image)
         return image.contiguous(), int(self.records.labels[index])
 

@@ -17,32 +17,24 @@ from histoclass.config import DataConfig
 from histoclass.data.images import is_image_file
 from histoclass.data.records import DataSource, ImageRecords
 from histoclass.errors import HistoclassError
+from histoclass.registry import MatchRegistry
 
-__all__ = ["SPLIT_FOLDERS", "index_images", "medmnist_cache_dir", "read_source", "register_source"]
+__all__ = ["READERS", "SPLIT_FOLDERS", "index_images", "medmnist_cache_dir", "read_source", "register_source"]
 
 #: Sub-folder names that mark a pre-split dataset, and the split each one is.
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
 
 Reader = Callable[[str, DataConfig], DataSource]
-_READERS: list[tuple[Callable[[str], bool], Reader]] = []
-
-
-def register_source(matches: Callable[[str], bool]) -> Callable[[Reader], Reader]:
-    """Register a reader for the ``--data`` values ``matches`` accepts; the first match wins."""
-
-    def decorate(reader: Reader) -> Reader:
-        _READERS.append((matches, reader))
-        return reader
-
-    return decorate
+#: Readers for the ``--data`` values their predicate accepts; the first match wins.
+READERS: MatchRegistry[str, Reader] = MatchRegistry()
+register_source = READERS.register
 
 
 def read_source(spec: str, config: DataConfig | None = None) -> DataSource:
     """Read the dataset ``spec`` names (a path or ``medmnist:NAME``) into a :class:`DataSource`."""
-    config = config or DataConfig()
-    for matches, reader in _READERS:
-        if matches(spec):
-            return reader(spec, config)
+    reader = READERS.first(spec)
+    if reader is not None:
+        return reader(spec, config or DataConfig())
     raise HistoclassError(
         f"--data: no such file or folder '{spec}'; pass a class-folder dataset, a labels CSV "
         "(with --image-dir), an .npz file or medmnist:NAME"

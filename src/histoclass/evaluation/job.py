@@ -19,7 +19,7 @@ from histoclass.console import console
 from histoclass.data.records import ImageRecords
 from histoclass.data.sources import read_source
 from histoclass.errors import HistoclassError
-from histoclass.evaluation.metrics import compute_metrics, most_confused
+from histoclass.evaluation.metrics import METRIC_KEYS, compute_metrics, most_confused
 from histoclass.evaluation.plots import plot_confusion, plot_reliability, plot_roc
 from histoclass.evaluation.report import gallery_items, render_report
 from histoclass.inference.job import report_errors, run_predictions, write_predictions_csv
@@ -119,17 +119,7 @@ def print_metrics(metrics: dict) -> None:
     def fmt(value: float | None) -> str:
         return "–" if value is None else f"{value:.4f}"
 
-    keys = [
-        "accuracy",
-        "balanced_accuracy",
-        "macro_precision",
-        "macro_recall",
-        "macro_f1",
-        "weighted_f1",
-        "roc_auc",
-        "log_loss",
-        "ece",
-    ]
+    keys = [key for key in METRIC_KEYS if key not in ("n", "labels", "per_class", "confusion_matrix")]
     console.print(f"n = {metrics['n']}  " + "  ".join(f"{k} = {fmt(metrics[k])}" for k in keys))
     table = Table(title="Per class")
     for column in ("class", "precision", "recall", "f1", "auc", "support"):

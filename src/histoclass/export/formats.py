@@ -13,22 +13,15 @@ import torch
 from torch import nn
 
 from histoclass.errors import HistoclassError
+from histoclass.registry import Registry
 
-__all__ = ["EXPORTERS", "NHWCInput", "register_exporter"]
+__all__ = ["EXPORTERS", "FILENAMES", "NHWCInput"]
 
 #: (model, example input, output path) -> None
 Exporter = Callable[[nn.Module, torch.Tensor, Path], None]
-EXPORTERS: dict[str, tuple[str, Exporter]] = {}
-
-
-def register_exporter(name: str, filename: str) -> Callable[[Exporter], Exporter]:
-    """Register an exporter writing ``filename`` under format ``name``."""
-
-    def decorate(exporter: Exporter) -> Exporter:
-        EXPORTERS[name] = (filename, exporter)
-        return exporter
-
-    return decorate
+#: Exporters by format name, and the file name each writes.
+EXPORTERS: Registry[Exporter] = Registry()
+FILENAMES = {"onnx": "model.onnx", "torchscript": "model.pt", "tflite": "model.tflite"}
 
 
 class NHWCInput(nn.Module):
@@ -42,7 +35,7 @@ class NHWCInput(nn.Module):
         return self.model(images.permute(0, 3, 1, 2))
 
 
-@register_exporter("onnx", "model.onnx")
+@EXPORTERS.register("onnx")
 def export_onnx(model: nn.Module, example: torch.Tensor, out: Path) -> None:
     """ONNX opset 17 with a dynamic batch axis.
 
@@ -63,7 +56,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, out: Path) -> None:
         )
 
 
-@register_exporter("torchscript", "model.pt")
+@EXPORTERS.register("torchscript")
 def export_torchscript(model: nn.Module, example: torch.Tensor, out: Path) -> None:
     """A traced TorchScript module (runs in C++ LibTorch without Python)."""
     with torch.no_grad():
@@ -71,7 +64,7 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, out: Path) -> No
     traced.save(str(out))
 
 
-@register_exporter("tflite", "model.tflite")
+@EXPORTERS.register("tflite")
 def export_tflite(model: nn.Module, example: torch.Tensor, out: Path) -> None:
     """TFLite through litert-torch (the optional extra ``histoclass[tflite]``)."""
     try:

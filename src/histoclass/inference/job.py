@@ -121,8 +121,8 @@ def write_predictions_csv(
             row |= {"label": "", "confidence": ""} | {f"prob_{c}": "" for c in labels}
         else:
             best = int(np.argmax(probs))
-            row |= {"label": labels[best], "confidence": f"{probs[best]:.6f}"}
-            row |= {f"prob_{c}": f"{p:.6f}" for c, p in zip(labels, probs, strict=True)}
+            row |= {"label": labels[best], "confidence": f"{probs[best]:.9g}"}
+            row |= {f"prob_{c}": f"{p:.9g}" for c, p in zip(labels, probs, strict=True)}
         rows.append([row[c] for c in chosen])
     return write_csv(out, chosen, rows)
 

@@ -19,6 +19,7 @@ from histoclass.data.images import open_rgb, resize_square
 from histoclass.data.records import ImageRecords
 from histoclass.errors import HistoclassError
 from histoclass.model_info import ModelInfo
+from histoclass.registry import MatchRegistry
 
 __all__ = ["BACKENDS", "BatchResult", "Predictor", "load", "register_backend", "softmax"]
 
@@ -127,17 +128,9 @@ def iter_pixel_batches(
 
 
 BackendLoader = Callable[[Path], Predictor]
-BACKENDS: list[tuple[Callable[[Path], bool], BackendLoader]] = []
-
-
-def register_backend(matches: Callable[[Path], bool]) -> Callable[[BackendLoader], BackendLoader]:
-    """Register a predictor loader for the model paths ``matches`` accepts."""
-
-    def decorate(loader: BackendLoader) -> BackendLoader:
-        BACKENDS.append((matches, loader))
-        return loader
-
-    return decorate
+#: Predictor loaders for the model paths their predicate accepts.
+BACKENDS: MatchRegistry[Path, BackendLoader] = MatchRegistry()
+register_backend = BACKENDS.register
 
 
 def load(path: str | Path) -> Predictor:
@@ -147,9 +140,9 @@ def load(path: str | Path) -> Predictor:
     path = Path(path)
     if not path.exists():
         raise HistoclassError(f"no such model or run directory '{path}'; pass runs/NAME or a model.onnx file")
-    for matches, loader in BACKENDS:
-        if matches(path):
-            return loader(path)
+    loader = BACKENDS.first(path)
+    if loader is not None:
+        return loader(path)
     raise HistoclassError(
         f"'{path}' is not a model: pass a run directory (with model.safetensors), model.onnx or model.tflite"
     )

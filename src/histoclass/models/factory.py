@@ -18,6 +18,7 @@ from torch import nn
 
 from histoclass.errors import HistoclassError
 from histoclass.models.heads import create_head
+from histoclass.registry import Registry
 
 __all__ = ["BACKBONES", "Backbone", "Classifier", "create_backbone", "create_model", "register_backbone"]
 
@@ -37,17 +38,9 @@ class Backbone:
 
 
 BackboneBuilder = Callable[[bool, str | None], Backbone]
-BACKBONES: dict[str, BackboneBuilder] = {}
-
-
-def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
-    """Register a non-timm backbone builder ``(pretrained, weights_file) -> Backbone`` under ``name``."""
-
-    def decorate(builder: BackboneBuilder) -> BackboneBuilder:
-        BACKBONES[name] = builder
-        return builder
-
-    return decorate
+#: Non-timm backbone builders ``(pretrained, weights_file) -> Backbone`` by name; timm covers the rest.
+BACKBONES: Registry[BackboneBuilder] = Registry()
+register_backbone = BACKBONES.register
 
 
 def _hub_reachable(host: str, timeout: float = 3.0) -> bool:

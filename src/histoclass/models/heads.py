@@ -6,20 +6,14 @@ from collections.abc import Callable
 
 from torch import nn
 
+from histoclass.registry import Registry
+
 __all__ = ["HEADS", "create_head", "register_head"]
 
 HeadBuilder = Callable[[int, int, float], nn.Module]
-HEADS: dict[str, HeadBuilder] = {}
-
-
-def register_head(name: str) -> Callable[[HeadBuilder], HeadBuilder]:
-    """Add a head builder ``(in_features, num_classes, dropout) -> nn.Module`` under ``name``."""
-
-    def decorate(builder: HeadBuilder) -> HeadBuilder:
-        HEADS[name] = builder
-        return builder
-
-    return decorate
+#: Head builders ``(in_features, num_classes, dropout) -> nn.Module`` by name.
+HEADS: Registry[HeadBuilder] = Registry()
+register_head = HEADS.register
 
 
 @register_head("linear")

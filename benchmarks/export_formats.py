@@ -1,0 +1,88 @@
+"""Exported formats against the PyTorch model: agreement on held-out images, file size, CPU latency.
+
+    python benchmarks/export_formats.py runs/NAME --data PATH [--latency-images 64]
+
+Exports any missing format first (``histoclass export``), then prints a markdown table. Latency is the median
+of single-image calls (batch 1) after a warm-up, and throughput is images/s at batch 32, on this machine's CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from histoclass.config import DataConfig
+from histoclass.data.sources import read_source
+from histoclass.export.job import export
+from histoclass.inference.backends import TorchPredictor
+from histoclass.inference.predictor import Predictor, iter_pixel_batches, load
+
+FORMATS = {"pytorch": None, "onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "tflite": "model.tflite",
+           "torchscript": "model.pt"}  # fmt: skip
+
+
+def held_out_pixels(data: str, size: int) -> np.ndarray:
+    _, records = read_source(data, DataConfig(path=data)).split(None)
+    return np.concatenate([batch for _, batch, _ in iter_pixel_batches(records, size, 64)])
+
+
+def latency_ms(predictor: Predictor, pixels: np.ndarray, count: int) -> float:
+    predictor.predict_pixels(pixels[:1])
+    times = []
+    for i in range(count):
+        started = time.perf_counter()
+        predictor.predict_pixels(pixels[i : i + 1])
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def throughput(predictor: Predictor, pixels: np.ndarray, batch: int = 32) -> float:
+    predictor.predict_pixels(pixels[:batch])
+    started = time.perf_counter()
+    for i in range(0, len(pixels), batch):
+        predictor.predict_pixels(pixels[i : i + batch])
+    return len(pixels) / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--data", required=True, help="held-out labelled images")
+    parser.add_argument("--latency-images", type=int, default=64)
+    args = parser.parse_args()
+    folder = args.run / "export"
+    for fmt, name in (("onnx", "model.int8.onnx"), ("tflite", "model.tflite"), ("torchscript", "model.pt")):
+        if not (folder / name).is_file():
+            export(args.run, fmt, int8=fmt == "onnx")
+    reference = TorchPredictor(args.run, device="cpu")
+    pixels = held_out_pixels(args.data, reference.info.image_size)
+    expected = np.concatenate([reference.predict_pixels(pixels[i : i + 64]) for i in range(0, len(pixels), 64)])
+    print(f"{len(pixels)} held-out images from {args.data}; CPU: {os.cpu_count()} cores\n")
+    print("| format | file size | top-1 agreement | max abs diff | latency, batch 1 | throughput, batch 32 |")
+    print("|---|---|---|---|---|---|")
+    for fmt, name in FORMATS.items():
+        if name is not None and not (folder / name).is_file():
+            int8 = json.loads((folder / "parity.json").read_text())["onnx"].get("int8", {})
+            print(f"| {fmt} | {int8.get('size_bytes_int8', 0) / 1e6:.1f} MB | discarded by the export's check "
+                  f"({int8.get('top1_agreement', 0):.1%} agreement on its check images) | | | |")  # fmt: skip
+            continue
+        predictor = reference if name is None else load(folder / name)
+        path = args.run / "model.safetensors" if name is None else folder / name
+        probabilities = np.concatenate(
+            [predictor.predict_pixels(pixels[i : i + 64]) for i in range(0, len(pixels), 64)]
+        )
+        agreement = (probabilities.argmax(1) == expected.argmax(1)).mean()
+        latency, rate = latency_ms(predictor, pixels, args.latency_images), throughput(predictor, pixels)
+        difference = np.abs(probabilities - expected).max()
+        size = path.stat().st_size / 1e6
+        print(f"| {fmt} | {size:.1f} MB | {agreement:.2%} | {difference:.1e} | {latency:.2f} ms | {rate:.0f} img/s |")
+
+
+if __name__ == "__main__":
+    main()
