@@ -15,11 +15,13 @@ ARGS   ?=
 
 setup: $(BIN)/.installed
 
+# torch first (the pinned pair is served from local disk here), then the package with its test tools, then the
+# TFLite extra on its own: resolved in one go, pip backtracks for minutes through litert-torch's large stack.
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[tflite]'
 	touch $@
 
 demo: setup
