@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,8 @@ def _check_records(run: Path, check_data: str | None, labels: list[str]) -> Imag
     _, records = source.split(None)
     if all(c in labels for c in source.classes):
         mapping = np.asarray([labels.index(c) for c in source.classes])
-        return ImageRecords(records.ids, mapping[records.labels], records.paths, records.array, records.groups)
-    return ImageRecords(records.ids, np.full(len(records), -1), records.paths, records.array, records.groups)
+        return replace(records, labels=mapping[records.labels])
+    return replace(records, labels=np.full(len(records), -1))
 
 
 def load_check_images(run: Path, check_data: str | None, info: ModelInfo, limit: int, seed: int = 0):

@@ -15,7 +15,7 @@ from histoclass.errors import HistoclassError
 from histoclass.model_info import ModelInfo
 from histoclass.models.factory import Classifier, create_model
 
-__all__ = ["MODEL_FILE", "MODEL_INFO_FILE", "load_model", "save_model"]
+__all__ = ["MODEL_FILE", "MODEL_INFO_FILE", "count_parameters", "load_model", "save_model"]
 
 MODEL_FILE = "model.safetensors"
 MODEL_INFO_FILE = "model.json"
