@@ -18,6 +18,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+CompileFlag = Annotated[
+    bool, typer.Option("--compile/--no-compile", help="torch.compile a PyTorch model: faster batches.")
+]
 DATA_HELP = "Class-folder dataset, labels CSV (with --image-dir), MedMNIST-style .npz, or medmnist:NAME."
 
 
@@ -59,7 +62,12 @@ def train(
     class_weights: Annotated[str | None, typer.Option(help="none | balanced [none].")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed for splits, init and augmentation [42].")] = None,
     workers: Annotated[int | None, typer.Option(help="Data loader processes [CPUs - 1].")] = None,
-    cache: Annotated[str | None, typer.Option(help="none | ram: decode images once [none].")] = None,
+    cache: Annotated[
+        str | None, typer.Option(help="none | ram | disk: decode and resize every image once [none].")
+    ] = None,
+    compile_: Annotated[
+        bool | None, typer.Option("--compile/--no-compile", help="torch.compile the model: faster steps [off].")
+    ] = None,
     accelerator: Annotated[str | None, typer.Option(help="auto | cpu | gpu [auto].")] = None,
     devices: Annotated[str | None, typer.Option(help="auto, a count, or ids such as 0,1 [auto].")] = None,
     num_nodes: Annotated[int | None, typer.Option(help="Machines, for torchrun --nnodes or SLURM [1].")] = None,
@@ -113,6 +121,7 @@ def train(
         "train.num_nodes": num_nodes,
         "train.sync_batchnorm": sync_batchnorm,
         "train.checkpoint_every_steps": checkpoint_every_steps,
+        "train.compile": compile_,
         "run.name": name,
         "run.runs_dir": runs_dir,
     }
@@ -152,11 +161,12 @@ def evaluate(
     label_column: Annotated[str, typer.Option(help="CSV label column.")] = "label",
     tta: Annotated[bool, typer.Option(help="Average over the 8 flips and 90-degree rotations.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    compile_: CompileFlag = False,
 ) -> None:
     """Score a model on labelled data: metrics.json, plots, predictions.csv and report.html in eval/."""
     from histoclass.evaluation.job import evaluate as run_evaluation
 
-    run_evaluation(model, data, split, image_dir, id_column, label_column, tta, batch_size)
+    run_evaluation(model, data, split, image_dir, id_column, label_column, tta, batch_size, compile_)
 
 
 @app.command()
@@ -171,12 +181,13 @@ def predict(
     ] = None,
     tta: Annotated[bool, typer.Option(help="Average over the 8 flips and 90-degree rotations.")] = False,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    compile_: CompileFlag = False,
 ) -> None:
     """Predict classes for images: id, label, confidence and one probability per class, as CSV."""
     from histoclass.inference.job import predict as run_prediction
 
     chosen = [c.strip() for c in columns.split(",")] if columns else None
-    run_prediction(model, inputs, out, image_dir, id_column, chosen, batch_size, tta)
+    run_prediction(model, inputs, out, image_dir, id_column, chosen, batch_size, tta, compile_)
 
 
 @app.command()
@@ -232,6 +243,42 @@ def serve(
         max_megapixels=max_megapixels, keep_uploads=keep_uploads,
     )  # fmt: skip
     run_server(settings, host, port, workers)
+
+
+@app.command()
+def bench(
+    data: Annotated[Path, typer.Option(help="Class-folder dataset of images (JPEGs) to load.")],
+    model: Annotated[str, typer.Option(help="timm model name.")] = "mobilenetv2_100",
+    image_size: Annotated[int | None, typer.Option(help="Input size [224 on a GPU, 64 on CPU].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch [256 on a GPU, 32 on CPU].")] = None,
+    warmup: Annotated[int, typer.Option(help="Batches run before timing starts.")] = 10,
+    steps: Annotated[int, typer.Option(help="Timed batches for the ceiling and naive stages.")] = 50,
+    compile_: CompileFlag = False,
+    cache: Annotated[str, typer.Option(help="Cache of the *_cache stages: ram | disk.")] = "ram",
+    augment: Annotated[str, typer.Option(help="Augmentation of both pipelines (preset).")] = "keras",
+    workers: Annotated[int | None, typer.Option(help="histoclass's loader processes [CPUs - 1].")] = None,
+    stages: Annotated[str | None, typer.Option(help="Comma-separated subset of the stages [all].")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for bench.json and bench.md [runs/bench/MODEL-SIZE].")
+    ] = None,
+) -> None:
+    """Measure training and inference speed: compute ceiling, naive ImageFolder pipeline, histoclass's own."""
+    import torch
+
+    from histoclass.benchmark.job import STAGES
+    from histoclass.benchmark.job import bench as run_bench
+    from histoclass.benchmark.stages import BenchSettings
+
+    if cache not in ("ram", "disk"):
+        raise HistoclassError(f"--cache: '{cache}' is not ram or disk")
+    gpu = torch.cuda.is_available()
+    size, batch = image_size or (224 if gpu else 64), batch_size or (256 if gpu else 32)
+    settings = BenchSettings(
+        data=data, model=model, image_size=size, batch_size=batch, warmup=warmup, steps=steps,
+        compile=compile_, cache=cache, workers=workers, augment=augment,
+    )  # fmt: skip
+    chosen = [s.strip() for s in stages.split(",")] if stages else list(STAGES)
+    run_bench(settings, chosen, out or Path("runs") / "bench" / f"{model}-{settings.image_size}px")
 
 
 def main() -> None:

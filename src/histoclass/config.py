@@ -44,7 +44,9 @@ class DataConfig(_Section):
     image_size: int = Field(224, ge=16, le=4096, description="square input size in pixels")
     batch_size: int = Field(32, ge=1, description="images per batch and device")
     workers: int | None = Field(None, ge=0, description="data loader processes (default: from the CPUs)")
-    cache: Literal["none", "ram"] = Field("none", description="keep decoded, resized images in memory")
+    cache: Literal["none", "ram", "disk"] = Field(
+        "none", description="decode and resize once: ram (this run) or disk ($HISTOCLASS_CACHE, reused)"
+    )
 
 
 #: Augmentation presets: the seed notebooks' sets. Explicit fields override a preset's values.
@@ -130,6 +132,7 @@ class TrainConfig(_Section):
     sync_batchnorm: bool = Field(False, description="BatchNorm statistics over all processes")
     scale_lr: bool = Field(False, description="multiply lr by the number of processes")
     checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint every K steps mid-epoch")
+    compile: bool = Field(False, description="torch.compile the model (slower start, faster steps)")
 
     @model_validator(mode="after")
     def _resolve_phase1(self) -> TrainConfig:

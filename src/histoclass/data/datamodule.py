@@ -1,19 +1,28 @@
-"""Torch datasets and the LightningDataModule: records -> uint8 batches (normalised later, on the device)."""
+"""Torch datasets and the LightningDataModule: records -> uint8 batches, augmented and normalised on the device.
+
+Loader processes only decode and resize (or read a decoded cache), a whole batch per call: no per-image
+tensors, no per-image augmentation on the CPU. Paths live in one numpy array, so the processes' memory does not
+grow with the number of images (Python lists of paths are copied page by page into every forked worker).
+"""
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
 
+from histoclass.data.images import load_resized
 from histoclass.data.records import ImageRecords
+from histoclass.errors import HistoclassError
 
-__all__ = ["HistoDataModule", "ImageDataset", "build_ram_cache", "default_workers"]
+__all__ = ["Batch", "HistoDataModule", "ImageDataset", "batch_loader", "default_workers"]
+
+#: (uint8 images N x 3 x S x S, labels, dataset indices, {dataset index: reason} for skipped images)
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[int, str]]
 
 
 def default_workers() -> int:
@@ -21,47 +30,90 @@ def default_workers() -> int:
     return max(1, min(16, (os.cpu_count() or 2) - 1))
 
 
-def build_ram_cache(records: ImageRecords, size: int, workers: int | None = None) -> np.ndarray:
-    """Decode and resize every image once into one uint8 array (N, size, size, 3)."""
-    cache = np.empty((len(records), size, size, 3), dtype=np.uint8)
-
-    def fill(i: int) -> None:
-        cache[i] = records.load(i, size)
-
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        list(pool.map(fill, range(len(records)), chunksize=64))
-    return cache
+def _reason(error: Exception) -> str:
+    return f"unreadable: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
 
 
 class ImageDataset(Dataset):
-    """``records`` as (uint8 CxHxW tensor, label) pairs at ``image_size``, optionally transformed.
+    """``records`` at ``image_size`` as whole uint8 batches (:data:`Batch`), from files or a decoded cache.
 
-    Augmentation randomness is seeded from (seed, epoch, index): the same image gets the same augmentation in
-    the same epoch however many workers or processes load it, so a resumed run repeats an uninterrupted one.
+    ``skip_unreadable`` reports a file that fails to decode instead of raising (prediction); training data has
+    been checked already, so there a failure is an error naming the file.
     """
 
     def __init__(
         self,
         records: ImageRecords,
         image_size: int,
-        transform=None,
         cache: np.ndarray | None = None,
-        seed: int = 0,
+        skip_unreadable: bool = False,
     ) -> None:
-        self.records, self.image_size, self.transform, self.cache = records, image_size, transform, cache
-        self.seed = seed
-        self.epoch = 0
+        self.records, self.image_size, self.cache = records, image_size, cache
+        self.skip_unreadable = skip_unreadable
+        self.labels = np.asarray(records.labels, dtype=np.int64)
+        self.paths = np.array([str(p) for p in records.paths]) if records.paths is not None else None
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        pixels = self.cache[index] if self.cache is not None else self.records.load(index, self.image_size)
-        image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
-        if self.transform is not None:
-            torch.random.default_generator.manual_seed((self.seed * 1_000_003 + self.epoch * 100_019 + index) % 2**63)
-            image = self.transform(image)
-        return image.contiguous(), int(self.records.labels[index])
+    def _load(self, i: int) -> np.ndarray:
+        if self.paths is not None:
+            return load_resized(self.paths[i], self.image_size)
+        return self.records.load(i, self.image_size)
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        index = np.asarray(indices, dtype=np.int64)
+        if self.cache is not None:
+            pixels = np.ascontiguousarray(self.cache[np.sort(index)] if len(index) else self.cache[:0])
+            order = np.argsort(np.argsort(index))  # memory-mapped reads go fastest in file order
+            return self._batch(pixels[order], index, {})
+        size = self.image_size
+        pixels = np.empty((len(index), size, size, 3), dtype=np.uint8)
+        errors: dict[int, str] = {}
+        for row, i in enumerate(index.tolist()):
+            try:
+                pixels[row] = self._load(i)
+            except Exception as error:  # any decoder failure is about this one file
+                if not self.skip_unreadable:
+                    raise HistoclassError(f"'{self.records.ids[i]}' became unreadable during training") from error
+                errors[i] = _reason(error)
+        keep = np.array([i not in errors for i in index.tolist()], dtype=bool)
+        return self._batch(pixels[keep], index[keep], errors)
+
+    def _batch(self, pixels: np.ndarray, index: np.ndarray, errors: dict[int, str]) -> Batch:
+        images = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+        return images, torch.from_numpy(self.labels[index]), torch.from_numpy(index), errors
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.__getitems__([i])
+
+
+def _whole_batch(batch: Batch) -> Batch:
+    """The collate function: the dataset already returns whole batches."""
+    return batch
+
+
+def batch_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    sampler: Sampler | None = None,
+    workers: int | None = None,
+    drop_last: bool = False,
+    persistent: bool = False,
+) -> DataLoader:
+    """A loader of whole batches: worker processes, pinned memory when a GPU is there, deep prefetching."""
+    workers = default_workers() if workers is None else workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler if sampler is not None else SequentialSampler(dataset),
+        num_workers=workers,
+        collate_fn=_whole_batch,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=persistent and workers > 0,
+    )
 
 
 class HistoDataModule(L.LightningDataModule):
@@ -84,26 +136,14 @@ class HistoDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def _loader(self, dataset: ImageDataset, sampler, drop_last: bool = False) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.workers,
-            pin_memory=torch.cuda.is_available(),
-            drop_last=drop_last,
-            prefetch_factor=4 if self.workers > 0 else None,
-        )
-
     def train_dataloader(self) -> DataLoader:
         replicas, rank = self._shard()
         sampler = DistributedSampler(self.train_set, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
         # A last batch of one image breaks BatchNorm in training mode: drop only that one.
         lonely = len(sampler) % self.batch_size == 1
-        return self._loader(self.train_set, sampler, drop_last=lonely)
+        return batch_loader(self.train_set, self.batch_size, sampler, self.workers, lonely, persistent=True)
 
     def val_dataloader(self) -> DataLoader:
         replicas, rank = self._shard()
-        if replicas == 1:
-            return self._loader(self.val_set, SequentialSampler(self.val_set))
-        return self._loader(self.val_set, UnrepeatedDistributedSampler(self.val_set, replicas, rank, shuffle=False))
+        sampler = None if replicas == 1 else UnrepeatedDistributedSampler(self.val_set, replicas, rank, shuffle=False)
+        return batch_loader(self.val_set, self.batch_size, sampler, self.workers, persistent=True)

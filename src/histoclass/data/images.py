@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["IMAGE_EXTENSIONS", "RESIZE_METHOD", "array_to_rgb", "is_image_file", "open_rgb", "resize_square"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "RESIZE_METHOD",
+    "array_to_rgb",
+    "is_image_file",
+    "load_resized",
+    "open_rgb",
+    "resize_square",
+]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 #: How every path resizes: Pillow bilinear straight to size x size (no crop), after JPEG DCT scaling.
@@ -89,3 +97,8 @@ def resize_square(image: Image.Image, size: int) -> np.ndarray:
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.array(image, dtype=np.uint8)
+
+
+def load_resized(source: str | Path | bytes, size: int) -> np.ndarray:
+    """Decode (DCT-scaled when JPEG) and resize to ``size`` x ``size``: uint8 HxWx3, as every path sees it."""
+    return resize_square(open_rgb(source, size), size)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from histoclass.data.images import array_to_rgb, open_rgb, resize_square
+from histoclass.data.images import array_to_rgb, load_resized, open_rgb, resize_square
 
 __all__ = ["DataSource", "ImageRecords"]
 
@@ -51,7 +51,10 @@ class ImageRecords:
 
     def load(self, i: int, size: int) -> np.ndarray:
         """Image ``i`` resized to ``size`` x ``size``, uint8 HxWx3."""
-        return resize_square(self.open(i, size_hint=size), size)
+        if self.array is not None:
+            return resize_square(self.open(i), size)
+        assert self.paths is not None
+        return load_resized(self.paths[i], size)
 
     def class_counts(self, num_classes: int) -> np.ndarray:
         """Images per class index."""

@@ -19,7 +19,15 @@ from histoclass.data.records import DataSource, ImageRecords
 from histoclass.errors import HistoclassError
 from histoclass.registry import MatchRegistry
 
-__all__ = ["READERS", "SPLIT_FOLDERS", "index_images", "medmnist_cache_dir", "read_source", "register_source"]
+__all__ = [
+    "READERS",
+    "SPLIT_FOLDERS",
+    "cache_root",
+    "index_images",
+    "medmnist_cache_dir",
+    "read_source",
+    "register_source",
+]
 
 #: Sub-folder names that mark a pre-split dataset, and the split each one is.
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
@@ -205,10 +213,14 @@ def read_npz(spec: str, config: DataConfig) -> DataSource:
     return read_npz_file(Path(spec))
 
 
+def cache_root() -> Path:
+    """histoclass's cache folder: ``$HISTOCLASS_CACHE``, else ``~/.cache/histoclass``."""
+    return Path(os.environ.get("HISTOCLASS_CACHE") or Path.home() / ".cache" / "histoclass")
+
+
 def medmnist_cache_dir() -> Path:
     """Where ``medmnist:NAME`` archives are kept (``$HISTOCLASS_CACHE/medmnist``)."""
-    root = os.environ.get("HISTOCLASS_CACHE") or Path.home() / ".cache" / "histoclass"
-    return Path(root) / "medmnist"
+    return cache_root() / "medmnist"
 
 
 @register_source(lambda spec: spec.lower().startswith("medmnist:"))

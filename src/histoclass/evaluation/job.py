@@ -145,9 +145,10 @@ def evaluate(
     label_column: str = "label",
     tta: bool = False,
     batch_size: int = 64,
+    compile: bool = False,
 ) -> Path:
     """Score ``model`` on ``data`` and write ``<model dir>/eval/<data-name>/``; returns that folder."""
-    predictor = load(model)
+    predictor = load(model, compile)
     config = DataConfig(path=data, image_dir=image_dir, id_column=id_column, label_column=label_column)
     source = read_source(data, config)
     split_name, records = source.split(split)

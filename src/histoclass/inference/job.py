@@ -142,9 +142,10 @@ def predict(
     columns: list[str] | None = None,
     batch_size: int = 64,
     tta: bool = False,
+    compile: bool = False,
 ) -> Path:
     """Predict every input image with ``model`` and write the CSV ``out``."""
-    predictor = load(model)
+    predictor = load(model, compile)
     ids, paths = collect_inputs(inputs, image_dir, id_column)
     missing = {i: "no image file for this id" for i, p in enumerate(paths) if p is None}
     records = ImageRecords(ids=ids, labels=np.full(len(ids), -1), paths=[p or Path("/nonexistent") for p in paths])

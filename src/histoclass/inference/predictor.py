@@ -62,6 +62,10 @@ class Predictor:
     def forward(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def compile(self) -> None:
+        """Compile the model for faster batches: PyTorch models only."""
+        raise HistoclassError(f"--compile needs a PyTorch model (a run directory), not '{self.source.name}'")
+
     def preprocess(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 NHWC at the model's size -> float32 NCHW scaled by 1/255 and standardised."""
         mean = np.asarray(self.info.mean, dtype=np.float32).reshape(1, 3, 1, 1)
@@ -87,10 +91,16 @@ class Predictor:
         return np.concatenate(results) if results else np.zeros((0, len(self.labels)))
 
     def predict_records(
-        self, records: ImageRecords, batch_size: int = 64, tta: bool = False, workers: int | None = None
+        self,
+        records: ImageRecords,
+        batch_size: int = 64,
+        tta: bool = False,
+        workers: int | None = None,
+        cache: np.ndarray | None = None,
     ) -> Iterator[BatchResult]:
-        """Predict every record in order, decoding on threads; unreadable images are reported, not raised."""
-        for indices, pixels, errors in iter_pixel_batches(records, self.info.image_size, batch_size, workers):
+        """Predict every record in order, decoding on threads (or reading ``cache``, the decoded pixels);
+        unreadable images are reported, not raised."""
+        for indices, pixels, errors in iter_pixel_batches(records, self.info.image_size, batch_size, workers, cache):
             probabilities = self.predict_pixels(pixels, tta) if len(indices) else np.zeros((0, len(self.labels)))
             yield BatchResult(indices, probabilities, errors)
 
@@ -113,9 +123,14 @@ def _load_one(records: ImageRecords, i: int, size: int) -> np.ndarray | str:
 
 
 def iter_pixel_batches(
-    records: ImageRecords, size: int, batch_size: int, workers: int | None = None
+    records: ImageRecords, size: int, batch_size: int, workers: int | None = None, cache: np.ndarray | None = None
 ) -> Iterator[tuple[list[int], np.ndarray, dict[int, str]]]:
     """Decode ``records`` in order on a thread pool; yield (readable indices, uint8 NHWC, errors)."""
+    if cache is not None:
+        for start in range(0, len(records), batch_size):
+            stop = min(start + batch_size, len(records))
+            yield list(range(start, stop)), np.asarray(cache[start:stop]), {}
+        return
     workers = workers or min(16, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(records), batch_size):
@@ -133,8 +148,11 @@ BACKENDS: MatchRegistry[Path, BackendLoader] = MatchRegistry()
 register_backend = BACKENDS.register
 
 
-def load(path: str | Path) -> Predictor:
-    """A predictor for a run directory, an export folder, ``model.onnx`` or ``model.tflite``."""
+def load(path: str | Path, compile: bool = False) -> Predictor:
+    """A predictor for a run directory, an export folder, ``model.onnx`` or ``model.tflite``.
+
+    ``compile``: ``torch.compile`` a PyTorch model (a slower first batch, faster ones after).
+    """
     from histoclass.inference import backends  # noqa: F401  (registers the backends)
 
     path = Path(path)
@@ -142,7 +160,10 @@ def load(path: str | Path) -> Predictor:
         raise HistoclassError(f"no such model or run directory '{path}'; pass runs/NAME or a model.onnx file")
     loader = BACKENDS.first(path)
     if loader is not None:
-        return loader(path)
+        predictor = loader(path)
+        if compile:
+            predictor.compile()
+        return predictor
     raise HistoclassError(
         f"'{path}' is not a model: pass a run directory (with model.safetensors), model.onnx or model.tflite"
     )

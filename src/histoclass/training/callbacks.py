@@ -145,18 +145,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class EpochSeeder(Callback):
-    """Reseeds every epoch from (seed, epoch): dropout, MixUp and augmentation draw the same numbers whether
-    the run was interrupted or not, so a resumed run ends with the same weights as an uninterrupted one."""
+    """Reseeds every epoch from (seed, epoch): dropout and MixUp draw the same numbers whether the run was
+    interrupted or not, so a resumed run ends with the same weights as an uninterrupted one (augmentation
+    parameters are a hash of seed, epoch and image, see :mod:`histoclass.data.device_transforms`)."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        torch.manual_seed(self.seed * 7919 + epoch * 104_729 + trainer.global_rank)
-        dataset = trainer.train_dataloader.dataset if trainer.train_dataloader is not None else None
-        if dataset is not None and hasattr(dataset, "epoch"):
-            dataset.epoch = epoch
+        torch.manual_seed(self.seed * 7919 + trainer.current_epoch * 104_729 + trainer.global_rank)
 
 
 class GracefulStop(Callback):

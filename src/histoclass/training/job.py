@@ -20,12 +20,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from histoclass.atomic import write_csv, write_json, write_text
 from histoclass.config import Config, save_config
 from histoclass.console import console
+from histoclass.data.cache import decoded_cache
 from histoclass.data.checks import DataReport, check_source
-from histoclass.data.datamodule import HistoDataModule, ImageDataset, build_ram_cache
+from histoclass.data.datamodule import HistoDataModule, ImageDataset
+from histoclass.data.device_transforms import BatchAugment
 from histoclass.data.records import ImageRecords
 from histoclass.data.sources import read_source
 from histoclass.data.splits import groups_from_pattern, split_train_val
-from histoclass.data.transforms import create_batch_mixer, create_train_transform
+from histoclass.data.transforms import create_batch_mixer
 from histoclass.errors import HistoclassError
 from histoclass.model_info import ModelInfo, write_labels
 from histoclass.models.factory import Classifier, create_backbone
@@ -129,14 +131,14 @@ def _write_run_header(
 
 
 def _datasets(config: Config, train: ImageRecords, val: ImageRecords) -> tuple[ImageDataset, ImageDataset]:
-    size = config.data.image_size
-    caches = [None, None]
-    if config.data.cache == "ram":
-        with console.status("Decoding images into the RAM cache"):
-            caches = [build_ram_cache(train, size), build_ram_cache(val, size)]
-    transform = create_train_transform(config.augment, size)
-    seed = config.train.seed
-    return ImageDataset(train, size, transform, caches[0], seed), ImageDataset(val, size, None, caches[1], seed)
+    size, cache = config.data.image_size, config.data.cache
+    if cache == "none":
+        return ImageDataset(train, size), ImageDataset(val, size)
+    with console.status(f"Decoding images into the {cache} cache (once)"):
+        return (
+            ImageDataset(train, size, decoded_cache(train, size, cache)),
+            ImageDataset(val, size, decoded_cache(val, size, cache)),
+        )
 
 
 def _finish_run(run: RunPaths, module: ClassifierModule, info: ModelInfo, best: str, started: float) -> Path:
@@ -174,6 +176,7 @@ def _build_model(config: Config, backbone, classes: list[str], train_records: Im
         class_weights=_balanced_weights(train_records, len(classes)) if balanced else None,
         label_smoothing=config.augment.label_smoothing,
         mixer=create_batch_mixer(config.augment, len(classes)),
+        augment=BatchAugment(config.augment, config.train.seed),
     )
 
 
@@ -192,22 +195,25 @@ def _model_info(config: Config, module: ClassifierModule, classes: list[str], na
     )
 
 
-def _trainer(config: Config, run: RunPaths) -> tuple[L.Trainer, ModelCheckpoint]:
+def _trainer(config: Config, run: RunPaths, extra: list | None = None) -> tuple[L.Trainer, ModelCheckpoint]:
     cfg = config.train
     phase1 = cfg.phase1_epochs
-    best = ModelCheckpoint(
-        dirpath=run.checkpoints, filename="best", monitor="val_loss", mode="min", save_last=True, save_top_k=1
-    )
+    best = ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor="val_loss", mode="min", save_top_k=1)
+    # Every epoch, improved or not (``save_last`` only copies a checkpoint that was saved anyway): what --resume
+    # continues from.
+    last = ModelCheckpoint(dirpath=run.checkpoints, filename="last", monitor=None, enable_version_counter=False)
     callbacks = [
         EpochSeeder(cfg.seed),
         TwoPhaseFinetuning(phase1, cfg.unfreeze_last),
         PhaseAwareEarlyStopping(phase1, monitor="val_loss", patience=cfg.early_stopping_patience),
         best,
+        last,
         HistoryWriter(run.history, phase1),
         GracefulStop(run.checkpoints / "last.ckpt"),
         DistributedSummary(config.data.batch_size, cfg.lr, cfg.scale_lr),
         ImagesPerSecond(),
         RichProgressBar(),
+        *(extra or []),
     ]
     if cfg.checkpoint_every_steps:
         callbacks.append(
@@ -253,8 +259,11 @@ def _same_split(run: RunPaths, val: ImageRecords) -> None:
         raise HistoclassError(f"--resume: the data behind '{run.root}' changed since the run started; start a new run")
 
 
-def train(config: Config | None = None, resume: str | Path | None = None) -> Path:
-    """Train a classifier as ``config`` says (or continue the run ``resume``) and return its run directory."""
+def train(config: Config | None = None, resume: str | Path | None = None, callbacks: list | None = None) -> Path:
+    """Train a classifier as ``config`` says (or continue the run ``resume``) and return its run directory.
+
+    ``callbacks``: extra Lightning callbacks (the benchmark's timer, say).
+    """
     _quiet_lightning()
     started = time.time()
     checkpoint = None
@@ -283,7 +292,7 @@ def train(config: Config | None = None, resume: str | Path | None = None) -> Pat
     module = _build_model(config, backbone, source.classes, train_records)
     train_set, val_set = _datasets(config, train_records, val_records)
     datamodule = HistoDataModule(train_set, val_set, data.batch_size, data.workers, seed=config.train.seed)
-    trainer, best = _trainer(config, run)
+    trainer, best = _trainer(config, run, callbacks)
     with _shared_run_dir(run):
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     if trainer.is_global_zero and not trainer.interrupted and not _stopped_early_by_signal(trainer):

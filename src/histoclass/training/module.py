@@ -14,16 +14,11 @@ from torchmetrics.classification import (
 )
 
 from histoclass.config import TrainConfig
+from histoclass.data.device_transforms import BatchAugment, normalize_batch, standardize
 from histoclass.data.transforms import BatchMixer
 from histoclass.models.factory import Classifier
 
-__all__ = ["ClassifierModule", "normalize_batch"]
-
-
-def normalize_batch(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW -> float, scaled to [0, 1], standardised with the backbone's mean and std, channels-last."""
-    scaled = images.float().div_(255.0)
-    return ((scaled - mean) / std).contiguous(memory_format=torch.channels_last)
+__all__ = ["ClassifierModule"]
 
 
 def _val_metrics(num_classes: int) -> MetricCollection:
@@ -39,7 +34,10 @@ def _val_metrics(num_classes: int) -> MetricCollection:
 
 
 class ClassifierModule(L.LightningModule):
-    """Trains ``model`` with cross-entropy (class weights, label smoothing, MixUp/CutMix targets)."""
+    """Trains ``model`` with cross-entropy (class weights, label smoothing, MixUp/CutMix targets).
+
+    Batches arrive as uint8 on the device; augmentation and normalisation happen here, batched.
+    """
 
     def __init__(
         self,
@@ -48,11 +46,15 @@ class ClassifierModule(L.LightningModule):
         class_weights: torch.Tensor | None = None,
         label_smoothing: float = 0.0,
         mixer: BatchMixer | None = None,
+        augment: BatchAugment | None = None,
     ) -> None:
         super().__init__()
         self.model = model.to(memory_format=torch.channels_last)
         self.train_config = train
         self.mixer = mixer
+        self.augment = augment if augment is not None and augment.active else None
+        if train.compile:  # in place: parameter names (and so checkpoints) stay those of the plain model
+            self.model.compile()
         self.register_buffer("mean", torch.tensor(model.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(model.std).view(1, -1, 1, 1), persistent=False)
         self.criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
@@ -63,9 +65,12 @@ class ClassifierModule(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(normalize_batch(images, self.mean, self.std))
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        images, labels = batch
-        inputs = normalize_batch(images, self.mean, self.std)
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels, index, _ = batch
+        scaled = images.float().div_(255.0)
+        if self.augment is not None:
+            scaled = self.augment(scaled, index, self.current_epoch, batch_idx)
+        inputs = standardize(scaled, self.mean, self.std)
         targets: torch.Tensor = labels
         if self.mixer is not None:
             inputs, targets = self.mixer(inputs, labels)
@@ -73,8 +78,8 @@ class ClassifierModule(L.LightningModule):
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        images, labels = batch
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, labels, _, _ = batch
         logits = self(images)
         self.val_loss.update(self.criterion(logits, labels), weight=len(labels))
         self.val_metrics.update(logits, labels)

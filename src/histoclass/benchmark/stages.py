@@ -1,0 +1,224 @@
+"""The benchmark's stages, each returning images per second over its timed steps.
+
+- the compute ceiling: training and inference steps on a batch already on the device;
+- the naive pipeline: ``ImageFolder`` + PIL + torchvision transforms in a ``DataLoader`` on every core;
+- histoclass's own paths: :func:`histoclass.training.job.train` and ``Predictor.predict_records``, as
+  ``histoclass train`` and ``histoclass predict`` run them, timed from inside (after ``warmup`` batches).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.nn import functional as F
+
+from histoclass.benchmark.monitor import UsageMonitor, synchronize
+from histoclass.config import AugmentConfig, build_config
+from histoclass.data.device_transforms import normalize_batch
+from histoclass.models.factory import Classifier, create_model
+
+__all__ = ["BenchSettings", "ceiling", "naive", "ours_predict", "ours_train"]
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """One benchmark's fixed conditions: every stage runs the same model, size, batch and data."""
+
+    data: Path
+    model: str
+    image_size: int
+    batch_size: int
+    warmup: int
+    steps: int
+    compile: bool
+    cache: str
+    workers: int | None
+    augment: str
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _model(settings: BenchSettings, num_classes: int) -> Classifier:
+    model = create_model(settings.model, num_classes, pretrained=False)
+    model = model.to(settings.device, memory_format=torch.channels_last)
+    if settings.compile:
+        model.compile()
+    return model
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _train_step(model: Classifier, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, labels: torch.Tensor):
+    with _autocast(inputs.device):
+        loss = F.cross_entropy(model(inputs), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _timed(batches: Iterable, warmup: int, steps: int, monitor: UsageMonitor, work=None) -> float:
+    """Run ``work`` on each batch; images/s over the ``steps`` batches after ``warmup`` (fewer if data ends).
+
+    Without ``work`` the iterator itself does the work, so a batch counts once it arrives after the start.
+    """
+    images, started = 0, None
+    for i, batch in enumerate(batches):
+        if i == warmup:
+            started = synchronize()
+            monitor.start()
+        if work is not None:
+            work(batch)
+        if i > warmup or (i == warmup and work is not None):
+            images += len(batch[1])
+        if i + 1 >= warmup + steps:
+            break
+    ended = synchronize()
+    monitor.stop()
+    if started is None or images == 0:
+        raise ValueError(f"the data gave fewer than {warmup + 1} batches; use more images or a smaller batch")
+    return images / (ended - started)
+
+
+def ceiling(settings: BenchSettings, num_classes: int, monitor: UsageMonitor, train: bool) -> float:
+    """Training (forward, backward, AdamW) or inference steps on one batch resident on the device."""
+    device, size, n = settings.device, settings.image_size, settings.batch_size
+    model = _model(settings, num_classes)
+    pixels = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device)
+    mean = torch.tensor(model.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(model.std, device=device).view(1, -1, 1, 1)
+    inputs = normalize_batch(pixels, mean, std)
+    labels = torch.randint(0, num_classes, (n,), device=device)
+    batches = ((inputs, labels) for _ in range(settings.warmup + settings.steps))
+    if train:
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        return _timed(batches, settings.warmup, settings.steps, monitor, lambda b: _train_step(model, optimizer, *b))
+    model.eval()
+
+    def infer(batch) -> None:
+        with torch.inference_mode(), _autocast(device):
+            model(batch[0])
+
+    return _timed(batches, settings.warmup, settings.steps, monitor, infer)
+
+
+def _naive_loader(settings: BenchSettings, mean: tuple, std: tuple) -> torch.utils.data.DataLoader:
+    """The pipeline of a typical notebook: ImageFolder, PIL, per-image torchvision transforms, all cores."""
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
+
+    from histoclass.data.transforms import create_train_transform
+
+    size = settings.image_size
+    augment = create_train_transform(AugmentConfig(preset=settings.augment), size)
+    transform = v2.Compose(
+        [
+            v2.Resize((size, size)),
+            *augment.transforms,
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
+    return torch.utils.data.DataLoader(
+        ImageFolder(str(settings.data), transform=transform),
+        batch_size=settings.batch_size,
+        shuffle=True,
+        num_workers=os.cpu_count() or 1,
+        pin_memory=settings.device.type == "cuda",
+        drop_last=True,
+    )
+
+
+def naive(settings: BenchSettings, num_classes: int, monitor: UsageMonitor, with_model: bool) -> float:
+    """The naive pipeline feeding the same training step (or, ``with_model=False``, the loader alone)."""
+    model = _model(settings, num_classes)
+    loader = _naive_loader(settings, model.mean, model.std)
+    if not with_model:
+        return _timed(loader, settings.warmup, settings.steps, monitor)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    device = settings.device
+
+    def step(batch) -> None:
+        inputs = batch[0].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        _train_step(model, optimizer, inputs, batch[1].to(device, non_blocking=True))
+
+    return _timed(loader, settings.warmup, settings.steps, monitor, step)
+
+
+class _BatchTimer(L.Callback):
+    """Times ``histoclass train``'s own training batches from the ``warmup``-th to the end of the epoch."""
+
+    def __init__(self, warmup: int, monitor: UsageMonitor) -> None:
+        self.warmup, self.monitor = warmup, monitor
+        self.images, self.started, self.ended = 0, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if batch_idx == self.warmup:
+            self.started = synchronize()
+            self.monitor.start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if batch_idx >= self.warmup:
+            self.images += len(batch[1])
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.ended = synchronize()
+        self.monitor.stop()
+
+
+def ours_train(settings: BenchSettings, monitor: UsageMonitor, runs_dir: Path, cache: str) -> tuple[float, Path]:
+    """``histoclass train`` for one epoch, every layer trained (as the ceiling), timed after ``warmup`` batches."""
+    from histoclass.training.job import train
+
+    config = build_config(
+        {
+            "data": {
+                "path": str(settings.data),
+                "image_size": settings.image_size,
+                "batch_size": settings.batch_size,
+                "workers": settings.workers,
+                "cache": cache,
+                "val_fraction": 0.05,
+            },
+            "augment": {"preset": settings.augment},
+            "model": {"name": settings.model, "pretrained": False},
+            "train": {"epochs": 1, "phase1_epochs": 0, "unfreeze_last": "all", "compile": settings.compile},
+            "run": {"runs_dir": str(runs_dir), "name": f"bench-{cache}"},
+        }
+    )
+    timer = _BatchTimer(settings.warmup, monitor)
+    run = train(config, callbacks=[timer])
+    if timer.images == 0:
+        raise ValueError(f"one epoch gave fewer than {settings.warmup + 1} batches; use more images")
+    return timer.images / (timer.ended - timer.started), run
+
+
+def ours_predict(settings: BenchSettings, run: Path, monitor: UsageMonitor, cache: str) -> float:
+    """``Predictor.predict_records`` over the whole folder (what ``histoclass predict``/``evaluate`` call)."""
+    from histoclass.config import DataConfig
+    from histoclass.data.cache import decoded_cache
+    from histoclass.data.sources import read_source
+    from histoclass.inference.predictor import load
+
+    predictor = load(run, compile=settings.compile)
+    records = read_source(str(settings.data), DataConfig(path=str(settings.data))).splits["all"]
+    pixels = decoded_cache(records, settings.image_size, cache)  # type: ignore[arg-type]
+    results = predictor.predict_records(records, settings.batch_size, workers=settings.workers, cache=pixels)
+    batches = ((None, result.indices) for result in results)
+    return _timed(batches, settings.warmup, len(records), monitor)
+
+
+def temporary_runs() -> tempfile.TemporaryDirectory:
+    """Where the benchmark's training runs go (removed afterwards: they are measurements, not models)."""
+    return tempfile.TemporaryDirectory(prefix="histoclass-bench-")
