@@ -1,0 +1,1 @@
+"""Speed benchmark: compute ceiling, naive ImageFolder pipeline and histoclass's own paths (``histoclass bench``)."""
