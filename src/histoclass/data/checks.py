@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from histoclass.data.images import unreadable_reason
 from histoclass.data.records import DataSource, ImageRecords
 
 __all__ = ["BadImage", "DataReport", "check_source", "drop_bad", "print_report", "scan_records"]
@@ -48,8 +49,7 @@ def _inspect_file(records: ImageRecords, i: int) -> ImageInfo:
         records.open(i, size_hint=_CHECK_DECODE_SIZE)
         return ImageInfo(size, mode, None)
     except Exception as error:  # Pillow raises many types for bad data; each becomes a reported reason
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        return ImageInfo(None, None, f"unreadable: {message}")
+        return ImageInfo(None, None, unreadable_reason(error))
 
 
 def scan_records(records: ImageRecords, workers: int | None = None) -> list[ImageInfo]:

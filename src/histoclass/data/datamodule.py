@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
 
-from histoclass.data.images import load_resized
+from histoclass.data.images import load_resized, unreadable_reason
 from histoclass.data.records import ImageRecords
 from histoclass.errors import HistoclassError
 
@@ -28,10 +28,6 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[int, str]]
 def default_workers() -> int:
     """Loader processes: every core beside the main process (at least one)."""
     return max(1, min(16, (os.cpu_count() or 2) - 1))
-
-
-def _reason(error: Exception) -> str:
-    return f"unreadable: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
 
 
 class ImageDataset(Dataset):
@@ -76,7 +72,7 @@ class ImageDataset(Dataset):
             except Exception as error:  # any decoder failure is about this one file
                 if not self.skip_unreadable:
                     raise HistoclassError(f"'{self.records.ids[i]}' became unreadable during training") from error
-                errors[i] = _reason(error)
+                errors[i] = unreadable_reason(error)
         keep = np.array([i not in errors for i in index.tolist()], dtype=bool)
         return self._batch(pixels[keep], index[keep], errors)
 

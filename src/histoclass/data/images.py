@@ -19,6 +19,7 @@ __all__ = [
     "load_resized",
     "open_rgb",
     "resize_square",
+    "unreadable_reason",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
@@ -102,3 +103,8 @@ def resize_square(image: Image.Image, size: int) -> np.ndarray:
 def load_resized(source: str | Path | bytes, size: int) -> np.ndarray:
     """Decode (DCT-scaled when JPEG) and resize to ``size`` x ``size``: uint8 HxWx3, as every path sees it."""
     return resize_square(open_rgb(source, size), size)
+
+
+def unreadable_reason(error: Exception) -> str:
+    """The one-line reason a file could not be decoded, as reports and prediction CSVs give it."""
+    return f"unreadable: {str(error).splitlines()[0] if str(error) else type(error).__name__}"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from histoclass.data.images import open_rgb, resize_square
+from histoclass.data.images import open_rgb, resize_square, unreadable_reason
 from histoclass.data.records import ImageRecords
 from histoclass.errors import HistoclassError
 from histoclass.model_info import ModelInfo
@@ -119,7 +119,7 @@ def _load_one(records: ImageRecords, i: int, size: int) -> np.ndarray | str:
     try:
         return records.load(i, size)
     except Exception as error:  # every decoder failure is a per-file problem, reported in the output
-        return f"unreadable: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        return unreadable_reason(error)
 
 
 def iter_pixel_batches(
