@@ -17,19 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-from histoclass.config import DataConfig
+from histoclass.config import DataConfig, ExportConfig
+from histoclass.data.batches import iter_batches
 from histoclass.data.sources import read_source
 from histoclass.export.job import export
-from histoclass.inference.backends import TorchPredictor
-from histoclass.inference.predictor import Predictor, iter_pixel_batches, load
-
-FORMATS = {"pytorch": None, "onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "tflite": "model.tflite",
-           "torchscript": "model.pt"}  # fmt: skip
+from histoclass.inference.engines.torch_engine import TorchEngine
+from histoclass.inference.predictor import Predictor, load
+from histoclass.runs import RunDir
 
 
 def held_out_pixels(data: str, size: int) -> np.ndarray:
     _, records = read_source(data, DataConfig(path=data)).split(None)
-    return np.concatenate([batch for _, batch, _ in iter_pixel_batches(records, size, 64)])
+    return np.concatenate([batch.pixels for batch in iter_batches(records, size, 64)])
 
 
 def latency_ms(predictor: Predictor, pixels: np.ndarray, count: int) -> float:
@@ -56,24 +55,30 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="held-out labelled images")
     parser.add_argument("--latency-images", type=int, default=64)
     args = parser.parse_args()
-    folder = args.run / "export"
-    for fmt, name in (("onnx", "model.int8.onnx"), ("tflite", "model.tflite"), ("torchscript", "model.pt")):
-        if not (folder / name).is_file():
-            export(args.run, fmt, int8=fmt == "onnx")
-    reference = TorchPredictor(args.run, device="cpu")
+    run = RunDir(args.run)
+    folder = run.export
+    formats = {"pytorch": run.weights, "onnx": folder.model("onnx"), "onnx-int8": folder.int8_onnx,
+               "tflite": folder.model("tflite"), "torchscript": folder.model("torchscript")}  # fmt: skip
+    for fmt, path in (
+        ("onnx", folder.int8_onnx),
+        ("tflite", formats["tflite"]),
+        ("torchscript", formats["torchscript"]),
+    ):
+        if not path.is_file():
+            export(ExportConfig(run=str(args.run), format=fmt, int8=fmt == "onnx"))
+    reference = Predictor(TorchEngine(args.run, device="cpu"))
     pixels = held_out_pixels(args.data, reference.info.image_size)
     expected = np.concatenate([reference.predict_pixels(pixels[i : i + 64]) for i in range(0, len(pixels), 64)])
     print(f"{len(pixels)} held-out images from {args.data}; CPU: {os.cpu_count()} cores\n")
     print("| format | file size | top-1 agreement | max abs diff | latency, batch 1 | throughput, batch 32 |")
     print("|---|---|---|---|---|---|")
-    for fmt, name in FORMATS.items():
-        if name is not None and not (folder / name).is_file():
-            int8 = json.loads((folder / "parity.json").read_text())["onnx"].get("int8", {})
+    for fmt, path in formats.items():
+        if not path.is_file():
+            int8 = json.loads(folder.parity.read_text())["onnx"].get("int8", {})
             print(f"| {fmt} | {int8.get('size_bytes_int8', 0) / 1e6:.1f} MB | discarded by the export's check "
                   f"({int8.get('top1_agreement', 0):.1%} agreement on its check images) | | | |")  # fmt: skip
             continue
-        predictor = reference if name is None else load(folder / name)
-        path = args.run / "model.safetensors" if name is None else folder / name
+        predictor = reference if fmt == "pytorch" else load(path)
         probabilities = np.concatenate(
             [predictor.predict_pixels(pixels[i : i + 64]) for i in range(0, len(pixels), 64)]
         )

@@ -13,7 +13,7 @@ from conftest import blood_files, link_class_folders, run_cli
 from histoclass.benchmark.job import RATIOS, STAGES
 from histoclass.config import DataConfig
 from histoclass.data.cache import decoded_cache
-from histoclass.data.datamodule import ImageDataset
+from histoclass.data.dataset import ImageDataset
 from histoclass.data.sources import read_source
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BLOOD, LITE0, blood_files, link_class_folders, run_cli
-from histoclass.config import apply_overrides, build_config, load_config
+from histoclass.config import apply_overrides, build_config, load_yaml
 from histoclass.errors import HistoclassError
 
 
@@ -44,7 +44,7 @@ def test_check_data_reports_bad_files(blood_with_bad_files: Path) -> None:
 
 def test_config_file_flags_and_set_override_in_order(tmp_path: Path) -> None:
     (tmp_path / "cfg.yaml").write_text("data:\n  image_size: 64\n  batch_size: 8\ntrain:\n  lr: 0.01\n")
-    values = apply_overrides(load_config(tmp_path / "cfg.yaml"), {"data.batch_size": 16})
+    values = apply_overrides(load_yaml(tmp_path / "cfg.yaml"), {"data.batch_size": 16})
     config = build_config(apply_overrides(values, ["train.lr=5e-4", "augment.preset=keras", "train.unfreeze_last=all"]))
     assert (config.data.image_size, config.data.batch_size, config.train.lr) == (64, 16, 5e-4)
     assert config.augment.rotation == 20 and config.augment.hflip and not config.augment.vflip
@@ -100,3 +100,27 @@ def test_cli_train_end_to_end_with_weights_file(tmp_path: Path, tiny: Path) -> N
     assert (tmp_path / "runs" / "cli" / "model.safetensors").is_file()
     assert "Split (images per class)" in result.stderr
     assert BLOOD.is_dir()
+
+
+def test_every_verb_takes_config_and_set_and_shows_its_defaults(tmp_path: Path) -> None:
+    from histoclass.verbs import VERBS
+
+    for verb in VERBS:
+        shown = run_cli(verb, "--help")
+        assert shown.returncode == 0, verb
+        assert "--config" in shown.stdout and "--set" in shown.stdout, verb
+        if verb not in ("check-data", "compare"):
+            assert "[default:" in shown.stdout, verb
+        bad = run_cli(verb, "--set", "no_such_key=1", *(["x"] if verb in ("check-data", "compare") else []))
+        if verb in ("evaluate", "predict", "serve", "export"):
+            bad = run_cli(verb, "x", *(["y"] if verb == "predict" else []), "--set", "no_such_key=1")
+        assert_one_line_error(bad, "no_such_key")
+
+
+def test_config_file_works_for_other_verbs(tmp_path: Path, tiny: Path) -> None:
+    (tmp_path / "check.yaml").write_text(f"data: {tiny}\n")
+    checked = run_cli("check-data", str(tiny), "--config", str(tmp_path / "check.yaml"))
+    assert checked.returncode == 0 and "EOSINOPHIL" in checked.stderr
+    (tmp_path / "serve.yaml").write_text("port: 70000\n")
+    assert_one_line_error(run_cli("serve", "model", "--config", str(tmp_path / "serve.yaml")), "port")
+    assert_one_line_error(run_cli("predict", "m", "x", "--batch-size", "0"), "batch_size")

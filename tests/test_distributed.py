@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from safetensors.torch import load_file
 
 import histoclass
 from conftest import LITE0, blood_files, link_class_folders, run_cli
-from histoclass.training.history import read_history
+from histoclass.runs.history import read_history
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,8 @@ def test_ddp_two_processes_metrics_equal_single_process_evaluation(uneven: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # both ranks wrote into one run
     assert "2 process(es) x 8 images = effective batch 16" in result.stdout + result.stderr
     metrics = json.loads((run / "metrics.json").read_text())
-    rows = [line.split(",") for line in (run / "split.csv").read_text().splitlines()[1:]]
-    val = [(image_id, label) for image_id, label, split in rows if split == "val"]
+    with open(run / "split.csv", newline="") as handle:
+        val = [(row["id"], row["label"]) for row in csv.DictReader(handle) if row["split"] == "val"]
     assert len(val) % 16 != 0
     probabilities = histoclass.load(run).predict([uneven / image_id for image_id, _ in val])
     labels = histoclass.load(run).labels
@@ -76,7 +77,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(uneven: Path, tmp_p
     process = start(train_args(uneven, tmp_path, "killed", 3))
     run = tmp_path / "killed"
     wait_for_epochs(run, 2, process)
-    time.sleep(1.0)  # into epoch 3, after epoch 2's checkpoint
+    last = run / "checkpoints" / "last.ckpt"
+    while not last.is_file() or last.stat().st_mtime < (run / "history.csv").stat().st_mtime:
+        time.sleep(0.01)  # epoch 2's checkpoint is written just after its history row: kill in epoch 3
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (run / "model.safetensors").exists()

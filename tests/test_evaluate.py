@@ -76,6 +76,18 @@ def test_ece_matches_a_direct_computation() -> None:
     assert expected_calibration_error(truth, probs) == pytest.approx((0.1 + 0.6 + 0.2 + 0.55) / 4)
 
 
+def test_ece_agrees_with_torchmetrics_on_real_predictions(evaluated: Path) -> None:
+    import torch
+    from torchmetrics.classification import MulticlassCalibrationError
+
+    rows = read_rows(evaluated / "predictions.csv")
+    y_true = np.array([CLASSES.index(r["true_label"]) for r in rows])
+    probs = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
+    reference = MulticlassCalibrationError(num_classes=4, n_bins=15, norm="l1")
+    expected = float(reference(torch.from_numpy(probs).float(), torch.from_numpy(y_true)))
+    assert expected_calibration_error(y_true, probs) == pytest.approx(expected, abs=1e-5)
+
+
 def test_report_html_renders_every_section_in_chromium(evaluated: Path, tmp_path: Path) -> None:
     html = (evaluated / "report.html").read_text()
     assert 'src="http' not in html and html.count("data:image/png;base64,") >= 4

@@ -14,14 +14,16 @@ import pytest
 import histoclass
 from conftest import BLOOD_TEST, CLASSES, run_cli
 
-BLOCK_TORCH = """
+BLOCK = """
 import sys
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"torch", "timm", "lightning", "torchvision", "torchmetrics"}:
+        if name.split(".")[0] in {FORBIDDEN}:
             raise ImportError(f"{name} is forbidden in this process")
 sys.meta_path.insert(0, Block())
 """
+BLOCK_TORCH = BLOCK.replace("{FORBIDDEN}", '{"torch", "timm", "lightning", "torchvision", "torchmetrics"}')
+BLOCK_LIGHTNING = BLOCK.replace("{FORBIDDEN}", '{"lightning", "pytorch_lightning"}')
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +126,15 @@ def test_tflite_export_agrees_with_pytorch_on_held_out_images(trained_run: Path,
     assert run_cli("predict", str(model), str(BLOOD_TEST), "--out", str(out)).returncode == 0
     with open(out, newline="") as handle:
         assert [row["label"] for row in csv.DictReader(handle)] == [CLASSES[k] for k in lite.argmax(1)]
+
+
+def test_predict_with_a_run_directory_never_imports_lightning(trained_run: Path, tmp_path: Path) -> None:
+    script = BLOCK_LIGHTNING + "from histoclass.cli import main\nsys.argv[0] = 'histoclass'\nmain()\n"
+    out = tmp_path / "p.csv"
+    result = subprocess.run(
+        [sys.executable, "-c", script, "predict", str(trained_run), str(BLOOD_TEST), "--out", str(out), "--tta"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(out, newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 71

@@ -186,9 +186,10 @@ def test_page_in_chromium_uploads_two_images_and_shows_heatmaps(server, tmp_path
 
 
 def test_serving_an_onnx_export_predicts_and_declines_heatmaps(trained_run: Path) -> None:
+    from histoclass.config import ExportConfig
     from histoclass.export.job import export
 
-    model = export(trained_run, "onnx")
+    model = export(ExportConfig(run=str(trained_run), format="onnx"))
     process, url = start_server(model)
     try:
         card = httpx.get(f"{url}/api/model").json()

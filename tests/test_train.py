@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from conftest import CLASSES, LITE0, val_accuracy
 from histoclass.config import build_config
 from histoclass.inference.predictor import load
-from histoclass.training.history import HISTORY_COLUMNS, read_history
-from histoclass.training.rundir import create_run_dir
+from histoclass.runs import create_run_dir
+from histoclass.runs.history import HISTORY_COLUMNS, read_history
 
 RUN_FILES = [
     "config.yaml",

@@ -1,13 +1,14 @@
 """histoclass: transfer-learning image classifiers for histology and microscopy.
 
-The jobs are plain functions (``train``, ``evaluate``, ``predict``, ``compare``, ``check_data``) and
-``load(path)`` gives a predictor for a run directory or an exported model. Imports are lazy so that
-``histoclass.load("model.onnx")`` works in an install without torch.
+Every verb of the command line is a function here, taking its config or the config's fields as keywords
+(``histoclass.evaluate(model="runs/blood", data="data/test")``); ``load(path)`` gives a predictor for a run
+directory or an exported model. Imports are lazy so that ``histoclass.load("model.onnx")`` works without torch.
 """
 
 from __future__ import annotations
 
 import importlib
+from functools import partial
 from typing import Any
 
 __version__ = "0.1.0"
@@ -16,20 +17,23 @@ _EXPORTS = {
     "load": "histoclass.inference.predictor",
     "Predictor": "histoclass.inference.predictor",
     "Config": "histoclass.config",
+    "build_config": "histoclass.config",
     "HistoclassError": "histoclass.errors",
-    "train": "histoclass.training.job",
-    "evaluate": "histoclass.evaluation.job",
-    "predict": "histoclass.inference.job",
-    "compare": "histoclass.evaluation.compare",
     "create_model": "histoclass.models.factory",
     "read_source": "histoclass.data.sources",
     "check_source": "histoclass.data.checks",
 }
+_VERBS = {"train": "train", "check_data": "check-data", "evaluate": "evaluate", "predict": "predict",
+          "compare": "compare", "export": "export", "serve": "serve", "bench": "bench"}  # fmt: skip
 
-__all__ = [*_EXPORTS, "__version__"]
+__all__ = [*_EXPORTS, *_VERBS, "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _VERBS:
+        from histoclass.verbs import run_verb
+
+        return partial(run_verb, _VERBS[name])
     raise AttributeError(f"module 'histoclass' has no attribute {name!r}")

@@ -13,7 +13,8 @@ import torch
 
 from histoclass.atomic import write_json, write_text
 from histoclass.benchmark.monitor import UsageMonitor
-from histoclass.benchmark.stages import BenchSettings, ceiling, naive, ours_predict, ours_train, temporary_runs
+from histoclass.benchmark.stages import bench_device, ceiling, naive, ours_predict, ours_train, temporary_runs
+from histoclass.config import BenchConfig
 from histoclass.console import console
 from histoclass.errors import HistoclassError
 
@@ -61,7 +62,7 @@ def _num_classes(data: Path) -> int:
     return len(classes)
 
 
-def _runners(settings: BenchSettings, num_classes: int, runs: Path) -> dict[str, Callable[[UsageMonitor], float]]:
+def _runners(settings: BenchConfig, num_classes: int, runs: Path) -> dict[str, Callable[[UsageMonitor], float]]:
     """Each stage as a function of its monitor; predict stages use the model the train stage just wrote."""
     trained: dict[str, Path] = {}
 
@@ -112,13 +113,27 @@ def _markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bench(settings: BenchSettings, stages: list[str], out: Path) -> dict:
-    """Run ``stages`` (names from :data:`STAGES`) and write ``out/bench.json`` and ``out/bench.md``."""
+def _resolved(config: BenchConfig) -> BenchConfig:
+    """Sizes filled in for the device: 224 px / batch 256 on a GPU, 64 px / batch 32 on CPU."""
+    gpu = bench_device().type == "cuda"
+    return config.model_copy(
+        update={
+            "image_size": config.image_size or (224 if gpu else 64),
+            "batch_size": config.batch_size or (256 if gpu else 32),
+        }
+    )
+
+
+def bench(config: BenchConfig) -> dict:
+    """Run the chosen stages (names from :data:`STAGES`) and write ``bench.json`` and ``bench.md``."""
+    settings = _resolved(config)
+    stages = [s.strip() for s in settings.stages.split(",")] if settings.stages else list(STAGES)
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise HistoclassError(f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)}")
-    num_classes = _num_classes(settings.data)
-    result: dict = {"environment": _environment(), "settings": {**asdict(settings), "data": str(settings.data)}}
+    num_classes = _num_classes(Path(settings.data))
+    out = Path(settings.out or Path("runs") / "bench" / f"{settings.model}-{settings.image_size}px")
+    result: dict = {"environment": _environment(), "settings": settings.model_dump(mode="json")}
     result["stages"] = {}
     with temporary_runs() as runs:
         runners = _runners(settings, num_classes, Path(runs))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -19,36 +18,21 @@ import torch
 from torch.nn import functional as F
 
 from histoclass.benchmark.monitor import UsageMonitor, synchronize
-from histoclass.config import AugmentConfig, build_config
-from histoclass.data.device_transforms import normalize_batch
+from histoclass.config import AugmentConfig, BenchConfig, build_config
+from histoclass.inference.preprocess import normalize_torch
 from histoclass.models.factory import Classifier, create_model
 
-__all__ = ["BenchSettings", "ceiling", "naive", "ours_predict", "ours_train"]
+__all__ = ["bench_device", "ceiling", "naive", "ours_predict", "ours_train"]
 
 
-@dataclass(frozen=True)
-class BenchSettings:
-    """One benchmark's fixed conditions: every stage runs the same model, size, batch and data."""
-
-    data: Path
-    model: str
-    image_size: int
-    batch_size: int
-    warmup: int
-    steps: int
-    compile: bool
-    cache: str
-    workers: int | None
-    augment: str
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def bench_device() -> torch.device:
+    """Where every stage runs: the GPU when there is one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _model(settings: BenchSettings, num_classes: int) -> Classifier:
+def _model(settings: BenchConfig, num_classes: int) -> Classifier:
     model = create_model(settings.model, num_classes, pretrained=False)
-    model = model.to(settings.device, memory_format=torch.channels_last)
+    model = model.to(bench_device(), memory_format=torch.channels_last)
     if settings.compile:
         model.compile()
     return model
@@ -89,14 +73,14 @@ def _timed(batches: Iterable, warmup: int, steps: int, monitor: UsageMonitor, wo
     return images / (ended - started)
 
 
-def ceiling(settings: BenchSettings, num_classes: int, monitor: UsageMonitor, train: bool) -> float:
+def ceiling(settings: BenchConfig, num_classes: int, monitor: UsageMonitor, train: bool) -> float:
     """Training (forward, backward, AdamW) or inference steps on one batch resident on the device."""
-    device, size, n = settings.device, settings.image_size, settings.batch_size
+    device, size, n = bench_device(), settings.image_size, settings.batch_size
     model = _model(settings, num_classes)
     pixels = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device)
     mean = torch.tensor(model.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(model.std, device=device).view(1, -1, 1, 1)
-    inputs = normalize_batch(pixels, mean, std)
+    inputs = normalize_torch(pixels, mean, std)
     labels = torch.randint(0, num_classes, (n,), device=device)
     batches = ((inputs, labels) for _ in range(settings.warmup + settings.steps))
     if train:
@@ -112,7 +96,7 @@ def ceiling(settings: BenchSettings, num_classes: int, monitor: UsageMonitor, tr
     return _timed(batches, settings.warmup, settings.steps, monitor, infer)
 
 
-def _naive_loader(settings: BenchSettings, mean: tuple, std: tuple) -> torch.utils.data.DataLoader:
+def _naive_loader(settings: BenchConfig, mean: tuple, std: tuple) -> torch.utils.data.DataLoader:
     """The pipeline of a typical notebook: ImageFolder, PIL, per-image torchvision transforms, all cores."""
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
@@ -135,19 +119,19 @@ def _naive_loader(settings: BenchSettings, mean: tuple, std: tuple) -> torch.uti
         batch_size=settings.batch_size,
         shuffle=True,
         num_workers=os.cpu_count() or 1,
-        pin_memory=settings.device.type == "cuda",
+        pin_memory=bench_device().type == "cuda",
         drop_last=True,
     )
 
 
-def naive(settings: BenchSettings, num_classes: int, monitor: UsageMonitor, with_model: bool) -> float:
+def naive(settings: BenchConfig, num_classes: int, monitor: UsageMonitor, with_model: bool) -> float:
     """The naive pipeline feeding the same training step (or, ``with_model=False``, the loader alone)."""
     model = _model(settings, num_classes)
     loader = _naive_loader(settings, model.mean, model.std)
     if not with_model:
         return _timed(loader, settings.warmup, settings.steps, monitor)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    device = settings.device
+    device = bench_device()
 
     def step(batch) -> None:
         inputs = batch[0].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
@@ -177,7 +161,7 @@ class _BatchTimer(L.Callback):
         self.monitor.stop()
 
 
-def ours_train(settings: BenchSettings, monitor: UsageMonitor, runs_dir: Path, cache: str) -> tuple[float, Path]:
+def ours_train(settings: BenchConfig, monitor: UsageMonitor, runs_dir: Path, cache: str) -> tuple[float, Path]:
     """``histoclass train`` for one epoch, every layer trained (as the ceiling), timed after ``warmup`` batches."""
     from histoclass.training.job import train
 
@@ -204,7 +188,7 @@ def ours_train(settings: BenchSettings, monitor: UsageMonitor, runs_dir: Path, c
     return timer.images / (timer.ended - timer.started), run
 
 
-def ours_predict(settings: BenchSettings, run: Path, monitor: UsageMonitor, cache: str) -> float:
+def ours_predict(settings: BenchConfig, run: Path, monitor: UsageMonitor, cache: str) -> float:
     """``Predictor.predict_records`` over the whole folder (what ``histoclass predict``/``evaluate`` call)."""
     from histoclass.config import DataConfig
     from histoclass.data.cache import decoded_cache
@@ -214,7 +198,7 @@ def ours_predict(settings: BenchSettings, run: Path, monitor: UsageMonitor, cach
     predictor = load(run, compile=settings.compile)
     records = read_source(str(settings.data), DataConfig(path=str(settings.data))).splits["all"]
     pixels = decoded_cache(records, settings.image_size, cache)  # type: ignore[arg-type]
-    results = predictor.predict_records(records, settings.batch_size, workers=settings.workers, cache=pixels)
+    results = predictor.predict_records(records, settings.batch_size, threads=settings.workers, cache=pixels)
     batches = ((None, result.indices) for result in results)
     return _timed(batches, settings.warmup, len(records), monitor)
 

@@ -20,21 +20,11 @@ from torch.nn import functional as F
 
 from histoclass.config import AugmentConfig
 
-__all__ = ["BatchAugment", "hashed_uniforms", "normalize_batch", "standardize"]
+__all__ = ["BatchAugment", "hashed_uniforms"]
 
 _MASK = 0xFFFFFFFF
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights
 _CROP_TRIES = 10  # as torchvision's RandomResizedCrop
-
-
-def standardize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Float NCHW in [0, 1] -> standardised with the backbone's mean and std, channels-last."""
-    return ((images - mean) / std).contiguous(memory_format=torch.channels_last)
-
-
-def normalize_batch(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW -> float scaled to [0, 1] -> :func:`standardize`."""
-    return standardize(images.float().div_(255.0), mean, std)
 
 
 def _mul32(x, constant: int):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from histoclass.data.images import array_to_rgb, load_resized, open_rgb, resize_square
 
-__all__ = ["DataSource", "ImageRecords"]
+__all__ = ["DataSource", "ImageRecords", "relabel_by_name"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,10 @@ class ImageRecords:
             array=None if self.array is None else self.array[index],
             groups=None if self.groups is None else [self.groups[i] for i in index],
         )
+
+    def with_groups(self, groups: list[str] | None) -> ImageRecords:
+        """The same records with ``groups`` (one per record, or None for none)."""
+        return replace(self, groups=groups)
 
     def open(self, i: int, size_hint: int | None = None) -> Image.Image:
         """Image ``i`` as RGB (raises OSError/ValueError if its file is unreadable)."""
@@ -80,3 +84,22 @@ class DataSource:
             if candidate in self.splits:
                 return candidate, self.splits[candidate]
         raise HistoclassError(f"--split: '{name}' not in this dataset; it has {', '.join(sorted(self.splits))}")
+
+
+def relabel_by_name(records: ImageRecords, classes: list[str], labels: list[str], strict: bool = True) -> ImageRecords:
+    """``records`` (labelled with indices into ``classes``) labelled with indices into ``labels`` by class name.
+
+    A class the model does not know is an error naming it, or (``strict=False``) leaves every label unknown (-1).
+    """
+    from histoclass.errors import HistoclassError
+
+    unknown = [c for c in classes if c not in labels]
+    if unknown and strict:
+        raise HistoclassError(
+            f"--data has classes the model does not know: {', '.join(unknown)}; the model's classes are "
+            f"{', '.join(labels)}"
+        )
+    if unknown:
+        return replace(records, labels=np.full(len(records), -1, dtype=np.int64))
+    to_model = np.asarray([labels.index(c) for c in classes], dtype=np.int64)
+    return replace(records, labels=to_model[records.labels])

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from histoclass.config import DataConfig
-from histoclass.data.images import is_image_file
+from histoclass.data.inputs import find_image, index_images, list_images, read_csv_rows
 from histoclass.data.records import DataSource, ImageRecords
 from histoclass.errors import HistoclassError
 from histoclass.registry import MatchRegistry
@@ -23,7 +22,6 @@ __all__ = [
     "READERS",
     "SPLIT_FOLDERS",
     "cache_root",
-    "index_images",
     "medmnist_cache_dir",
     "read_source",
     "register_source",
@@ -58,7 +56,7 @@ def _class_folder_records(root: Path, classes: list[str], base: Path) -> ImageRe
     ids, paths, labels = [], [], []
     for index, name in enumerate(classes):
         folder = root / name
-        found = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p)) if folder.is_dir() else []
+        found = list_images(folder) if folder.is_dir() else []
         if not found:
             raise HistoclassError(
                 f"class folder '{folder}' has no images (jpeg, png, tif, bmp); add images or remove the folder"
@@ -99,32 +97,27 @@ def read_class_folders(spec: str, config: DataConfig) -> DataSource:
 
 
 # ---------------------------------------------------------------- CSV + image folder
-def index_images(folder: Path) -> dict[str, Path]:
-    """Map both file name and stem (relative to ``folder``) to each image below it."""
-    index: dict[str, Path] = {}
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            path = Path(dirpath, name)
-            if is_image_file(path):
-                relative = path.relative_to(folder)
-                index.setdefault(relative.as_posix(), path)
-                index.setdefault(relative.with_suffix("").as_posix(), path)
-    return index
+def _unique_rows(path: Path, rows: list[dict[str, str]], config: DataConfig) -> list[dict[str, str]]:
+    """One row per id: exact repeats are kept once (and said so); an id with two labels is an error."""
+    first: dict[str, dict[str, str]] = {}
+    repeated, conflicting = [], []
+    for row in rows:
+        image_id = row[config.id_column]
+        seen = first.setdefault(image_id, row)
+        if seen is not row:
+            same = seen[config.label_column] == row[config.label_column]
+            (repeated if same else conflicting).append(image_id)
+    if conflicting:
+        names = ", ".join(sorted(set(conflicting))[:10])
+        raise HistoclassError(
+            f"CSV '{path}': {len(set(conflicting))} id(s) have two different labels ({names}); keep one row per image"
+        )
+    if repeated:
+        from histoclass.console import console
 
-
-def _read_csv_rows(path: Path, config: DataConfig) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        wanted = {"--id-column": config.id_column, "--label-column": config.label_column}
-        if config.group_column:
-            wanted["--group-column"] = config.group_column
-        for flag, column in wanted.items():
-            if column not in columns:
-                raise HistoclassError(
-                    f"CSV '{path}' has no column '{column}' (columns: {', '.join(columns) or 'none'}); pass {flag} NAME"
-                )
-        return list(reader)
+        names = ", ".join(sorted(set(repeated))[:5])
+        console.print(f"[yellow]CSV '{path}': {len(repeated)} repeated row(s) kept once ({names})[/]")
+    return list(first.values())
 
 
 @register_source(lambda spec: spec.lower().endswith(".csv") and Path(spec).is_file())
@@ -134,23 +127,26 @@ def read_labels_csv(spec: str, config: DataConfig) -> DataSource:
     folder = Path(config.image_dir) if config.image_dir else path.parent
     if not folder.is_dir():
         raise HistoclassError(f"--image-dir: no such folder '{folder}'; pass the folder holding the images")
-    rows = _read_csv_rows(path, config)
+    wanted = {"--id-column": config.id_column, "--label-column": config.label_column}
+    if config.group_column:
+        wanted["--group-column"] = config.group_column
+    rows = _unique_rows(path, read_csv_rows(path, wanted), config)
     if not rows:
         raise HistoclassError(f"CSV '{path}' has no rows")
     index = index_images(folder)
-    classes = sorted({row[config.label_column].strip() for row in rows}, key=_natural_key)
+    classes = sorted({row[config.label_column] for row in rows}, key=_natural_key)
     ids, paths, labels, groups, missing = [], [], [], [], []
     for row in rows:
-        image_id = row[config.id_column].strip()
-        found = index.get(image_id) or index.get(Path(image_id).with_suffix("").as_posix())
+        image_id = row[config.id_column]
+        found = find_image(index, image_id)
         if found is None:
             missing.append((image_id, f"no image for this id in '{folder}'"))
             continue
         ids.append(image_id)
         paths.append(found)
-        labels.append(classes.index(row[config.label_column].strip()))
+        labels.append(classes.index(row[config.label_column]))
         if config.group_column:
-            groups.append(row[config.group_column].strip())
+            groups.append(row[config.group_column])
     if not ids:
         raise HistoclassError(f"--image-dir: none of the ids in '{path}' has an image in '{folder}'")
     records = ImageRecords(ids=ids, labels=np.asarray(labels, dtype=np.int64), paths=paths, groups=groups or None)
@@ -170,8 +166,19 @@ def _medmnist_class_names(flag: str) -> list[str] | None:
     return [labels[str(i)] for i in range(len(labels))]
 
 
-def _npz_split(data: np.lib.npyio.NpzFile, prefix: str, path: Path) -> ImageRecords:
-    images, labels = data[f"{prefix}images"], data[f"{prefix}labels"]
+def _npz_array(data: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndarray:
+    try:
+        array = data[key]
+    except ValueError:  # object arrays need pickle, which is never allowed
+        raise HistoclassError(f"--data: '{path}': {key} is an object array; save plain numeric arrays") from None
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise HistoclassError(f"--data: '{path}': {key} holds {array.dtype} values; save numeric arrays")
+    return array
+
+
+def _npz_split(data: np.lib.npyio.NpzFile, prefix: str, path: Path) -> tuple[ImageRecords, list[tuple[str, str]]]:
+    """One split's records, and the ids whose label is not a class index (reported, left out)."""
+    images, labels = _npz_array(data, f"{prefix}images", path), _npz_array(data, f"{prefix}labels", path)
     if labels.ndim == 2 and labels.shape[1] == 1:
         labels = labels[:, 0]
     if labels.ndim != 1:
@@ -182,7 +189,10 @@ def _npz_split(data: np.lib.npyio.NpzFile, prefix: str, path: Path) -> ImageReco
         raise HistoclassError(f"'{path}': {prefix}images must be (N,H,W) or (N,H,W,C) matching its labels")
     name = prefix.rstrip("_") or "all"
     ids = [f"{name}/{i}" for i in range(len(labels))]
-    return ImageRecords(ids=ids, labels=labels.astype(np.int64), array=images)
+    valid = (labels >= 0) & (labels == np.round(labels))
+    rejected = [(ids[i], f"label {labels[i]} is not a class index (0, 1, ...)") for i in np.flatnonzero(~valid)]
+    records = ImageRecords(ids=ids, labels=np.where(valid, labels, -1).astype(np.int64), array=images)
+    return (records.subset(np.flatnonzero(valid)) if rejected else records), rejected
 
 
 def read_npz_file(path: Path, flag: str | None = None) -> DataSource:
@@ -200,11 +210,15 @@ def read_npz_file(path: Path, flag: str | None = None) -> DataSource:
                 f"--data: '{path}' needs train_images/train_labels (and val_*, test_*) or images/labels arrays; "
                 f"it has {', '.join(data.files)}"
             )
-        splits = {(p.rstrip("_") or "all"): _npz_split(data, p, path) for p in prefixes}
-    num_classes = int(max(r.labels.max() for r in splits.values())) + 1
+        read = {(p.rstrip("_") or "all"): _npz_split(data, p, path) for p in prefixes}
+    splits = {name: records for name, (records, _) in read.items()}
+    rejected = [item for _, bad in read.values() for item in bad]
+    if not any(len(r) for r in splits.values()):
+        raise HistoclassError(f"--data: '{path}' has no image with a valid label")
+    num_classes = int(max(r.labels.max() for r in splits.values() if len(r))) + 1
     names = _medmnist_class_names(flag or path.stem.split("_")[0])
     classes = names if names and len(names) >= num_classes else [str(i) for i in range(num_classes)]
-    return DataSource(name=path.stem, classes=classes, splits=splits, kind="npz")
+    return DataSource(name=path.stem, classes=classes, splits=splits, kind="npz", missing=rejected)
 
 
 @register_source(lambda spec: spec.lower().endswith(".npz") and Path(spec).is_file())

@@ -9,10 +9,11 @@ import json
 from pathlib import Path
 
 from histoclass.atomic import write_csv, write_text
+from histoclass.config import CompareConfig, EvaluateConfig
 from histoclass.console import console
 from histoclass.errors import HistoclassError
-from histoclass.figures import plt, save_figure
-from histoclass.model_info import ModelInfo
+from histoclass.evaluation.figures import plt, save_figure
+from histoclass.runs import EvalDir, ModelInfo, RunDir
 
 __all__ = ["compare"]
 
@@ -32,19 +33,21 @@ COLUMNS = [
 _BARS = ["accuracy", "macro_f1", "roc_auc"]
 
 
-def _row(run: Path, data: str | None, split: str | None) -> dict:
-    if not (run / "model.json").is_file():
-        raise HistoclassError(f"'{run}' is not a finished run directory (no model.json)")
-    info = ModelInfo.load(run / "model.json")
-    trained = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+def _row(path: Path, data: str | None, split: str | None) -> dict:
+    run = RunDir(path)
+    if not run.model_info.is_file():
+        raise HistoclassError(f"'{path}' is not a finished run directory (no {run.model_info.name})")
+    info = ModelInfo.load(run.model_info)
+    trained = json.loads(run.metrics.read_text()) if run.metrics.is_file() else {}
     if data:
         from histoclass.evaluation.job import evaluate
 
-        metrics = json.loads((evaluate(run, data, split) / "metrics.json").read_text())
+        evaluated = EvalDir(evaluate(EvaluateConfig(model=str(path), data=data, split=split)))
+        metrics = json.loads(evaluated.metrics.read_text())
     else:
         metrics = {key.removeprefix("val_"): value for key, value in trained.items()}
     return {
-        "run": run.name,
+        "run": path.name,
         "architecture": info.architecture,
         "image_size": info.image_size,
         "parameters_m": round(info.parameters / 1e6, 2),
@@ -74,15 +77,14 @@ def _plot(rows: list[dict], out: Path) -> Path:
     return save_figure(figure, out)
 
 
-def compare(
-    runs: list[str | Path], data: str | None = None, split: str | None = None, out: str | Path | None = None
-) -> Path:
-    """Write ``compare.csv``, ``compare.md`` and ``compare.png`` into ``out`` and print the table."""
+def compare(config: CompareConfig) -> Path:
+    """Write ``compare.csv``, ``compare.md`` and ``compare.png`` into ``config.out`` and print the table."""
     from rich.table import Table
 
-    paths = [Path(r) for r in runs]
-    rows = [_row(run, data, split) for run in paths]
-    out_dir = Path(out) if out else paths[0].parent / "compare"
+    data = config.data
+    paths = [Path(r) for r in config.runs]
+    rows = [_row(run, data, config.split) for run in paths]
+    out_dir = Path(config.out) if config.out else paths[0].parent / "compare"
     write_csv(out_dir / "compare.csv", COLUMNS, ([row[c] for c in COLUMNS] for row in rows))
     markdown = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     markdown += ["| " + " | ".join(_fmt(row[c]) for c in COLUMNS) + " |" for row in rows]

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from histoclass.atomic import write_csv, write_json, write_text
-from histoclass.config import DataConfig
+from histoclass.config import DataConfig, EvaluateConfig
 from histoclass.console import console
-from histoclass.data.records import ImageRecords
+from histoclass.data.records import ImageRecords, relabel_by_name
 from histoclass.data.sources import read_source
 from histoclass.errors import HistoclassError
 from histoclass.evaluation.metrics import METRIC_KEYS, compute_metrics, most_confused
@@ -24,26 +23,18 @@ from histoclass.evaluation.plots import plot_confusion, plot_reliability, plot_r
 from histoclass.evaluation.report import gallery_items, render_report
 from histoclass.inference.job import report_errors, run_predictions, write_predictions_csv
 from histoclass.inference.predictor import Predictor, load
+from histoclass.runs import EvalDir, RunDir
+from histoclass.runs.config_file import read_run_config
 
 __all__ = ["evaluate", "evaluate_predictor", "print_metrics"]
 
 
-def _map_labels(records: ImageRecords, classes: list[str], labels: list[str]) -> ImageRecords:
-    """Re-index the dataset's classes to the model's output order (by name)."""
-    unknown = [c for c in classes if c not in labels]
-    if unknown:
-        raise HistoclassError(
-            f"--data has classes the model does not know: {', '.join(unknown)}; the model's classes are "
-            f"{', '.join(labels)}"
-        )
-    to_model = np.asarray([labels.index(c) for c in classes], dtype=np.int64)
-    return replace(records, labels=to_model[records.labels])
-
-
-def _write_outputs(folder: Path, metrics: dict, y_true, probabilities, labels: list[str]) -> list[tuple[str, str, int]]:
+def _write_outputs(
+    folder: EvalDir, metrics: dict, y_true, probabilities, labels: list[str]
+) -> list[tuple[str, str, int]]:
     from sklearn.metrics import classification_report
 
-    write_json(folder / "metrics.json", metrics)
+    write_json(folder.metrics, metrics)
     report = classification_report(
         y_true,
         probabilities.argmax(axis=1),
@@ -52,12 +43,12 @@ def _write_outputs(folder: Path, metrics: dict, y_true, probabilities, labels: l
         digits=4,
         zero_division=0,
     )
-    write_text(folder / "classification_report.txt", report)
-    plot_confusion(metrics["confusion_matrix"], labels, folder / "confusion_matrix.png")
-    plot_roc(y_true, probabilities, labels, folder / "roc.png")
-    plot_reliability(y_true, probabilities, folder / "reliability.png")
+    write_text(folder.classification_report, report)
+    plot_confusion(metrics["confusion_matrix"], labels, folder.confusion_matrix)
+    plot_roc(y_true, probabilities, labels, folder.roc)
+    plot_reliability(y_true, probabilities, folder.reliability)
     confused = most_confused(metrics["confusion_matrix"], labels)
-    write_csv(folder / "most_confused.csv", ["true_label", "predicted_label", "count"], confused)
+    write_csv(folder.most_confused, ["true_label", "predicted_label", "count"], confused)
     return confused
 
 
@@ -89,16 +80,15 @@ def evaluate_predictor(
     y_true, probabilities = records.labels[rows], predictions.probabilities[rows]
     metrics = compute_metrics(y_true, probabilities, labels)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    building = EvalDir(Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent)))
     try:
         true_names = [labels[k] for k in records.labels]
-        write_predictions_csv(building / "predictions.csv", predictions, labels, true_labels=true_names)
+        write_predictions_csv(building.predictions, predictions, labels, true_labels=true_names)
         confused = _write_outputs(building, metrics, y_true, probabilities, labels)
         gallery = gallery_items(records, y_true, probabilities, rows, labels, top=16)
-        model_dir = predictor.source if predictor.source.is_dir() else predictor.source.parent
         render_report(
             building,
-            model_dir,
+            model_folder(predictor),
             predictor.info,
             metrics,
             confused,
@@ -106,9 +96,9 @@ def evaluate_predictor(
             data_name,
             len(predictions.errors),
         )
-        _swap_into_place(building, out_dir)
+        _swap_into_place(building.root, out_dir)
     finally:
-        shutil.rmtree(building, ignore_errors=True)
+        shutil.rmtree(building.root, ignore_errors=True)
     return metrics
 
 
@@ -136,29 +126,33 @@ def print_metrics(metrics: dict) -> None:
     console.print(table)
 
 
-def evaluate(
-    model: str | Path,
-    data: str,
-    split: str | None = None,
-    image_dir: str | None = None,
-    id_column: str = "id",
-    label_column: str = "label",
-    tta: bool = False,
-    batch_size: int = 64,
-    compile: bool = False,
-) -> Path:
-    """Score ``model`` on ``data`` and write ``<model dir>/eval/<data-name>/``; returns that folder."""
-    predictor = load(model, compile)
-    config = DataConfig(path=data, image_dir=image_dir, id_column=id_column, label_column=label_column)
-    source = read_source(data, config)
-    split_name, records = source.split(split)
-    records = _map_labels(records, source.classes, predictor.labels)
+def _data_config(config: EvaluateConfig, model_dir: Path) -> DataConfig:
+    """How to read ``--data``: the flags, else the run's own CSV settings, else the defaults."""
+    run = RunDir(model_dir)
+    trained = read_run_config(run).data if run.config.is_file() else DataConfig()
+    given = {key: getattr(config, key) for key in ("image_dir", "id_column", "label_column")}
+    inherited = {key: getattr(trained, key) for key, value in given.items() if value is None}
+    return DataConfig(path=config.data, **{k: v for k, v in given.items() if v is not None}, **inherited)
+
+
+def model_folder(predictor: Predictor) -> Path:
+    """The folder holding the model: a run directory, or an export's folder."""
+    return predictor.source if predictor.source.is_dir() else predictor.source.parent
+
+
+def evaluate(config: EvaluateConfig) -> Path:
+    """Score ``config.model`` on ``config.data`` and write ``<model dir>/eval/<data-name>/``; returns that folder."""
+    predictor = load(config.model, config.compile)
+    model_dir = model_folder(predictor)
+    source = read_source(config.data, _data_config(config, model_dir))
+    split_name, records = source.split(config.split)
+    records = relabel_by_name(records, source.classes, predictor.labels)
     name = source.name if split_name == "all" else f"{source.name}-{split_name}"
-    model_dir = predictor.source if predictor.source.is_dir() else predictor.source.parent
-    out_dir = model_dir / "eval" / (f"{name}-tta" if tta else name)
+    out_dir = RunDir(model_dir).evaluation(f"{name}-tta" if config.tta else name).root
     metrics = evaluate_predictor(
-        predictor, records, out_dir, data_name=f"{source.name} ({split_name})", tta=tta, batch_size=batch_size
-    )
+        predictor, records, out_dir, data_name=f"{source.name} ({split_name})", tta=config.tta,
+        batch_size=config.batch_size,
+    )  # fmt: skip
     print_metrics(metrics)
     console.print(f"Evaluation written to [bold]{out_dir}[/] (open report.html)")
     return out_dir

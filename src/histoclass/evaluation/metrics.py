@@ -48,7 +48,12 @@ def calibration_bins(
 
 
 def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> float:
-    """Weighted mean |accuracy - confidence| over ``bins`` equal-width confidence bins."""
+    """Weighted mean |accuracy - confidence| over ``bins`` equal-width confidence bins.
+
+    Equal to torchmetrics' ``MulticlassCalibrationError(n_bins=15, norm="l1")`` (tested), kept here because the
+    reliability plot needs the per-bin figures it does not return, and because evaluating an ONNX model needs
+    no torch.
+    """
     _, accuracy, confidence, counts = calibration_bins(y_true, probabilities, bins)
     filled = counts > 0
     return float(np.sum(counts[filled] * np.abs(accuracy[filled] - confidence[filled])) / counts.sum())

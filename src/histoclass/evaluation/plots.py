@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from histoclass.evaluation.figures import plt, save_figure
 from histoclass.evaluation.metrics import calibration_bins
-from histoclass.figures import plt, save_figure
 
 __all__ = ["plot_confusion", "plot_reliability", "plot_roc"]
 

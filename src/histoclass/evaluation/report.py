@@ -8,12 +8,14 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import yaml
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from histoclass.atomic import write_text
 from histoclass.data.records import ImageRecords
-from histoclass.model_info import ModelInfo
+from histoclass.evaluation.curves import plot_curves
+from histoclass.runs import EvalDir, ModelInfo, RunDir
+from histoclass.runs.config_file import read_run_config
+from histoclass.runs.history import read_history
 
 __all__ = ["gallery_items", "render_report"]
 
@@ -61,24 +63,24 @@ def _config_rows(model_dir: Path, info: ModelInfo) -> list[tuple[str, str]]:
         ("parameters", f"{info.parameters:,}" if info.parameters else "–"),
         ("preprocessing", f"{info.resize}; mean {info.mean}, std {info.std}"),
     ]
-    config_file = model_dir / "config.yaml"
-    if config_file.is_file():
-        config = yaml.safe_load(config_file.read_text())
-        train, data, model = config.get("train", {}), config.get("data", {}), config.get("model", {})
+    run = RunDir(model_dir)
+    if run.config.is_file():
+        config = read_run_config(run)
+        train, data, model = config.train, config.data, config.model
         rows += [
-            ("training data", str(data.get("path"))),
-            ("weights", model.get("weights") or ("ImageNet" if model.get("pretrained") else "from scratch")),
-            ("epochs (frozen phase)", f"{train.get('epochs')} ({train.get('phase1_epochs')})"),
-            ("fine-tuned blocks", str(train.get("unfreeze_last"))),
-            ("learning rate / optimiser", f"{train.get('lr')} / {train.get('optimizer')}"),
-            ("batch size", str(data.get("batch_size"))),
-            ("augmentation", str(config.get("augment", {}).get("preset"))),
+            ("training data", str(data.path)),
+            ("weights", model.weights or ("ImageNet" if model.pretrained else "from scratch")),
+            ("epochs (frozen phase)", f"{train.epochs} ({train.phase1_epochs})"),
+            ("fine-tuned blocks", str(train.unfreeze_last)),
+            ("learning rate / optimiser", f"{train.lr} / {train.optimizer}"),
+            ("batch size", str(data.batch_size)),
+            ("augmentation", config.augment.preset),
         ]
     return rows
 
 
 def render_report(
-    out_dir: Path,
+    out_dir: EvalDir,
     model_dir: Path,
     info: ModelInfo,
     metrics: dict,
@@ -87,12 +89,9 @@ def render_report(
     data_name: str,
     skipped: int,
 ) -> Path:
-    """Write ``out_dir/report.html`` from the metrics and the PNGs already in ``out_dir``."""
-    from histoclass.training.curves import plot_curves
-    from histoclass.training.history import read_history
-
-    history = read_history(model_dir / "history.csv")
-    curves = plot_curves(history, out_dir / "curves.png") if history else None
+    """Write the report page from the metrics and the PNGs already in ``out_dir``."""
+    history = read_history(RunDir(model_dir).history)
+    curves = plot_curves(history, out_dir.curves) if history else None
 
     def fmt(value: float | None) -> str:
         return "–" if value is None else f"{value:.3f}"
@@ -117,11 +116,11 @@ def render_report(
         config_rows=_config_rows(model_dir, info),
         curves=_b64(curves) if curves else "",
         per_class=list(metrics["per_class"].items()),
-        confusion=_b64(out_dir / "confusion_matrix.png"),
-        roc=_b64(out_dir / "roc.png"),
-        reliability=_b64(out_dir / "reliability.png"),
+        confusion=_b64(out_dir.confusion_matrix),
+        roc=_b64(out_dir.roc),
+        reliability=_b64(out_dir.reliability),
         ece=fmt(metrics["ece"]),
         confused=confused[:10],
         gallery=gallery,
     )
-    return write_text(out_dir / "report.html", html)
+    return write_text(out_dir.report, html)

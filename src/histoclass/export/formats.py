@@ -15,13 +15,12 @@ from torch import nn
 from histoclass.errors import HistoclassError
 from histoclass.registry import Registry
 
-__all__ = ["EXPORTERS", "FILENAMES", "NHWCInput"]
+__all__ = ["EXPORTERS", "NHWCInput"]
 
 #: (model, example input, output path) -> None
 Exporter = Callable[[nn.Module, torch.Tensor, Path], None]
-#: Exporters by format name, and the file name each writes.
+#: Exporters by format name (the file each writes is named in :class:`histoclass.runs.ExportDir`).
 EXPORTERS: Registry[Exporter] = Registry()
-FILENAMES = {"onnx": "model.onnx", "torchscript": "model.pt", "tflite": "model.tflite"}
 
 
 class NHWCInput(nn.Module):

@@ -1,4 +1,4 @@
-"""Inference: one Predictor interface over run directories (torch), ONNX and TFLite models.
+"""Inference: one Predictor over engines (PyTorch, ONNX Runtime, TFLite, TorchScript) and one preprocessing.
 
-``from histoclass.inference.predictor import load`` imports no torch; only the torch backend does, when used.
+Importing it loads no torch and no Lightning: only the PyTorch engine imports torch, when it is used.
 """

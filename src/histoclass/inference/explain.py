@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from histoclass.figures import plt
 from histoclass.models.factory import Classifier
 
 __all__ = ["grad_cam", "overlay_png"]
@@ -52,7 +51,9 @@ def grad_cam(model: Classifier, batch: torch.Tensor, target: int | None = None) 
 
 def overlay_png(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> bytes:
     """The heatmap (jet colours) blended over the uint8 HxWx3 image, as PNG bytes."""
-    colours = (plt.get_cmap("jet")(heatmap)[:, :, :3] * 255).astype(np.float32)
+    from matplotlib import colormaps
+
+    colours = (colormaps["jet"](heatmap)[:, :, :3] * 255).astype(np.float32)
     blended = (1 - alpha) * pixels.astype(np.float32) + alpha * colours
     buffer = io.BytesIO()
     Image.fromarray(blended.clip(0, 255).astype(np.uint8)).save(buffer, format="PNG")

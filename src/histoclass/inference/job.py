@@ -6,20 +6,20 @@ Unreadable images get an empty label and are listed on stderr; they never stop t
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from histoclass.atomic import write_csv
+from histoclass.config import PredictConfig
 from histoclass.console import console
-from histoclass.data.images import is_image_file
+from histoclass.data.inputs import collect_inputs
 from histoclass.data.records import ImageRecords
 from histoclass.errors import HistoclassError
 from histoclass.inference.predictor import Predictor, load
 
-__all__ = ["Predictions", "collect_inputs", "predict", "run_predictions", "write_predictions_csv"]
+__all__ = ["Predictions", "predict", "report_errors", "run_predictions", "write_predictions_csv"]
 
 
 @dataclass
@@ -29,45 +29,6 @@ class Predictions:
     ids: list[str]
     probabilities: np.ndarray
     errors: dict[int, str] = field(default_factory=dict)
-
-
-def _csv_inputs(path: Path, image_dir: str | None, id_column: str) -> tuple[list[str], list[Path | None]]:
-    from histoclass.data.sources import index_images
-
-    folder = Path(image_dir) if image_dir else path.parent
-    if not folder.is_dir():
-        raise HistoclassError(f"--image-dir: no such folder '{folder}'; pass the folder holding the images")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if id_column not in (reader.fieldnames or []):
-            raise HistoclassError(f"CSV '{path}' has no column '{id_column}'; pass --id-column NAME")
-        ids = [row[id_column].strip() for row in reader]
-    index = index_images(folder)
-    return ids, [index.get(i) or index.get(Path(i).with_suffix("").as_posix()) for i in ids]
-
-
-def collect_inputs(inputs: list[str], image_dir: str | None = None, id_column: str = "id") -> tuple[list[str], list]:
-    """Ids and paths for files, folders (ids relative to the folder) and CSVs of ids (None: not found)."""
-    ids: list[str] = []
-    paths: list[Path | None] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_file(p))
-            ids += [p.relative_to(path).as_posix() for p in found]
-            paths += found
-        elif path.suffix.lower() == ".csv" and path.is_file():
-            csv_ids, csv_paths = _csv_inputs(path, image_dir, id_column)
-            ids += csv_ids
-            paths += csv_paths
-        elif path.is_file():
-            ids.append(item)
-            paths.append(path)
-        else:
-            raise HistoclassError(f"no such image, folder or CSV '{item}'")
-    if not ids:
-        raise HistoclassError(f"no images found in {', '.join(inputs)} (jpeg, png, tif, bmp)")
-    return ids, paths
 
 
 def run_predictions(
@@ -133,24 +94,15 @@ def report_errors(predictions: Predictions) -> None:
         console.print(f"[yellow]skipped[/] {predictions.ids[i]}: {reason}")
 
 
-def predict(
-    model: str | Path,
-    inputs: list[str],
-    out: str | Path = "predictions.csv",
-    image_dir: str | None = None,
-    id_column: str = "id",
-    columns: list[str] | None = None,
-    batch_size: int = 64,
-    tta: bool = False,
-    compile: bool = False,
-) -> Path:
-    """Predict every input image with ``model`` and write the CSV ``out``."""
-    predictor = load(model, compile)
-    ids, paths = collect_inputs(inputs, image_dir, id_column)
+def predict(config: PredictConfig) -> Path:
+    """Predict every input image with ``config.model`` and write the CSV ``config.out``."""
+    predictor = load(config.model, config.compile)
+    ids, paths = collect_inputs(config.inputs, config.image_dir, config.id_column)
+    columns = [c.strip() for c in config.columns.split(",")] if config.columns else None
     missing = {i: "no image file for this id" for i, p in enumerate(paths) if p is None}
     records = ImageRecords(ids=ids, labels=np.full(len(ids), -1), paths=[p or Path("/nonexistent") for p in paths])
-    predictions = run_predictions(predictor, records, batch_size, tta, missing)
+    predictions = run_predictions(predictor, records, config.batch_size, config.tta, missing)
     report_errors(predictions)
-    path = write_predictions_csv(out, predictions, predictor.labels, columns)
+    path = write_predictions_csv(config.out, predictions, predictor.labels, columns)
     console.print(f"{len(ids) - len(predictions.errors)} of {len(ids)} images predicted -> [bold]{path}[/]")
     return path

@@ -1,4 +1,4 @@
-"""The saved-model format of a run: ``model.safetensors`` (weights) + ``model.json`` (:class:`ModelInfo`).
+"""The saved-model format of a run: weights in safetensors + :class:`ModelInfo`, at the run's file names.
 
 Safetensors holds tensors only, so loading a model never unpickles anything.
 """
@@ -12,41 +12,37 @@ from safetensors.torch import load_file, save_file
 
 from histoclass.atomic import atomic_path
 from histoclass.errors import HistoclassError
-from histoclass.model_info import ModelInfo
 from histoclass.models.factory import Classifier, create_model
+from histoclass.runs import ModelInfo, RunDir
 
-__all__ = ["MODEL_FILE", "MODEL_INFO_FILE", "count_parameters", "load_model", "save_model"]
-
-MODEL_FILE = "model.safetensors"
-MODEL_INFO_FILE = "model.json"
+__all__ = ["count_parameters", "load_model", "save_model"]
 
 
 def save_model(model: Classifier, info: ModelInfo, folder: str | Path) -> None:
-    """Write weights then description, each atomically, into ``folder``."""
-    folder = Path(folder)
+    """Write weights then description, each atomically, into the run directory ``folder``."""
+    run = RunDir(folder)
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    with atomic_path(folder / MODEL_FILE) as tmp:
+    with atomic_path(run.weights) as tmp:
         save_file(state, str(tmp))
-    info.save(folder / MODEL_INFO_FILE)
+    info.save(run.model_info)
 
 
 def load_model(folder: str | Path) -> tuple[Classifier, ModelInfo]:
-    """Rebuild the classifier saved in ``folder`` (a run directory) in eval mode."""
-    folder = Path(folder)
-    weights, described = folder / MODEL_FILE, folder / MODEL_INFO_FILE
-    for needed in (weights, described):
+    """Rebuild the classifier saved in the run directory ``folder``, in eval mode."""
+    run = RunDir(folder)
+    for needed in (run.weights, run.model_info):
         if not needed.is_file():
             raise HistoclassError(f"'{folder}' has no {needed.name}; pass a finished run directory (runs/NAME)")
     try:
-        info = ModelInfo.load(described)
-        state = load_file(str(weights))
+        info = ModelInfo.load(run.model_info)
+        state = load_file(str(run.weights))
     except Exception as error:  # a damaged file shows up as many different exception types
         raise HistoclassError(f"'{folder}': model files are damaged ({type(error).__name__}: {error})") from None
     model = create_model(info.architecture, info.num_classes, info.head, info.dropout, pretrained=False)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise HistoclassError(f"'{weights}' does not match model.json ({str(error)[:200]})") from None
+        raise HistoclassError(f"'{run.weights}' does not match {run.model_info.name} ({str(error)[:200]})") from None
     return model.eval(), info
 
 

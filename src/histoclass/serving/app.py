@@ -17,33 +17,19 @@ from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel
 from starlette.formparsers import MultiPartParser
 
+from histoclass.config import ServeConfig
 from histoclass.data.images import resize_square
 from histoclass.inference.predictor import Predictor, load
+from histoclass.runs import RunDir
 from histoclass.serving.batcher import MicroBatcher
 from histoclass.serving.uploads import UploadRejected, decode_upload
 
-__all__ = ["ServeSettings", "create_app", "create_app_from_env"]
+__all__ = ["create_app", "create_app_from_env"]
 
 STATIC = Path(__file__).parent / "static"
 SETTINGS_ENV = "HISTOCLASS_SERVE_SETTINGS"
-
-
-class ServeSettings(BaseModel):
-    """What ``histoclass serve`` was started with."""
-
-    model: str
-    api_key: str | None = None
-    max_file_mb: float = 20.0
-    max_files: int = 64
-    max_megapixels: float = 50.0
-    keep_uploads: str | None = None
-
-    @property
-    def max_bytes(self) -> int:
-        return int(self.max_file_mb * 1e6)
 
 
 class _UploadBatchRejected(Exception):
@@ -57,15 +43,15 @@ class _UploadBatchRejected(Exception):
 def _model_card(predictor: Predictor) -> dict:
     info = predictor.info
     folder = predictor.source if predictor.source.is_dir() else predictor.source.parent
-    metrics_file = folder / "metrics.json"
+    metrics_file = RunDir(folder).metrics
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     return {
         "name": info.name or folder.name,
         "architecture": info.architecture,
         "labels": info.labels,
         "image_size": info.image_size,
-        "format": type(predictor).__name__.removesuffix("Predictor").lower(),
-        "explain": hasattr(predictor, "model"),
+        "format": predictor.engine.name,
+        "explain": predictor.can_explain,
         "validation_metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
         "parameters": info.parameters,
     }
@@ -79,7 +65,7 @@ def _rejection(error: UploadRejected | list[UploadRejected]) -> JSONResponse:
     )
 
 
-def create_app(settings: ServeSettings) -> FastAPI:
+def create_app(settings: ServeConfig) -> FastAPI:
     """Build the app for ``settings`` (loads the model now, so a bad model fails before serving)."""
     predictor = load(settings.model)
     card = _model_card(predictor)
@@ -169,23 +155,13 @@ def create_app(settings: ServeSettings) -> FastAPI:
                 status_code=409, detail="heatmaps need a run directory (a PyTorch model), not an export"
             )
         [(_, pixels)] = await read_images([file])
-        png, label = await run_in_threadpool(_explain, predictor, pixels)
+        png, label = await run_in_threadpool(predictor.explain, pixels)
         return Response(content=png, media_type="image/png", headers={"X-Predicted-Label": label})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 
-def _explain(predictor: Predictor, pixels: np.ndarray) -> tuple[bytes, str]:
-    import torch
-
-    from histoclass.inference.explain import grad_cam, overlay_png
-
-    batch = torch.from_numpy(predictor.preprocess(pixels[None])).to(predictor.device)
-    heatmap, target = grad_cam(predictor.model, batch)
-    return overlay_png(pixels, heatmap), predictor.labels[target]
-
-
 def create_app_from_env() -> FastAPI:
     """Factory for uvicorn workers: the settings travel in an environment variable."""
-    return create_app(ServeSettings.model_validate_json(os.environ[SETTINGS_ENV]))
+    return create_app(ServeConfig.model_validate_json(os.environ[SETTINGS_ENV]))

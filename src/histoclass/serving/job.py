@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 
+from histoclass.config import ServeConfig
 from histoclass.console import console
-from histoclass.serving.app import SETTINGS_ENV, ServeSettings, create_app
+from histoclass.serving.app import SETTINGS_ENV, create_app
 
 __all__ = ["serve"]
 
 
-def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+def serve(settings: ServeConfig) -> None:
     """Serve ``settings.model`` until interrupted; more than one worker loads one model each."""
+    host, port, workers = settings.host, settings.port, settings.workers
     import uvicorn
 
     app = create_app(settings)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
-from histoclass.atomic import atomic_path, write_csv
-from histoclass.training.history import HISTORY_COLUMNS, read_history
+from histoclass.atomic import atomic_path
+from histoclass.runs.history import HISTORY_COLUMNS, read_history, write_history
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -23,8 +23,9 @@ __all__ = [
     "EpochSeeder",
     "GracefulStop",
     "HistoryWriter",
-    "ImagesPerSecond",
     "PhaseAwareEarlyStopping",
+    "RelocatableCheckpoint",
+    "RunClock",
     "TwoPhaseFinetuning",
     "phase_of",
 ]
@@ -113,24 +114,7 @@ class HistoryWriter(Callback):
         }
         self.rows = [r for r in self.rows if int(r["epoch"]) < row["epoch"]] + [row]
         if trainer.is_global_zero:
-            write_csv(self.path, HISTORY_COLUMNS, ([row[c] for c in HISTORY_COLUMNS] for row in self.rows))
-
-
-class ImagesPerSecond(Callback):
-    """Training throughput in the progress bar: images/s between consecutive batches, loading included."""
-
-    def __init__(self) -> None:
-        self._last: float | None = None
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._last = None
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        now = time.perf_counter()
-        if self._last is not None:
-            rate = len(batch[1]) * trainer.world_size / max(now - self._last, 1e-9)
-            pl_module.log("img_s", rate, on_step=True, on_epoch=False, prog_bar=True, logger=False)
-        self._last = now
+            write_history(self.path, self.rows)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -202,3 +186,41 @@ class DistributedSummary(Callback):
                 f"lr {lr:g} ({how})",
                 flush=True,
             )
+
+
+class RelocatableCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose saved state names files, not absolute paths: a moved or copied run directory
+    resumes with its own best checkpoint and best score (Lightning drops both when the folder's path changed)."""
+
+    _PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state |= {key: Path(state[key]).name if state[key] else "" for key in self._PATHS}
+        state["best_k_models"] = {Path(path).name: score for path, score in state["best_k_models"].items()}
+        return state | {"dirpath": "."}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        folder = Path(self.dirpath)
+        here = {key: str(folder / Path(state_dict[key]).name) if state_dict.get(key) else "" for key in self._PATHS}
+        models = {str(folder / Path(p).name): v for p, v in state_dict.get("best_k_models", {}).items()}
+        super().load_state_dict(state_dict | here | {"dirpath": self.dirpath, "best_k_models": models})
+
+
+class RunClock(Callback):
+    """Training time over the whole run, interruptions and resumes included (kept in every checkpoint)."""
+
+    def __init__(self) -> None:
+        self.before = 0.0
+        self.started = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def state_dict(self) -> dict:
+        return {"seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.before = float(state_dict.get("seconds", 0.0))
+        self.started = time.perf_counter()

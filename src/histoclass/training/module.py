@@ -14,8 +14,9 @@ from torchmetrics.classification import (
 )
 
 from histoclass.config import TrainConfig
-from histoclass.data.device_transforms import BatchAugment, normalize_batch, standardize
+from histoclass.data.device_transforms import BatchAugment
 from histoclass.data.transforms import BatchMixer
+from histoclass.inference.preprocess import normalize_torch, standardize_torch
 from histoclass.models.factory import Classifier
 
 __all__ = ["ClassifierModule"]
@@ -63,14 +64,14 @@ class ClassifierModule(L.LightningModule):
         self.val_loss = MeanMetric()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(normalize_batch(images, self.mean, self.std))
+        return self.model(normalize_torch(images, self.mean, self.std))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, labels, index, _ = batch
-        scaled = images.float().div_(255.0)
+        images, labels, index = batch
+        scaled = images.float() * (1 / 255)
         if self.augment is not None:
             scaled = self.augment(scaled, index, self.current_epoch, batch_idx)
-        inputs = standardize(scaled, self.mean, self.std)
+        inputs = standardize_torch(scaled, self.mean, self.std)
         targets: torch.Tensor = labels
         if self.mixer is not None:
             inputs, targets = self.mixer(inputs, labels)
@@ -79,7 +80,7 @@ class ClassifierModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        images, labels, _, _ = batch
+        images, labels, _ = batch
         logits = self(images)
         self.val_loss.update(self.criterion(logits, labels), weight=len(labels))
         self.val_metrics.update(logits, labels)

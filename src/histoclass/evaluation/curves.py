@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from histoclass.figures import plt, save_figure
+from histoclass.evaluation.figures import plt, save_figure
 
 __all__ = ["plot_curves"]
 

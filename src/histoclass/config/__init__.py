@@ -1,0 +1,50 @@
+"""Configuration as data: one validated pydantic model per verb, loaded from YAML, flags and ``--set``."""
+
+from histoclass.config.loading import ConfigModel, apply_overrides, load_yaml, option, parse_set, validate
+from histoclass.config.train import (
+    AUGMENT_PRESETS,
+    AugmentConfig,
+    Config,
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    build_config,
+)
+from histoclass.config.verbs import (
+    BenchConfig,
+    CheckDataConfig,
+    CompareConfig,
+    EvaluateConfig,
+    ExportConfig,
+    InferenceOptions,
+    LabelledData,
+    PredictConfig,
+    ServeConfig,
+)
+
+__all__ = [
+    "AUGMENT_PRESETS",
+    "AugmentConfig",
+    "BenchConfig",
+    "CheckDataConfig",
+    "CompareConfig",
+    "Config",
+    "ConfigModel",
+    "DataConfig",
+    "EvaluateConfig",
+    "ExportConfig",
+    "InferenceOptions",
+    "LabelledData",
+    "ModelConfig",
+    "PredictConfig",
+    "RunConfig",
+    "ServeConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "build_config",
+    "load_yaml",
+    "option",
+    "parse_set",
+    "validate",
+]

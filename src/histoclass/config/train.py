@@ -1,0 +1,163 @@
+"""The train verb's config: sections ``data``, ``augment``, ``model``, ``train``, ``run``.
+
+A run directory's ``config.yaml`` is the fully resolved :class:`Config`: loading it again reproduces the run.
+Fields made with :func:`option` are also command-line flags; every field can be set with ``--set``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from histoclass.config.loading import ConfigModel, option, validate
+
+__all__ = [
+    "AUGMENT_PRESETS",
+    "AugmentConfig",
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "RunConfig",
+    "TrainConfig",
+    "build_config",
+]
+
+
+class DataConfig(ConfigModel):
+    """Where the images are and how they are read, split and batched."""
+
+    path: str | None = option(
+        None, "class-folder dataset, labels CSV (with --image-dir), MedMNIST-style .npz, or medmnist:NAME", flag="data"
+    )
+    image_dir: str | None = option(None, "image folder for a labels CSV (default: the CSV's folder)")
+    id_column: str = option("id", "CSV column holding the image id")
+    label_column: str = option("label", "CSV column holding the class label")
+    group_column: str | None = option(None, "CSV column naming each image's group (patient, slide)")
+    group_by: str | None = option(None, "regex over the image path whose first capture group names the group")
+    val_fraction: float = option(0.2, "validation share when the data has no val split", gt=0, lt=1)
+    image_size: int = option(224, "square input size in pixels", ge=16, le=4096)
+    batch_size: int = option(32, "images per batch and device", ge=1)
+    workers: int | None = option(None, "data loader processes (default: CPUs - 1)", ge=0)
+    cache: Literal["none", "ram", "disk"] = option(
+        "none", "decode and resize every image once: ram (this run) or disk ($HISTOCLASS_CACHE, reused)"
+    )
+
+
+#: Augmentation presets: the seed notebooks' sets. Explicit fields override a preset's values.
+AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "keras": {"rotation": 20.0, "shift": 0.1, "shear": 11.5, "zoom": 0.2, "hflip": True},
+    "tfdata": {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "crop_scale": 0.8, "hflip": True},
+    "histology": {
+        "hflip": True,
+        "vflip": True,
+        "rot90": True,
+        "brightness": 0.1,
+        "contrast": 0.1,
+        "saturation": 0.1,
+        "hue": 0.02,
+    },
+}
+
+
+class AugmentConfig(ConfigModel):
+    """Training-time augmentation; validation and test data are only resized and normalised."""
+
+    preset: Literal["none", "keras", "tfdata", "histology"] = option(
+        "histology", "augmentation preset: histology | keras | tfdata | none", flag="augment"
+    )
+    rotation: float = Field(0.0, ge=0, le=180, description="random rotation range, degrees (±)")
+    shift: float = Field(0.0, ge=0, lt=1, description="random shift, fraction of the size (±)")
+    shear: float = Field(0.0, ge=0, lt=90, description="random shear, degrees (±)")
+    zoom: float = Field(0.0, ge=0, lt=1, description="random zoom range (1 ± zoom)")
+    hflip: bool = False
+    vflip: bool = False
+    rot90: bool = Field(False, description="random multiples of 90° (tissue has no up)")
+    brightness: float = Field(0.0, ge=0, le=1)
+    contrast: float = Field(0.0, ge=0, le=1)
+    saturation: float = Field(0.0, ge=0, le=1)
+    hue: float = Field(0.0, ge=0, le=0.5)
+    crop_scale: float | None = Field(None, gt=0, le=1, description="random crop of this min area, resized")
+    mixup: float = Field(0.0, ge=0, description="MixUp alpha (0: off)")
+    cutmix: float = Field(0.0, ge=0, description="CutMix alpha (0: off)")
+    mix_prob: float = Field(0.5, ge=0, le=1, description="share of batches mixed when MixUp/CutMix is on")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_preset(cls, values: Any) -> Any:
+        """Values the user did not give come from the preset; the resolved config then holds them all."""
+        if not isinstance(values, dict):
+            return values
+        preset = values.get("preset", "histology")
+        return {**AUGMENT_PRESETS.get(preset, {}), **values}
+
+
+class ModelConfig(ConfigModel):
+    """Backbone, head and starting weights."""
+
+    name: str = option("mobilenetv2_100", "timm model name, or alexnet", flag="model")
+    pretrained: bool = option(True, "start from ImageNet weights")
+    weights: str | None = option(None, "local checkpoint (.safetensors or .pth) instead of a download")
+    head: str = option("linear", "linear | gap-dense | gap-bn-dense")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the head's last layer")
+
+
+class TrainConfig(ConfigModel):
+    """The two-phase schedule, optimiser and devices."""
+
+    epochs: int = option(30, "total epochs, both phases", ge=1)
+    phase1_epochs: int | None = option(None, "frozen-backbone epochs (default: epochs/5)", ge=0)
+    unfreeze_last: int | Literal["all"] = option(3, "backbone blocks fine-tuned in phase 2, or all")
+    lr: float = option(1e-3, "head learning rate", gt=0)
+    finetune_lr_scale: float = option(0.1, "backbone learning rate / head learning rate", gt=0, le=1)
+    optimizer: Literal["adamw", "adam", "sgd"] = option("adamw", "adamw | adam | sgd")
+    weight_decay: float = Field(1e-4, ge=0)
+    scheduler: Literal["plateau", "cosine", "none"] = option("plateau", "plateau | cosine | none")
+    early_stopping_patience: int = Field(3, ge=1)
+    lr_patience: int = Field(2, ge=1)
+    lr_factor: float = Field(0.5, gt=0, lt=1)
+    min_lr: float = Field(1e-5, ge=0)
+    class_weights: Literal["none", "balanced"] = option("none", "none | balanced (for imbalanced classes)")
+    seed: int = option(42, "seed for splits, initialisation and augmentation")
+    accelerator: str = option("auto", "auto | cpu | gpu")
+    devices: str = option("auto", "auto, a count, or device ids such as 0,1")
+    precision: str | None = Field(None, description="default: bf16-mixed on a GPU, 32 on CPU")
+    strategy: str | None = Field(None, description="Lightning strategy (default: DDP when several processes)")
+    num_nodes: int = option(1, "machines, for torchrun --nnodes or SLURM", ge=1)
+    sync_batchnorm: bool = option(False, "BatchNorm statistics over all processes")
+    scale_lr: bool = Field(False, description="multiply lr by the number of processes")
+    checkpoint_every_steps: int | None = option(None, "also checkpoint every K training steps, mid-epoch", ge=1)
+    compile: bool = option(False, "torch.compile the model: a slower first epoch, faster steps after")
+
+    @model_validator(mode="after")
+    def _resolve_phase1(self) -> TrainConfig:
+        if self.phase1_epochs is None:
+            self.phase1_epochs = max(1, self.epochs // 5)
+        if isinstance(self.unfreeze_last, int) and self.unfreeze_last < 0:
+            raise ValueError("unfreeze_last must be 'all' or a count >= 0")
+        return self
+
+
+class RunConfig(ConfigModel):
+    """Where the run directory goes, or which interrupted run to continue."""
+
+    name: str | None = option(None, "run name (default: dataset-model); an existing run is never overwritten")
+    runs_dir: str = option("runs", "parent folder of run directories")
+    resume: str | None = option(None, "continue an interrupted run (runs/NAME) from its newest checkpoint")
+
+
+class Config(ConfigModel):
+    """Everything a training run needs; saved resolved as ``runs/NAME/config.yaml``."""
+
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    run: RunConfig = RunConfig()
+
+
+def build_config(values: dict[str, Any]) -> Config:
+    """Validate a nested dict into a :class:`Config`, or fail with one line naming the bad keys."""
+    return validate(Config, values)

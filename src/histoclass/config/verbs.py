@@ -1,0 +1,131 @@
+"""Configs of the verbs other than ``train``: flat, one per verb, each field also a flag or argument.
+
+A new verb is one config class here plus one job function taking it (see :mod:`histoclass.cli`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import field_validator
+
+from histoclass.config.loading import ConfigModel, option
+
+__all__ = [
+    "BenchConfig",
+    "CheckDataConfig",
+    "CompareConfig",
+    "EvaluateConfig",
+    "ExportConfig",
+    "InferenceOptions",
+    "LabelledData",
+    "PredictConfig",
+    "ServeConfig",
+]
+
+MODEL_HELP = "run directory (runs/NAME), model.onnx, model.tflite or model.pt"
+
+
+class LabelledData(ConfigModel):
+    """How a labels CSV is read; None means the run's own setting (or the default)."""
+
+    image_dir: str | None = option(None, "image folder for a labels CSV (default: the CSV's folder)")
+    id_column: str | None = option(None, "CSV column holding the image id [id]")
+    label_column: str | None = option(None, "CSV column holding the class label [label]")
+
+
+class InferenceOptions(ConfigModel):
+    """How images go through a model: shared by every verb that predicts."""
+
+    batch_size: int = option(64, "images per batch", ge=1)
+    tta: bool = option(False, "average over the 8 flips and 90-degree rotations")
+    compile: bool = option(False, "torch.compile a PyTorch model: faster batches after a slow first one")
+
+
+class CheckDataConfig(LabelledData):
+    """``histoclass check-data``."""
+
+    data: str = option(..., "class folders, labels CSV, .npz or medmnist:NAME", argument=True)
+
+
+class EvaluateConfig(InferenceOptions, LabelledData):
+    """``histoclass evaluate``: CSV settings default to the run's own."""
+
+    model: str = option(..., MODEL_HELP, argument=True)
+    data: str = option(..., "labelled data: class folders, labels CSV, .npz or medmnist:NAME")
+    split: str | None = option(None, "test | val | train [test, else val, else all]")
+
+
+class PredictConfig(InferenceOptions):
+    """``histoclass predict``."""
+
+    model: str = option(..., MODEL_HELP, argument=True)
+    inputs: list[str] = option(..., "image files, folders (recursive) or CSVs of ids", argument=True)
+    out: str = option("predictions.csv", "predictions CSV to write")
+    image_dir: str | None = option(None, "image folder for a CSV of ids (default: the CSV's folder)")
+    id_column: str = option("id", "CSV column holding the image id")
+    columns: str | None = option(None, "columns to keep, e.g. id,label [id,label,confidence,prob_*]")
+
+
+class CompareConfig(ConfigModel):
+    """``histoclass compare``."""
+
+    runs: list[str] = option(..., "run directories to put side by side", argument=True)
+    data: str | None = option(None, "evaluate every run on this labelled data")
+    split: str | None = option(None, "split of --data to use")
+    out: str | None = option(None, "output folder [runs/compare]")
+
+
+class ExportConfig(ConfigModel):
+    """``histoclass export``."""
+
+    run: str = option(..., "run directory (runs/NAME)", argument=True)
+    format: str = option("onnx", "onnx | tflite | torchscript")
+    check_data: str | None = option(None, "images to check parity on [the run's validation images]")
+    int8: bool = option(False, "also write an int8 ONNX model (static quantisation)")
+    nhwc: bool = option(False, "take NHWC input (mobile camera pipelines)")
+    images: int = option(256, "how many images the parity check uses", ge=1)
+
+
+class ServeConfig(ConfigModel):
+    """``histoclass serve``."""
+
+    model: str = option(..., "run directory (runs/NAME) or an exported model.onnx", argument=True)
+    host: str = option("127.0.0.1", "address to listen on (0.0.0.0 for the whole network)")
+    port: int = option(8000, "port", ge=1, le=65535)
+    workers: int = option(1, "server processes, each with its own copy of the model", ge=1)
+    api_key: str | None = option(None, "require this X-API-Key header on everything but the page and health")
+    max_file_mb: float = option(20.0, "largest accepted upload, MB", gt=0)
+    max_files: int = option(64, "most images in one request", ge=1)
+    max_megapixels: float = option(50.0, "largest accepted image (decompression-bomb guard)", gt=0)
+    keep_uploads: str | None = option(None, "save every accepted upload into this folder (off: none kept)")
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_file_mb * 1e6)
+
+
+class BenchConfig(ConfigModel):
+    """``histoclass bench``: sizes default to 224 px / batch 256 on a GPU, 64 px / batch 32 on CPU."""
+
+    data: str = option(..., "class-folder dataset of images (JPEGs) to load")
+    model: str = option("mobilenetv2_100", "timm model name")
+    image_size: int | None = option(None, "input size [224 on a GPU, 64 on CPU]", ge=16)
+    batch_size: int | None = option(None, "images per batch [256 on a GPU, 32 on CPU]", ge=1)
+    warmup: int = option(10, "batches run before timing starts", ge=0)
+    steps: int = option(50, "timed batches for the ceiling and naive stages", ge=1)
+    compile: bool = option(False, "torch.compile the model")
+    cache: str = option("ram", "cache of the *_cache stages: ram | disk")
+    augment: Literal["none", "keras", "tfdata", "histology"] = option(
+        "keras", "augmentation of both pipelines (preset)"
+    )
+    workers: int | None = option(None, "histoclass's loader processes [CPUs - 1]", ge=0)
+    stages: str | None = option(None, "comma-separated subset of the stages [all]")
+    out: str | None = option(None, "folder for bench.json and bench.md [runs/bench/MODEL-SIZE]")
+
+    @field_validator("cache")
+    @classmethod
+    def _ram_or_disk(cls, value: str) -> str:
+        if value not in ("ram", "disk"):
+            raise ValueError(f"'{value}' is not ram or disk")
+        return value

@@ -1,0 +1,117 @@
+"""The Lightning ``Trainer`` of a run: devices and precision, callbacks, checkpoints and logger."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import RichProgressBar, ThroughputMonitor
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from histoclass.config import Config
+from histoclass.runs import RunDir
+from histoclass.runs.checkpoints import STEP_CHECKPOINT_PREFIX
+from histoclass.training.callbacks import (
+    AtomicCheckpointIO,
+    DistributedSummary,
+    EpochSeeder,
+    GracefulStop,
+    HistoryWriter,
+    PhaseAwareEarlyStopping,
+    RelocatableCheckpoint,
+    RunClock,
+    TwoPhaseFinetuning,
+)
+
+__all__ = ["RunCallbacks", "build_trainer", "quiet_lightning"]
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's banners and tips out of the user's terminal; warnings and errors still show."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*ThroughputMonitor.*flops_per_batch.*")
+
+
+def _device_count(config: Config, on_gpu: bool) -> int:
+    devices = config.train.devices
+    if devices == "auto":
+        return torch.cuda.device_count() if on_gpu else 1
+    return len([d for d in devices.split(",") if d.strip()]) if "," in devices else int(devices)
+
+
+def _trainer_settings(config: Config) -> dict:
+    """Accelerator, devices, precision and strategy: bf16 on GPUs, and DDP that tolerates frozen blocks."""
+    cfg = config.train
+    on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
+    precision = cfg.precision or ("bf16-mixed" if on_gpu else "32-true")
+    several = _device_count(config, on_gpu) * cfg.num_nodes > 1
+    strategy = cfg.strategy or ("ddp_find_unused_parameters_true" if several else "auto")
+    return {"accelerator": cfg.accelerator, "devices": cfg.devices, "precision": precision, "strategy": strategy}
+
+
+class RunCallbacks:
+    """The callbacks the train job reads back after fitting: best checkpoint, early stopping, clock, stop."""
+
+    def __init__(self, config: Config, run: RunDir) -> None:
+        cfg = config.train
+        self.best = RelocatableCheckpoint(
+            dirpath=run.checkpoints, filename=run.best_checkpoint.stem, monitor="val_loss", mode="min", save_top_k=1
+        )
+        # Every epoch, improved or not (``save_last`` only copies a checkpoint that was saved anyway): what
+        # --resume continues from.
+        self.last = RelocatableCheckpoint(
+            dirpath=run.checkpoints, filename=run.last_checkpoint.stem, monitor=None, enable_version_counter=False
+        )
+        self.early = PhaseAwareEarlyStopping(
+            cfg.phase1_epochs, monitor="val_loss", patience=cfg.early_stopping_patience
+        )
+        self.clock = RunClock()
+        self.stop = GracefulStop(run.last_checkpoint)
+
+    def all(self, config: Config, run: RunDir) -> list[L.Callback]:
+        cfg = config.train
+        callbacks = [
+            EpochSeeder(cfg.seed),
+            TwoPhaseFinetuning(cfg.phase1_epochs, cfg.unfreeze_last),
+            self.early,
+            self.best,
+            self.last,
+            self.clock,
+            HistoryWriter(run.history, cfg.phase1_epochs),
+            self.stop,
+            DistributedSummary(config.data.batch_size, cfg.lr, cfg.scale_lr),
+            ThroughputMonitor(batch_size_fn=lambda batch: len(batch[1])),
+            RichProgressBar(),
+        ]
+        if cfg.checkpoint_every_steps:
+            callbacks.append(
+                RelocatableCheckpoint(
+                    dirpath=run.checkpoints,
+                    filename=STEP_CHECKPOINT_PREFIX + "{epoch}-{step}",
+                    every_n_train_steps=cfg.checkpoint_every_steps,
+                    save_top_k=1,
+                    monitor=None,
+                )
+            )
+        return callbacks
+
+
+def build_trainer(config: Config, run: RunDir, callbacks: list[L.Callback]) -> L.Trainer:
+    """A Trainer writing checkpoints atomically and TensorBoard logs into ``run``."""
+    return L.Trainer(
+        max_epochs=config.train.epochs,
+        num_nodes=config.train.num_nodes,
+        sync_batchnorm=config.train.sync_batchnorm,
+        callbacks=callbacks,
+        logger=TensorBoardLogger(run.root, name=run.tensorboard, version=""),
+        default_root_dir=run.root,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        enable_model_summary=False,
+        **_trainer_settings(config),
+    )
