@@ -66,7 +66,7 @@ def main() -> None:
     ):
         if not path.is_file():
             export(ExportConfig(run=str(args.run), format=fmt, int8=fmt == "onnx"))
-    reference = Predictor(TorchEngine(args.run, device="cpu"))
+    reference = Predictor(TorchEngine.open(args.run, device="cpu"))
     pixels = held_out_pixels(args.data, reference.info.image_size)
     expected = np.concatenate([reference.predict_pixels(pixels[i : i + 64]) for i in range(0, len(pixels), 64)])
     print(f"{len(pixels)} held-out images from {args.data}; CPU: {os.cpu_count()} cores\n")

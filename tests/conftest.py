@@ -114,3 +114,20 @@ def val_accuracy(run: Path) -> float:
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def copies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 distinct real blood-cell images, each copied 8-20 times with augmentation, truth.csv beside them."""
+    from benchmarks.audit import distinct_sources
+    from benchmarks.copies import make_copies
+
+    return make_copies(distinct_sources(60), tmp_path_factory.mktemp("copies") / "copies")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Caches (decoded images, embeddings) of this test session go to a folder of its own."""
+    import os
+
+    os.environ["HISTOCLASS_CACHE"] = str(tmp_path_factory.mktemp("cache"))

@@ -50,7 +50,9 @@ def imports_of(name: str, source: str, modules: set[str]) -> tuple[set[str], set
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
         for target in targets:
             if target.split(".")[0] != "histoclass":
@@ -159,9 +161,13 @@ def without_docstrings(sources: dict[str, str]) -> dict[str, str]:
         tree = ast.parse(source)
         for node in ast.walk(tree):
             body = getattr(node, "body", None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
-                if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-                    body[0] = ast.Pass()
+            first = body[0] if isinstance(body, list) and body else None
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                body[0] = ast.Pass()
         stripped[module] = ast.unparse(tree)
     return stripped
 

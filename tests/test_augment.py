@@ -70,19 +70,28 @@ LIMIT = 0.06
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("preset", ["keras", "histology", "tfdata"])
+@pytest.mark.parametrize("preset", ["keras", "histology", "tfdata", "stain+erasing"])
 def test_batched_augmentation_matches_torchvision(cell: torch.Tensor, preset: str, device: str) -> None:
-    augment = AugmentConfig(preset=preset)
+    augment = (
+        AugmentConfig(preset="none", stain=0.1, erasing=0.5)
+        if preset == "stain+erasing"
+        else AugmentConfig(preset=preset)
+    )
     name, distance = worst_distance(reference(augment, cell, seed=0), batched(augment, cell, device))
     assert distance < LIMIT, f"{preset} on {device}: '{name}' differs (KS {distance:.3f})"
 
 
 def test_the_comparison_detects_a_different_range(cell: torch.Tensor) -> None:
-    """Control: a wider zoom range (0.3 for 0.2) or an added brightness jitter is told apart by the same test."""
-    for changed in ({"zoom": 0.3}, {"brightness": 0.2}):
-        reference_config = AugmentConfig(preset="keras")
+    """Control: a wider zoom range (0.3 for 0.2), an added brightness jitter, a stronger stain jitter or more
+    erasing is told apart by the same test."""
+    for base, changed in (
+        ({"preset": "keras"}, {"zoom": 0.3}),
+        ({"preset": "keras"}, {"brightness": 0.2}),
+        ({"preset": "none", "stain": 0.05}, {"stain": 0.15}),
+        ({"preset": "none", "erasing": 0.3}, {"erasing": 0.6}),
+    ):
         name, distance = worst_distance(
-            reference(reference_config, cell, seed=0), batched(AugmentConfig(preset="keras", **changed), cell, "cpu")
+            reference(AugmentConfig(**base), cell, seed=0), batched(AugmentConfig(**base | changed), cell, "cpu")
         )
         assert distance > 2 * LIMIT, f"{changed} not detected (worst '{name}', KS {distance:.3f})"
 

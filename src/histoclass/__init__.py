@@ -23,8 +23,10 @@ _EXPORTS = {
     "read_source": "histoclass.data.sources",
     "check_source": "histoclass.data.checks",
 }
+#: Python names of the verbs (``histoclass.check_data`` for ``histoclass check-data``).
 _VERBS = {"train": "train", "check_data": "check-data", "evaluate": "evaluate", "predict": "predict",
-          "compare": "compare", "export": "export", "serve": "serve", "bench": "bench"}  # fmt: skip
+          "calibrate": "calibrate", "compare": "compare", "export": "export", "serve": "serve",
+          "bench": "bench"}  # fmt: skip
 
 __all__ = [*_EXPORTS, *_VERBS, "__version__"]
 

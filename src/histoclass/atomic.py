@@ -1,6 +1,8 @@
-"""Atomic file writes: a reader (or a crash) never sees a half-written file.
+"""Atomic file and folder writes: a reader (or a crash) never sees a half-written output.
 
-Every output histoclass produces goes through here: write beside the target, flush, fsync, rename.
+Every output histoclass produces goes through here: write beside the target, flush, fsync, rename. Outputs get
+the user's usual permissions (umask), not the private ones of temporary files; temporary folders left by an
+interrupted job are removed by the next job that builds in the same place.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-__all__ = ["atomic_path", "write_bytes", "write_csv", "write_json", "write_text"]
+__all__ = ["atomic_path", "building_folder", "replace_folder", "write_bytes", "write_csv", "write_json", "write_text"]
 
 
 @contextlib.contextmanager
@@ -63,3 +66,46 @@ def write_csv(target: str | Path, header: Sequence[str], rows: Iterable[Sequence
     writer.writerow(header)
     writer.writerows(rows)
     return write_text(target, buffer.getvalue())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _remove_stale(parent: Path, prefix: str) -> None:
+    """Remove ``prefix<pid>-*`` folders whose process is gone (an interrupted job's leftovers)."""
+    for folder in parent.glob(f"{prefix}*"):
+        pid = folder.name[len(prefix) :].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def building_folder(parent: str | Path, prefix: str) -> Iterator[Path]:
+    """A fresh hidden folder ``parent/<prefix><pid>-XXXX`` to build outputs in, removed afterwards whatever
+    happens (move what should stay out of it first); leftovers of dead processes are removed first."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(parent, prefix)
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+    os.chmod(folder, 0o777 & ~_UMASK)  # mkdtemp makes 0700
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def replace_folder(built: Path, target: Path) -> None:
+    """Put ``built`` in place of ``target`` with renames only: the old folder goes once the new one is in."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    built.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

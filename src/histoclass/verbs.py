@@ -40,8 +40,8 @@ VERBS: dict[str, Verb] = {
     ),
     "check-data": Verb(
         configs.CheckDataConfig,
-        "histoclass.data.checks:check_data",
-        "Count images per class and split, list sizes and modes, and report every unreadable file.",
+        "histoclass.audit.job:check_data",
+        "Count images per class and split, report unreadable files and, with --duplicates, near-duplicates.",
     ),
     "evaluate": Verb(
         configs.EvaluateConfig,
@@ -52,6 +52,11 @@ VERBS: dict[str, Verb] = {
         configs.PredictConfig,
         "histoclass.inference.job:predict",
         "Predict classes for images: id, label, confidence and one probability per class, as CSV.",
+    ),
+    "calibrate": Verb(
+        configs.CalibrateConfig,
+        "histoclass.evaluation.calibrate:calibrate",
+        "Re-calibrate a run on local labelled images: temperature and prediction sets, checked on a held-out half.",
     ),
     "compare": Verb(
         configs.CompareConfig,

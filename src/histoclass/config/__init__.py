@@ -12,7 +12,9 @@ from histoclass.config.train import (
     build_config,
 )
 from histoclass.config.verbs import (
+    AuditOptions,
     BenchConfig,
+    CalibrateConfig,
     CheckDataConfig,
     CompareConfig,
     EvaluateConfig,
@@ -25,8 +27,10 @@ from histoclass.config.verbs import (
 
 __all__ = [
     "AUGMENT_PRESETS",
+    "AuditOptions",
     "AugmentConfig",
     "BenchConfig",
+    "CalibrateConfig",
     "CheckDataConfig",
     "CompareConfig",
     "Config",

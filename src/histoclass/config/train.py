@@ -34,7 +34,9 @@ class DataConfig(ConfigModel):
     id_column: str = option("id", "CSV column holding the image id")
     label_column: str = option("label", "CSV column holding the class label")
     group_column: str | None = option(None, "CSV column naming each image's group (patient, slide)")
-    group_by: str | None = option(None, "regex over the image path whose first capture group names the group")
+    group_by: str | None = option(
+        None, "auto (near-duplicate clusters), or a regex over the image path whose first capture group names the group"
+    )
     val_fraction: float = option(0.2, "validation share when the data has no val split", gt=0, lt=1)
     image_size: int = option(224, "square input size in pixels", ge=16, le=4096)
     batch_size: int = option(32, "images per batch and device", ge=1)
@@ -79,6 +81,8 @@ class AugmentConfig(ConfigModel):
     saturation: float = Field(0.0, ge=0, le=1)
     hue: float = Field(0.0, ge=0, le=0.5)
     crop_scale: float | None = Field(None, gt=0, le=1, description="random crop of this min area, resized")
+    stain: float = Field(0.0, ge=0, le=1, description="HED stain jitter: each stain scaled by 1±s and shifted by ±s")
+    erasing: float = Field(0.0, ge=0, le=1, description="probability of erasing a random rectangle (2-33% of the area)")
     mixup: float = Field(0.0, ge=0, description="MixUp alpha (0: off)")
     cutmix: float = Field(0.0, ge=0, description="CutMix alpha (0: off)")
     mix_prob: float = Field(0.5, ge=0, le=1, description="share of batches mixed when MixUp/CutMix is on")
@@ -102,6 +106,7 @@ class ModelConfig(ConfigModel):
     weights: str | None = option(None, "local checkpoint (.safetensors or .pth) instead of a download")
     head: str = option("linear", "linear | gap-dense | gap-bn-dense")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the head's last layer")
+    drop_path: float = Field(0.0, ge=0, lt=1, description="stochastic depth rate (timm models that have it)")
 
 
 class TrainConfig(ConfigModel):
@@ -114,7 +119,12 @@ class TrainConfig(ConfigModel):
     finetune_lr_scale: float = option(0.1, "backbone learning rate / head learning rate", gt=0, le=1)
     optimizer: Literal["adamw", "adam", "sgd"] = option("adamw", "adamw | adam | sgd")
     weight_decay: float = Field(1e-4, ge=0)
-    scheduler: Literal["plateau", "cosine", "none"] = option("plateau", "plateau | cosine | none")
+    scheduler: Literal["plateau", "cosine", "none"] = option("plateau", "plateau | cosine (per step) | none")
+    warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up (cosine schedule)")
+    layer_decay: float | None = Field(
+        None, gt=0, le=1, description="layer-wise lr decay: each backbone block's lr is this times the next one's"
+    )
+    ema: float = Field(0.0, ge=0, lt=1, description="EMA decay of the weights (0: off), e.g. 0.998")
     early_stopping_patience: int = Field(3, ge=1)
     lr_patience: int = Field(2, ge=1)
     lr_factor: float = Field(0.5, gt=0, lt=1)
@@ -130,6 +140,10 @@ class TrainConfig(ConfigModel):
     scale_lr: bool = Field(False, description="multiply lr by the number of processes")
     checkpoint_every_steps: int | None = option(None, "also checkpoint every K training steps, mid-epoch", ge=1)
     compile: bool = option(False, "torch.compile the model: a slower first epoch, faster steps after")
+    coverage: float = option(
+        0.9, "prediction sets hold the true class this often (calibrated on validation)", gt=0, lt=1
+    )
+    mondrian: bool = Field(False, description="prediction-set thresholds per class (coverage holds per class)")
 
     @model_validator(mode="after")
     def _resolve_phase1(self) -> TrainConfig:

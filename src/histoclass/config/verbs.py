@@ -12,7 +12,9 @@ from pydantic import field_validator
 from histoclass.config.loading import ConfigModel, option
 
 __all__ = [
+    "AuditOptions",
     "BenchConfig",
+    "CalibrateConfig",
     "CheckDataConfig",
     "CompareConfig",
     "EvaluateConfig",
@@ -42,10 +44,24 @@ class InferenceOptions(ConfigModel):
     compile: bool = option(False, "torch.compile a PyTorch model: faster batches after a slow first one")
 
 
-class CheckDataConfig(LabelledData):
-    """``histoclass check-data``."""
+class AuditOptions(ConfigModel):
+    """How near-duplicates are searched (check-data --duplicates, --group-by auto, evaluate's overlap check)."""
+
+    threshold: float = option(0.2, "cosine similarity of whitened embeddings that makes a pair a candidate", gt=0, le=1)
+    neighbours: int = option(10, "candidates per image (its most similar images)", ge=1)
+    min_inliers: int = option(20, "matched keypoints that confirm a copy (0: embedding similarity alone)", ge=0)
+    audit_size: int = option(96, "image size the audit embeds at", ge=32, le=1024)
+
+
+class CheckDataConfig(LabelledData, AuditOptions):
+    """``histoclass check-data``: the data scan, and with ``--duplicates`` the near-duplicate audit."""
 
     data: str = option(..., "class folders, labels CSV, .npz or medmnist:NAME", argument=True)
+    duplicates: bool = option(False, "also find near-duplicates: clusters, copies across splits, mixed labels")
+    model: str | None = option(None, "backbone that embeds: a timm name or a run directory [the train default]")
+    weights: str | None = option(None, "local weights for --model (offline machines)")
+    against: str | None = option(None, "another dataset: report the copies it shares with DATA")
+    out: str | None = option(None, "folder for duplicates.csv and duplicates.html [DATA-NAME-duplicates]")
 
 
 class EvaluateConfig(InferenceOptions, LabelledData):
@@ -54,6 +70,10 @@ class EvaluateConfig(InferenceOptions, LabelledData):
     model: str = option(..., MODEL_HELP, argument=True)
     data: str = option(..., "labelled data: class folders, labels CSV, .npz or medmnist:NAME")
     split: str | None = option(None, "test | val | train [test, else val, else all]")
+    overlap_check: bool = option(True, "look for copies of these images among the run's training images")
+    group_by: str | None = option(
+        "auto", "groups the intervals resample: auto (near-duplicate clusters), a regex over paths, or none"
+    )
 
 
 class PredictConfig(InferenceOptions):
@@ -64,7 +84,19 @@ class PredictConfig(InferenceOptions):
     out: str = option("predictions.csv", "predictions CSV to write")
     image_dir: str | None = option(None, "image folder for a CSV of ids (default: the CSV's folder)")
     id_column: str = option("id", "CSV column holding the image id")
-    columns: str | None = option(None, "columns to keep, e.g. id,label [id,label,confidence,prob_*]")
+    columns: str | None = option(None, "columns to keep, e.g. id,label [id,label,confidence,prob_*,...]")
+    threshold: str | None = option(None, "two classes: P(second class) cut-off, or auto (tuned on validation)")
+
+
+class CalibrateConfig(InferenceOptions, LabelledData):
+    """``histoclass calibrate``: re-fit temperature and prediction sets on local labelled images."""
+
+    run: str = option(..., "run directory (runs/NAME) to re-calibrate", argument=True)
+    data: str = option(..., "local labelled images: class folders, labels CSV, .npz or medmnist:NAME")
+    split: str | None = option(None, "split of --data to use [test, else val, else all]")
+    coverage: float = option(0.9, "prediction sets hold the true class this often", gt=0, lt=1)
+    mondrian: bool = option(False, "one set threshold per class, so coverage holds for each class")
+    seed: int = option(0, "seed of the two halves the before/after check uses")
 
 
 class CompareConfig(ConfigModel):

@@ -12,12 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from histoclass.config import CheckDataConfig, DataConfig
 from histoclass.data.images import unreadable_reason
 from histoclass.data.records import DataSource, ImageRecords
-from histoclass.errors import HistoclassError
 
-__all__ = ["BadImage", "DataReport", "check_data", "check_source", "drop_bad", "print_report", "scan_records"]
+__all__ = ["BadImage", "DataReport", "check_source", "drop_bad", "print_report", "scan_records"]
 
 #: JPEGs are decoded at 1/8 scale by the DCT: every byte is still parsed, so truncation is still found.
 _CHECK_DECODE_SIZE = 32
@@ -139,15 +137,3 @@ def print_report(report: DataReport) -> None:
         console.print(bad)
     else:
         console.print("[green]Every image is readable.[/]")
-
-
-def check_data(config: CheckDataConfig) -> DataReport:
-    """The ``check-data`` job: scan, print the report, fail when a class has no readable image."""
-    from histoclass.data.sources import read_source
-
-    given = {k: v for k, v in config.model_dump().items() if k != "data" and v is not None}
-    report = check_source(read_source(config.data, DataConfig(path=config.data, **given)))
-    print_report(report)
-    if report.empty_classes():
-        raise HistoclassError(f"class {', '.join(report.empty_classes())} has no readable image")
-    return report

@@ -19,12 +19,19 @@ from torch import nn
 from torch.nn import functional as F
 
 from histoclass.config import AugmentConfig
+from histoclass.data.stain import hed_jitter
 
 __all__ = ["BatchAugment", "hashed_uniforms"]
 
 _MASK = 0xFFFFFFFF
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's luma weights
-_CROP_TRIES = 10  # as torchvision's RandomResizedCrop
+_CROP_TRIES = 10  # as torchvision's RandomResizedCrop and RandomErasing
+#: Where each transform's uniforms sit in an image's draw (new transforms append, so old draws never change).
+_HED = slice(16 + 2 * _CROP_TRIES, 22 + 2 * _CROP_TRIES)
+_ERASE = slice(_HED.stop, _HED.stop + 3 + 2 * _CROP_TRIES)
+_DRAWS = _ERASE.stop
+#: torchvision's RandomErasing defaults.
+_ERASE_SCALE, _ERASE_RATIO = (0.02, 0.33), (0.3, 3.3)
 
 
 def _mul32(x, constant: int):
@@ -110,12 +117,15 @@ class BatchAugment(nn.Module):
 
     Geometry (random resized crop, rotation, shift, shear, zoom, flips, 90-degree turns) is composed into one
     sampling matrix per image and applied by a single bilinear ``grid_sample`` (zeros outside, as
-    ``RandomAffine``); colour jitter follows ``ColorJitter`` (its factors, its order drawn at random).
+    ``RandomAffine``); colour jitter follows ``ColorJitter`` (its factors, its order drawn at random); then HED
+    stain jitter (:mod:`histoclass.data.stain`) and random erasing (as ``RandomErasing``, filled with ``fill``,
+    the backbone's mean colour, which is zero once standardised).
     """
 
-    def __init__(self, augment: AugmentConfig, seed: int = 0) -> None:
+    def __init__(self, augment: AugmentConfig, seed: int = 0, fill: tuple[float, ...] = (0.5, 0.5, 0.5)) -> None:
         super().__init__()
         self.augment, self.seed = augment, seed
+        self.register_buffer("fill", torch.tensor(fill).view(1, -1, 1, 1), persistent=False)
         a = augment
         self.geometric = bool(
             (a.crop_scale is not None and a.crop_scale < 1)
@@ -131,17 +141,39 @@ class BatchAugment(nn.Module):
 
     @property
     def active(self) -> bool:
-        return self.geometric or bool(self.colour)
+        return self.geometric or bool(self.colour) or bool(self.augment.stain) or bool(self.augment.erasing)
 
     def forward(self, images: torch.Tensor, index: torch.Tensor, epoch: int, step: int = 0) -> torch.Tensor:
         """``index``: each image's dataset index (on any device); ``step``: the batch's number in the epoch."""
-        u = hashed_uniforms(self.seed, epoch, index, 16 + 2 * _CROP_TRIES)
+        u = hashed_uniforms(self.seed, epoch, index, _DRAWS)
         if self.geometric:
             grid = F.affine_grid(self._sampling(u, images.shape[-1]), list(images.shape), align_corners=False)
             images = F.grid_sample(images, grid.to(images.dtype), "bilinear", "zeros", align_corners=False)
         if self.colour:
             images = self._jitter(images, u[:, 12:16], epoch, step)
+        if self.augment.stain:
+            s = self.augment.stain
+            hed = u[:, _HED].to(images.dtype)
+            images = hed_jitter(images, _between(hed[:, :3], 1 - s, 1 + s), _between(hed[:, 3:], -s, s))
+        if self.augment.erasing:
+            images = torch.where(self._erased(u[:, _ERASE], images.shape[-1]), self.fill.to(images.dtype), images)
         return images
+
+    def _erased(self, u: torch.Tensor, size: int) -> torch.Tensor:
+        """(N, 1, S, S) masks of ``RandomErasing``'s rectangles: the first of 10 tries that fits, else none."""
+        tries = u[:, 3:]
+        area = _between(tries[:, :_CROP_TRIES], *_ERASE_SCALE) * size * size
+        ratio = torch.exp(_between(tries[:, _CROP_TRIES:], math.log(_ERASE_RATIO[0]), math.log(_ERASE_RATIO[1])))
+        height, width = torch.round(torch.sqrt(area * ratio)), torch.round(torch.sqrt(area / ratio))
+        fits = (height < size) & (width < size)
+        first = torch.argmax(fits.int(), dim=1, keepdim=True)
+        erase = fits.any(dim=1) & (u[:, 0] < self.augment.erasing)
+        height, width = height.gather(1, first)[:, 0], width.gather(1, first)[:, 0]
+        top, left = torch.floor(u[:, 1] * (size - height + 1)), torch.floor(u[:, 2] * (size - width + 1))
+        coords = torch.arange(size, device=u.device, dtype=u.dtype)
+        rows = (coords[None] >= top[:, None]) & (coords[None] < (top + height)[:, None])
+        cols = (coords[None] >= left[:, None]) & (coords[None] < (left + width)[:, None])
+        return (rows[:, :, None] & cols[:, None, :] & erase[:, None, None])[:, None]
 
     def _sampling(self, u: torch.Tensor, size: int) -> torch.Tensor:
         """Output -> input coordinates (normalised, [-1, 1]): crop . affine^-1 . flips . rot90^-1, as (N, 2, 3)."""
@@ -165,7 +197,7 @@ class BatchAugment(nn.Module):
     def _crop(self, u: torch.Tensor, size: int) -> torch.Tensor:
         """``RandomResizedCrop(scale=(crop_scale, 1), ratio=(3/4, 4/3))`` in whole pixels, as torchvision: the
         first of 10 tries that fits, else the whole image; its offset uniform over the places where it fits."""
-        tries = u[:, 16:]
+        tries = u[:, 16 : 16 + 2 * _CROP_TRIES]
         area = _between(tries[:, :_CROP_TRIES], float(self.augment.crop_scale), 1.0) * size * size
         ratio = torch.exp(_between(tries[:, _CROP_TRIES:], math.log(3 / 4), math.log(4 / 3)))
         width, height = torch.round(torch.sqrt(area * ratio)), torch.round(torch.sqrt(area / ratio))

@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 
 from histoclass.config import AugmentConfig
 
-__all__ = ["RandomRot90", "create_batch_mixer", "create_train_transform"]
+__all__ = ["RandomHEDJitter", "RandomRot90", "create_batch_mixer", "create_train_transform"]
 
 
 class RandomRot90(v2.Transform):
@@ -24,8 +24,28 @@ class RandomRot90(v2.Transform):
         return torch.rot90(inpt, params["k"], dims=(-2, -1)) if params["k"] else inpt
 
 
-def create_train_transform(augment: AugmentConfig, image_size: int) -> v2.Compose:
-    """The per-image training transform for ``augment`` at ``image_size``."""
+class RandomHEDJitter(v2.Transform):
+    """Tellez et al.'s HED jitter for one float CxHxW image in [0, 1]: each stain scaled by 1±s, shifted by ±s."""
+
+    def __init__(self, strength: float) -> None:
+        super().__init__()
+        self.strength = strength
+
+    def make_params(self, flat_inputs: list) -> dict:
+        draws = torch.rand(2, 3) * 2 - 1
+        return {"scale": 1 + self.strength * draws[0], "shift": self.strength * draws[1]}
+
+    def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
+        from histoclass.data.stain import hed_jitter
+
+        return hed_jitter(inpt[None], params["scale"][None], params["shift"][None])[0]
+
+
+def create_train_transform(
+    augment: AugmentConfig, image_size: int, fill: tuple[float, ...] = (0.5, 0.5, 0.5)
+) -> v2.Compose:
+    """The per-image training transform for ``augment`` at ``image_size`` (float images in [0, 1]): the
+    reference the batched device augmentation is tested against."""
     steps: list[v2.Transform] = []
     if augment.crop_scale is not None and augment.crop_scale < 1:
         steps.append(v2.RandomResizedCrop(image_size, scale=(augment.crop_scale, 1.0), antialias=True))
@@ -54,6 +74,10 @@ def create_train_transform(augment: AugmentConfig, image_size: int) -> v2.Compos
                 hue=augment.hue or None,
             )
         )
+    if augment.stain:
+        steps.append(RandomHEDJitter(augment.stain))
+    if augment.erasing:
+        steps.append(v2.RandomErasing(p=augment.erasing, value=list(fill)))
     return v2.Compose(steps)
 
 

@@ -6,18 +6,27 @@ half-overwritten.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from histoclass.atomic import write_csv, write_json, write_text
+from histoclass.atomic import building_folder, replace_folder, write_csv, write_json, write_text
+from histoclass.calibration.temperature import calibrated_probabilities
 from histoclass.config import DataConfig, EvaluateConfig
 from histoclass.console import console
 from histoclass.data.records import ImageRecords, relabel_by_name
 from histoclass.data.sources import read_source
 from histoclass.errors import HistoclassError
+from histoclass.evaluation.calibration_report import calibration_figures
+from histoclass.evaluation.checks import (
+    OVERLAP_WARNING_SHARE,
+    disagreement_warning,
+    evaluation_groups,
+    overlap_with_training,
+    run_behind,
+)
+from histoclass.evaluation.intervals import INTERVAL_METRICS, bootstrap_intervals
 from histoclass.evaluation.metrics import METRIC_KEYS, compute_metrics, most_confused
 from histoclass.evaluation.plots import plot_confusion, plot_reliability, plot_roc
 from histoclass.evaluation.report import gallery_items, render_report
@@ -26,11 +35,11 @@ from histoclass.inference.predictor import Predictor, load
 from histoclass.runs import EvalDir, RunDir
 from histoclass.runs.config_file import read_run_config
 
-__all__ = ["evaluate", "evaluate_predictor", "print_metrics"]
+__all__ = ["SelfChecks", "evaluate", "evaluate_predictor", "print_metrics"]
 
 
 def _write_outputs(
-    folder: EvalDir, metrics: dict, y_true, probabilities, labels: list[str]
+    folder: EvalDir, metrics: dict, y_true, probabilities, labels: list[str], uncalibrated: np.ndarray
 ) -> list[tuple[str, str, int]]:
     from sklearn.metrics import classification_report
 
@@ -46,20 +55,49 @@ def _write_outputs(
     write_text(folder.classification_report, report)
     plot_confusion(metrics["confusion_matrix"], labels, folder.confusion_matrix)
     plot_roc(y_true, probabilities, labels, folder.roc)
-    plot_reliability(y_true, probabilities, folder.reliability)
+    plot_reliability(y_true, probabilities, folder.reliability, uncalibrated=uncalibrated)
     confused = most_confused(metrics["confusion_matrix"], labels)
     write_csv(folder.most_confused, ["true_label", "predicted_label", "count"], confused)
     return confused
 
 
-def _swap_into_place(built: Path, target: Path) -> None:
-    """Replace ``target`` by ``built`` with renames only; the old folder goes only once the new one is in."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    built.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+@dataclass
+class SelfChecks:
+    """What the evaluation found about itself: copies in the training data, groups, the run it comes from."""
+
+    run: RunDir | None = None
+    overlap: np.ndarray | None = None
+    groups: list[str] | None = None
+
+
+def _headline(y_true: np.ndarray, probabilities: np.ndarray, labels: list[str]) -> dict:
+    metrics = compute_metrics(y_true, probabilities, labels)
+    return {key: metrics[key] for key in ("n", *INTERVAL_METRICS, "log_loss", "ece")}
+
+
+def _judged(metrics: dict, y_true, probabilities, labels: list[str], rows: np.ndarray, checks: SelfChecks) -> dict:
+    """``metrics`` with intervals, the overlap with the training data and the warnings they call for."""
+    groups = None if checks.groups is None else [checks.groups[i] for i in rows]
+    metrics["ci95"] = bootstrap_intervals(y_true, probabilities, groups)
+    metrics["ci95_resampled"] = "groups" if groups is not None else "images"
+    warnings = []
+    metrics["overlap_with_training"] = metrics["metrics_without_overlap"] = None
+    if checks.overlap is not None:
+        copied = checks.overlap[rows]
+        share = float(copied.mean())
+        metrics["overlap_with_training"] = {"n": int(copied.sum()), "share": share}
+        if copied.any() and not copied.all():
+            metrics["metrics_without_overlap"] = _headline(y_true[~copied], probabilities[~copied], labels)
+        if share > OVERLAP_WARNING_SHARE:
+            warnings.append(
+                f"{int(copied.sum())} of {len(rows)} images ({share:.0%}) have a near-copy among the run's training "
+                "images: these scores are inflated; metrics_without_overlap holds the scores without them"
+            )
+    disagreement = disagreement_warning(metrics["accuracy"], checks.run)
+    if disagreement:
+        warnings.append(disagreement)
+    metrics["warnings"] = warnings
+    return metrics
 
 
 def evaluate_predictor(
@@ -69,6 +107,7 @@ def evaluate_predictor(
     data_name: str,
     tta: bool = False,
     batch_size: int = 64,
+    checks: SelfChecks | None = None,
 ) -> dict:
     """Predict ``records`` (labels in the model's order), write every output into ``out_dir``, return metrics."""
     labels = predictor.labels
@@ -77,28 +116,26 @@ def evaluate_predictor(
     rows = np.asarray([i for i in range(len(records)) if i not in predictions.errors], dtype=np.int64)
     if len(rows) == 0:
         raise HistoclassError("--data: no readable image to evaluate on")
-    y_true, probabilities = records.labels[rows], predictions.probabilities[rows]
+    y_true, probabilities, view_logits = (
+        records.labels[rows],
+        predictions.probabilities[rows],
+        predictions.view_logits[rows],
+    )
     metrics = compute_metrics(y_true, probabilities, labels)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = EvalDir(Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent)))
-    try:
+    metrics["calibration"] = calibration_figures(view_logits, y_true, labels, predictor.info.calibration)
+    metrics = _judged(metrics, y_true, probabilities, labels, rows, checks or SelfChecks())
+    with building_folder(out_dir.parent, f".{out_dir.name}.") as folder:
+        building = EvalDir(folder)
         true_names = [labels[k] for k in records.labels]
         write_predictions_csv(building.predictions, predictions, labels, true_labels=true_names)
-        confused = _write_outputs(building, metrics, y_true, probabilities, labels)
+        uncalibrated = calibrated_probabilities(view_logits)
+        confused = _write_outputs(building, metrics, y_true, probabilities, labels, uncalibrated)
         gallery = gallery_items(records, y_true, probabilities, rows, labels, top=16)
         render_report(
-            building,
-            model_folder(predictor),
-            predictor.info,
-            metrics,
-            confused,
-            gallery,
-            data_name,
+            building, model_folder(predictor), predictor.info, metrics, confused, gallery, data_name,
             len(predictions.errors),
-        )
-        _swap_into_place(building.root, out_dir)
-    finally:
-        shutil.rmtree(building.root, ignore_errors=True)
+        )  # fmt: skip
+        replace_folder(building.root, out_dir)
     return metrics
 
 
@@ -109,8 +146,25 @@ def print_metrics(metrics: dict) -> None:
     def fmt(value: float | None) -> str:
         return "–" if value is None else f"{value:.4f}"
 
-    keys = [key for key in METRIC_KEYS if key not in ("n", "labels", "per_class", "confusion_matrix")]
+    keys = [key for key in METRIC_KEYS if isinstance(metrics.get(key), float)]
     console.print(f"n = {metrics['n']}  " + "  ".join(f"{k} = {fmt(metrics[k])}" for k in keys))
+    resampled = metrics["ci95_resampled"]
+    intervals = [f"{k} [{v[0]:.3f}, {v[1]:.3f}]" for k, v in metrics["ci95"].items() if v is not None]
+    console.print(f"95% intervals (bootstrap over {resampled}): " + ", ".join(intervals))
+    calibration = metrics["calibration"]
+    console.print(
+        f"calibration: temperature {calibration['temperature']:.2f}; ECE {calibration['ece_uncalibrated']:.3f} "
+        f"-> {calibration['ece']:.3f}; log loss {calibration['log_loss_uncalibrated']:.3f} "
+        f"-> {calibration['log_loss']:.3f}"
+    )
+    if calibration["coverage"] is not None:
+        console.print(
+            f"prediction sets (target coverage {calibration['coverage_target']:.0%}): coverage "
+            f"{calibration['coverage']:.1%}, mean set size {calibration['mean_set_size']:.2f}"
+        )
+    if metrics["overlap_with_training"] is not None:
+        overlap = metrics["overlap_with_training"]
+        console.print(f"copies among the run's training images: {overlap['n']} ({overlap['share']:.1%})")
     table = Table(title="Per class")
     for column in ("class", "precision", "recall", "f1", "auc", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
@@ -124,6 +178,8 @@ def print_metrics(metrics: dict) -> None:
             str(row["support"]),
         )
     console.print(table)
+    for warning in metrics["warnings"]:
+        console.print(f"[bold red]warning:[/] {warning}")
 
 
 def _data_config(config: EvaluateConfig, model_dir: Path) -> DataConfig:
@@ -149,9 +205,15 @@ def evaluate(config: EvaluateConfig) -> Path:
     records = relabel_by_name(records, source.classes, predictor.labels)
     name = source.name if split_name == "all" else f"{source.name}-{split_name}"
     out_dir = RunDir(model_dir).evaluation(f"{name}-tta" if config.tta else name).root
+    run = run_behind(model_dir)
+    checks = SelfChecks(
+        run=run,
+        overlap=overlap_with_training(run, records) if run is not None and config.overlap_check else None,
+        groups=evaluation_groups(records, config.group_by, run),
+    )
     metrics = evaluate_predictor(
         predictor, records, out_dir, data_name=f"{source.name} ({split_name})", tta=config.tta,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size, checks=checks,
     )  # fmt: skip
     print_metrics(metrics)
     console.print(f"Evaluation written to [bold]{out_dir}[/] (open report.html)")

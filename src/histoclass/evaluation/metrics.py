@@ -29,6 +29,12 @@ METRIC_KEYS = [
     "ece",
     "per_class",
     "confusion_matrix",
+    "calibration",
+    "ci95",
+    "ci95_resampled",
+    "overlap_with_training",
+    "metrics_without_overlap",
+    "warnings",
 ]
 
 
@@ -78,7 +84,7 @@ def _overall_auc(y_true: np.ndarray, probabilities: np.ndarray) -> float | None:
 
 
 def compute_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels: list[str]) -> dict:
-    """Every number ``metrics.json`` holds, in :data:`METRIC_KEYS` order."""
+    """The scores of ``metrics.json``, in :data:`METRIC_KEYS` order (the evaluate job adds the checks after)."""
     k = len(labels)
     indices = list(range(k))
     y_pred = probabilities.argmax(axis=1)

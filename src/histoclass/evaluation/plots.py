@@ -59,11 +59,22 @@ def plot_roc(y_true: np.ndarray, probabilities: np.ndarray, labels: list[str], o
     return save_figure(figure, out)
 
 
-def plot_reliability(y_true: np.ndarray, probabilities: np.ndarray, out: str | Path, bins: int = 15) -> Path:
-    """Accuracy against confidence per bin: on the diagonal means well calibrated."""
+def plot_reliability(
+    y_true: np.ndarray,
+    probabilities: np.ndarray,
+    out: str | Path,
+    bins: int = 15,
+    uncalibrated: np.ndarray | None = None,
+) -> Path:
+    """Accuracy against confidence per bin: on the diagonal means well calibrated. With ``uncalibrated``
+    probabilities, both are drawn: before and after temperature scaling."""
     centers, accuracy, _, _ = calibration_bins(y_true, probabilities, bins)
     figure, axis = plt.subplots(figsize=(5.5, 5))
-    axis.bar(centers, np.nan_to_num(accuracy), width=1 / bins, edgecolor="black", alpha=0.7, label="accuracy")
+    if uncalibrated is not None:
+        _, before, _, _ = calibration_bins(y_true, uncalibrated, bins)
+        axis.plot(centers, before, marker="o", color="#b3261e", lw=1.5, label="before temperature scaling")
+    label = "accuracy (calibrated)" if uncalibrated is not None else "accuracy"
+    axis.bar(centers, np.nan_to_num(accuracy), width=1 / bins, edgecolor="black", alpha=0.7, label=label)
     axis.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
     axis.set_xlabel("confidence")
     axis.set_ylabel("accuracy")

@@ -96,15 +96,16 @@ def render_report(
     def fmt(value: float | None) -> str:
         return "–" if value is None else f"{value:.3f}"
 
-    headline = [
-        ("images", str(metrics["n"])),
-        ("accuracy", fmt(metrics["accuracy"])),
-        ("balanced accuracy", fmt(metrics["balanced_accuracy"])),
-        ("macro F1", fmt(metrics["macro_f1"])),
-        ("ROC-AUC", fmt(metrics["roc_auc"])),
-        ("log loss", fmt(metrics["log_loss"])),
-        ("ECE", fmt(metrics["ece"])),
-    ]
+    intervals = metrics.get("ci95") or {}
+
+    def interval(key: str) -> str:
+        bounds = intervals.get(key)
+        return f"{bounds[0]:.3f}–{bounds[1]:.3f}" if bounds else ""
+
+    names = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1",
+             "roc_auc": "ROC-AUC", "log_loss": "log loss", "ece": "ECE"}  # fmt: skip
+    headline = [("images", str(metrics["n"]), "")]
+    headline += [(title, fmt(metrics[key]), interval(key)) for key, title in names.items()]
     template = Environment(
         loader=PackageLoader("histoclass.evaluation", "templates"), autoescape=select_autoescape()
     ).get_template("report.html.j2")
@@ -112,6 +113,10 @@ def render_report(
         title=f"{info.name or model_dir.name} on {data_name}",
         subtitle=f"{info.architecture}, {info.image_size} px · evaluated {datetime.now():%Y-%m-%d %H:%M}",
         headline=headline,
+        warnings=metrics.get("warnings", []),
+        resampled=metrics.get("ci95_resampled", "images"),
+        overlap=metrics.get("overlap_with_training"),
+        without=metrics.get("metrics_without_overlap"),
         skipped=skipped,
         config_rows=_config_rows(model_dir, info),
         curves=_b64(curves) if curves else "",

@@ -113,7 +113,7 @@ def export(config: ExportConfig) -> Path:
         raise HistoclassError(f"--format: unknown format '{fmt}'; choose one of {', '.join(EXPORTERS)}")
     if config.int8 and fmt != "onnx":
         raise HistoclassError("--int8 is supported for --format onnx")
-    torch_engine = TorchEngine(run, device="cpu")
+    torch_engine = TorchEngine.open(run, device="cpu")
     reference = Predictor(torch_engine)
     info: ModelInfo = reference.info.model_copy(update={"layout": "NHWC" if config.nhwc else "NCHW"})
     pixels, labels = load_check_images(run, config.check_data, info, config.images)

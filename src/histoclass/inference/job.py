@@ -19,16 +19,59 @@ from histoclass.data.records import ImageRecords
 from histoclass.errors import HistoclassError
 from histoclass.inference.predictor import Predictor, load
 
-__all__ = ["Predictions", "predict", "report_errors", "run_predictions", "write_predictions_csv"]
+__all__ = [
+    "Predictions",
+    "decide",
+    "predict",
+    "report_errors",
+    "resolve_threshold",
+    "run_predictions",
+    "write_predictions_csv",
+]
 
 
 @dataclass
 class Predictions:
-    """Per-image results in input order; rows with an error have NaN probabilities."""
+    """Per-image results in input order; rows with an error have NaN probabilities and logits."""
 
     ids: list[str]
     probabilities: np.ndarray
     errors: dict[int, str] = field(default_factory=dict)
+    view_logits: np.ndarray | None = None
+    sets: np.ndarray | None = None
+    decisions: np.ndarray | None = None
+
+    @property
+    def labels_index(self) -> np.ndarray:
+        """The predicted class of each image: the decision threshold's, else the most probable."""
+        return self.decisions if self.decisions is not None else np.nan_to_num(self.probabilities).argmax(axis=1)
+
+
+def decide(probabilities: np.ndarray, threshold: float | None) -> np.ndarray | None:
+    """Two classes and a cut-off: class 1 where its probability reaches it (None: the most probable class)."""
+    if threshold is None:
+        return None
+    return (np.nan_to_num(probabilities[:, 1]) >= threshold).astype(np.int64)
+
+
+def resolve_threshold(predictor: Predictor, threshold: str | None) -> float | None:
+    """``--threshold``: a number, ``auto`` (the run's validation-tuned cut-off) or None; two classes only."""
+    if threshold is None:
+        return None
+    if len(predictor.labels) != 2:
+        raise HistoclassError(f"--threshold works for two classes; this model has {len(predictor.labels)}")
+    if threshold == "auto":
+        value = predictor.info.calibration.decision_threshold
+        if value is None:
+            raise HistoclassError("--threshold auto: this model has no tuned threshold; retrain it, or pass a number")
+        return value
+    try:
+        value = float(threshold)
+    except ValueError:
+        raise HistoclassError(f"--threshold: '{threshold}' is not a number or auto") from None
+    if not 0 < value < 1:
+        raise HistoclassError(f"--threshold: {value} is not between 0 and 1")
+    return value
 
 
 def run_predictions(
@@ -41,16 +84,20 @@ def run_predictions(
     """Predict ``records`` with a progress bar; ``missing`` marks records known to have no file."""
     from rich.progress import Progress
 
-    probabilities = np.full((len(records), len(predictor.labels)), np.nan)
+    classes = len(predictor.labels)
+    probabilities = np.full((len(records), classes), np.nan)
+    view_logits = np.full((len(records), 8 if tta else 1, classes), np.nan, np.float32)
     errors = dict(missing or {})
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("Predicting", total=len(records))
         for result in predictor.predict_records(records, batch_size=batch_size, tta=tta):
             probabilities[result.indices] = result.probabilities
+            view_logits[result.indices] = result.view_logits
             for index, reason in result.errors.items():
                 errors.setdefault(index, reason)
             progress.advance(task, len(result.indices) + len(result.errors))
-    return Predictions(records.ids, probabilities, errors)
+    sets = predictor.prediction_sets(np.nan_to_num(probabilities))
+    return Predictions(records.ids, probabilities, errors, view_logits, sets)
 
 
 def write_predictions_csv(
@@ -67,23 +114,29 @@ def write_predictions_csv(
         "label",
         "confidence",
         *(f"prob_{c}" for c in labels),
+        *(["prediction_set", "set_size"] if predictions.sets is not None else []),
     ]
     chosen = columns or header
     unknown = [c for c in chosen if c not in header]
     if unknown:
         raise HistoclassError(f"--columns: unknown column {', '.join(unknown)}; choose from {', '.join(header)}")
     rows = []
+    chosen_labels = predictions.labels_index
     for i, image_id in enumerate(predictions.ids):
         row = {"id": image_id}
         if true_labels:
             row["true_label"] = true_labels[i]
         probs = predictions.probabilities[i]
         if i in predictions.errors:
-            row |= {"label": "", "confidence": ""} | {f"prob_{c}": "" for c in labels}
+            row |= {"label": "", "confidence": "", "prediction_set": "", "set_size": ""}
+            row |= {f"prob_{c}": "" for c in labels}
         else:
-            best = int(np.argmax(probs))
+            best = int(chosen_labels[i])
             row |= {"label": labels[best], "confidence": f"{probs[best]:.9g}"}
             row |= {f"prob_{c}": f"{p:.9g}" for c, p in zip(labels, probs, strict=True)}
+            if predictions.sets is not None:
+                members = [c for c, inside in zip(labels, predictions.sets[i], strict=True) if inside]
+                row |= {"prediction_set": "|".join(members), "set_size": len(members)}
         rows.append([row[c] for c in chosen])
     return write_csv(out, chosen, rows)
 
@@ -97,11 +150,13 @@ def report_errors(predictions: Predictions) -> None:
 def predict(config: PredictConfig) -> Path:
     """Predict every input image with ``config.model`` and write the CSV ``config.out``."""
     predictor = load(config.model, config.compile)
+    threshold = resolve_threshold(predictor, config.threshold)
     ids, paths = collect_inputs(config.inputs, config.image_dir, config.id_column)
     columns = [c.strip() for c in config.columns.split(",")] if config.columns else None
     missing = {i: "no image file for this id" for i, p in enumerate(paths) if p is None}
     records = ImageRecords(ids=ids, labels=np.full(len(ids), -1), paths=[p or Path("/nonexistent") for p in paths])
     predictions = run_predictions(predictor, records, config.batch_size, config.tta, missing)
+    predictions.decisions = decide(predictions.probabilities, threshold)
     report_errors(predictions)
     path = write_predictions_csv(config.out, predictions, predictor.labels, columns)
     console.print(f"{len(ids) - len(predictions.errors)} of {len(ids)} images predicted -> [bold]{path}[/]")

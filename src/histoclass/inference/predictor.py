@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.special import softmax
 
+from histoclass.calibration.conformal import prediction_sets
+from histoclass.calibration.temperature import calibrated_probabilities
 from histoclass.data.batches import iter_batches
 from histoclass.data.images import array_to_rgb, load_resized, resize_square
 from histoclass.data.records import ImageRecords
@@ -28,11 +29,13 @@ __all__ = ["BatchResult", "Predictor", "load"]
 
 @dataclass
 class BatchResult:
-    """Probabilities for the readable images of a batch; ``errors`` maps record index -> reason."""
+    """Probabilities (and the raw logits of each test-time view, N x V x C) for the readable images of a batch;
+    ``errors`` maps record index -> reason."""
 
     indices: list[int]
     probabilities: np.ndarray
     errors: dict[int, str]
+    view_logits: np.ndarray
 
 
 class Predictor:
@@ -60,10 +63,23 @@ class Predictor:
     def compile(self) -> None:
         self.engine.compile()
 
+    def view_logits(self, pixels: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Raw logits, N x views x classes, of uint8 NHWC images already at the model's size."""
+        views = dihedral_views(pixels) if tta else [pixels]
+        return np.stack([self.engine.logits(view) for view in views], axis=1)
+
+    def probabilities(self, view_logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities (N x classes): the run's temperature, averaged over the views."""
+        return calibrated_probabilities(view_logits, self.info.calibration.temperature)
+
     def predict_pixels(self, pixels: np.ndarray, tta: bool = False) -> np.ndarray:
         """Probabilities (N x classes) for uint8 NHWC images already at the model's size."""
-        views = dihedral_views(pixels) if tta else [pixels]
-        return np.mean([softmax(self.engine.logits(view).astype(np.float64), axis=1) for view in views], axis=0)
+        return self.probabilities(self.view_logits(pixels, tta))
+
+    def prediction_sets(self, probabilities: np.ndarray) -> np.ndarray | None:
+        """N x classes booleans: each image's conformal prediction set (None when the model has none)."""
+        calibration = self.info.calibration
+        return prediction_sets(probabilities, calibration.thresholds) if calibration.has_sets else None
 
     def predict(
         self, images: Sequence[str | Path | Image.Image | np.ndarray], batch_size: int = 64, tta: bool = False
@@ -86,11 +102,13 @@ class Predictor:
     ) -> Iterator[BatchResult]:
         """Predict every record in order, decoding a few batches ahead on threads (or reading ``cache``, the
         decoded pixels); unreadable images are reported, not raised."""
-        size = self.info.image_size
+        size, classes = self.info.image_size, len(self.labels)
         for batch in iter_batches(records, size, batch_size, threads, cache):
-            empty = np.zeros((0, len(self.labels)))
-            probabilities = self.predict_pixels(batch.pixels, tta) if batch.indices else empty
-            yield BatchResult(batch.indices, probabilities, batch.errors)
+            if batch.indices:
+                logits = self.view_logits(batch.pixels, tta)
+                yield BatchResult(batch.indices, self.probabilities(logits), batch.errors, logits)
+            else:
+                yield BatchResult([], np.zeros((0, classes)), batch.errors, np.zeros((0, 1, classes), np.float32))
 
     def explain(self, pixels: np.ndarray) -> tuple[bytes, str]:
         """A PNG of one uint8 HxWx3 image at the model's size with its Grad-CAM heatmap, and the predicted label."""
@@ -121,7 +139,7 @@ def load(path: str | Path, compile: bool = False) -> Predictor:
         raise HistoclassError(
             f"'{path}' is not a model: pass a run directory (with its weights), model.onnx, model.tflite or model.pt"
         )
-    predictor = Predictor(engine_class(path))
+    predictor = Predictor(engine_class.open(path))
     if compile:
         predictor.compile()
     return predictor

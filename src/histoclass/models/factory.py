@@ -80,7 +80,7 @@ def _cached_timm_weights(name: str) -> str | None:
     return None
 
 
-def _timm_backbone(name: str, pretrained: bool, weights: str | None) -> Backbone:
+def _timm_backbone(name: str, pretrained: bool, weights: str | None, drop_path: float = 0.0) -> Backbone:
     overlay = None
     if weights:
         overlay = {"file": _check_weights_file(weights)}
@@ -91,8 +91,9 @@ def _timm_backbone(name: str, pretrained: bool, weights: str | None) -> Backbone
         elif not _hub_reachable("huggingface.co"):
             raise _offline_error(name)
     try:
+        extra = {"drop_path_rate": drop_path} if drop_path else {}
         module = timm.create_model(
-            name, pretrained=pretrained or bool(weights), num_classes=0, pretrained_cfg_overlay=overlay
+            name, pretrained=pretrained or bool(weights), num_classes=0, pretrained_cfg_overlay=overlay, **extra
         )
     except RuntimeError as error:  # timm reports a checkpoint that does not fit as a RuntimeError
         if weights:
@@ -145,8 +146,11 @@ def _load_state_dict_file(model: nn.Module, path: str) -> None:
         raise HistoclassError(f"--weights: '{path}' does not fit this model ({str(error)[:200]})") from None
 
 
-def create_backbone(name: str, pretrained: bool = True, weights: str | None = None) -> Backbone:
-    """A registered backbone, or any timm model name; unknown names get suggestions."""
+def create_backbone(name: str, pretrained: bool = True, weights: str | None = None, drop_path: float = 0.0) -> Backbone:
+    """A registered backbone, or any timm model name; unknown names get suggestions.
+
+    ``drop_path``: stochastic depth for timm models that have it (a regulariser while fine-tuning).
+    """
     if name in BACKBONES:
         return BACKBONES[name](pretrained, weights)
     if not timm.is_model(name):
@@ -154,7 +158,7 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | None = No
         close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models() for names"
         raise HistoclassError(f"--model: unknown model '{name}'; {hint}")
-    return _timm_backbone(name, pretrained, weights)
+    return _timm_backbone(name, pretrained, weights, drop_path)
 
 
 class Classifier(nn.Module):

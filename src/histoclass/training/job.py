@@ -10,7 +10,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from histoclass.atomic import write_json, write_text
+from histoclass.atomic import write_text
 from histoclass.config import Config
 from histoclass.console import console
 from histoclass.data.cache import decoded_cache
@@ -22,19 +22,17 @@ from histoclass.data.records import ImageRecords
 from histoclass.data.sources import read_source
 from histoclass.data.transforms import create_batch_mixer
 from histoclass.errors import HistoclassError
-from histoclass.evaluation.curves import plot_curves
 from histoclass.models.factory import Classifier, create_backbone
 from histoclass.models.heads import create_head
-from histoclass.models.serialization import count_parameters, save_model
+from histoclass.models.serialization import count_parameters
 from histoclass.runs import RUN_DIR_ENV, ModelInfo, RunDir, claim_run_dir, write_labels
 from histoclass.runs.config_file import read_run_config, write_run_config
-from histoclass.runs.history import read_history
-from histoclass.runs.split import SplitRow, read_split, write_split
-from histoclass.training.callbacks import AtomicCheckpointIO
+from histoclass.runs.split import SplitRow, write_split
 from histoclass.training.datamodule import HistoDataModule
+from histoclass.training.finish import finish_run
 from histoclass.training.module import ClassifierModule
 from histoclass.training.resume import resume_checkpoint
-from histoclass.training.split import print_split, split_for_training
+from histoclass.training.split import print_split, recorded_split, split_for_training
 from histoclass.training.trainer import RunCallbacks, build_trainer, quiet_lightning
 
 __all__ = ["train"]
@@ -91,7 +89,7 @@ def _build_module(config: Config, backbone, classes: list[str], train_records: I
         class_weights=_balanced_weights(train_records, len(classes)) if balanced else None,
         label_smoothing=config.augment.label_smoothing,
         mixer=create_batch_mixer(config.augment, len(classes)),
-        augment=BatchAugment(config.augment, config.train.seed),
+        augment=BatchAugment(config.augment, config.train.seed, fill=backbone.mean),
     )
 
 
@@ -111,47 +109,6 @@ def _model_info(config: Config, module: ClassifierModule, classes: list[str], na
     )
 
 
-def _stop_summary(callbacks: RunCallbacks, rows: list[dict], config: Config) -> dict:
-    """Whether early stopping ended the run, and why, in words and as metrics."""
-    early = callbacks.early
-    if not early.stopped_epoch or len(rows) >= config.train.epochs:
-        return {"stopped_early": False, "stop_reason": ""}
-    best = min(rows, key=lambda r: float(r["val_loss"]))
-    reason = (
-        f"val_loss did not improve for {early.patience} epochs after epoch {best['epoch']} "
-        f"(best {float(best['val_loss']):.4f}); stopped after epoch {len(rows)} of {config.train.epochs}"
-    )
-    return {"stopped_early": True, "stop_reason": reason}
-
-
-def _finish_run(
-    run: RunDir, module: ClassifierModule, info: ModelInfo, callbacks: RunCallbacks, config: Config
-) -> None:
-    """Best weights -> the run's model files, best epoch -> metrics.json, history -> curves."""
-    if run.best_checkpoint.is_file():
-        # Read through the trainer's own checkpoint IO (weights only). ``trainer.validate(ckpt_path=...)`` would
-        # load it too, but runs on every DDP process while this runs on rank 0 alone, after the fit.
-        state = AtomicCheckpointIO().load_checkpoint(run.best_checkpoint)["state_dict"]
-        module.load_state_dict(state, strict=False)
-    save_model(module.model, info, run.root)
-    rows = read_history(run.history)
-    best_row = min(rows, key=lambda r: float(r["val_loss"]))
-    metrics = {key: float(value) for key, value in best_row.items() if key not in ("epoch", "phase", "seconds")}
-    stopped = _stop_summary(callbacks, rows, config)
-    metrics |= {"best_epoch": int(best_row["epoch"]), "epochs_run": len(rows), **stopped}
-    metrics["train_seconds"] = round(callbacks.clock.seconds, 1)
-    write_json(run.metrics, metrics)
-    plot_curves(rows, run.curves)
-    if stopped["stopped_early"]:
-        console.print(f"Early stopping: {stopped['stop_reason']}")
-
-
-def _same_split(run: RunDir, val: ImageRecords) -> None:
-    recorded = sorted(row.id for row in read_split(run.split) if row.split == "val")
-    if recorded != sorted(val.ids):
-        raise HistoclassError(f"--resume: the data behind '{run.root}' changed since the run started; start a new run")
-
-
 def train(config: Config, callbacks: list | None = None) -> Path:
     """Train a classifier as ``config`` says (or continue the run ``config.run.resume``); returns the run directory.
 
@@ -168,13 +125,16 @@ def train(config: Config, callbacks: list | None = None) -> Path:
     if not data.path:
         raise HistoclassError("--data is required: a class-folder dataset, a labels CSV, an .npz or medmnist:NAME")
     L.seed_everything(config.train.seed, workers=True, verbose=False)
-    backbone = create_backbone(config.model.name, pretrained=config.model.pretrained, weights=config.model.weights)
+    model = config.model
+    backbone = create_backbone(
+        model.name, pretrained=model.pretrained, weights=model.weights, drop_path=model.drop_path
+    )
     source = read_source(data.path, data)
     with console.status(f"Checking {sum(len(r) for r in source.splits.values())} images"):
         report = check_source(source)
     _check_classes(report)
-    train_records, val_records = split_for_training(report, config)
     if checkpoint is None:
+        train_records, val_records = split_for_training(report, config)
         print_split(source.classes, train_records, val_records)
         run, writer = claim_run_dir(config.run.runs_dir, config.run.name or f"{source.name}-{config.model.name}")
         config = config.model_copy(update={"run": config.run.model_copy(update={"name": run.root.name})})
@@ -182,7 +142,7 @@ def train(config: Config, callbacks: list | None = None) -> Path:
             _write_run_header(run, config, source.classes, report, train_records, val_records)
             console.print(f"Run directory: [bold]{run.root}[/]")
     else:
-        _same_split(run, val_records)
+        train_records, val_records = recorded_split(report, run)
     run_callbacks = RunCallbacks(config, run)
     module = _build_module(config, backbone, source.classes, train_records)
     train_set, val_set = _datasets(config, train_records, val_records)
@@ -192,7 +152,7 @@ def train(config: Config, callbacks: list | None = None) -> Path:
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     if trainer.is_global_zero and not trainer.interrupted and not run_callbacks.stop.requested:
         info = _model_info(config, module, source.classes, run.root.name)
-        _finish_run(run, module, info, run_callbacks, config)
+        finish_run(run, module, info, run_callbacks, config, val_records)
         console.print(f"Done: results in [bold]{run.root}[/]")
     return run.root
 

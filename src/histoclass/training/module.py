@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
@@ -18,6 +19,7 @@ from histoclass.data.device_transforms import BatchAugment
 from histoclass.data.transforms import BatchMixer
 from histoclass.inference.preprocess import normalize_torch, standardize_torch
 from histoclass.models.factory import Classifier
+from histoclass.training.optim import create_optimizer, create_scheduler
 
 __all__ = ["ClassifierModule"]
 
@@ -54,6 +56,10 @@ class ClassifierModule(L.LightningModule):
         self.train_config = train
         self.mixer = mixer
         self.augment = augment if augment is not None and augment.active else None
+        # The averaged weights are what validation scores, checkpoints keep and the run finally saves.
+        self.ema = ModelEmaV3(self.model, decay=train.ema, use_warmup=True, warmup_power=3 / 4) if train.ema else None
+        if self.ema is not None:
+            self.ema.requires_grad_(False)
         if train.compile:  # in place: parameter names (and so checkpoints) stay those of the plain model
             self.model.compile()
         self.register_buffer("mean", torch.tensor(model.mean).view(1, -1, 1, 1), persistent=False)
@@ -63,8 +69,17 @@ class ClassifierModule(L.LightningModule):
         # Summed over every image and process, so the loss is exact whatever the sharding.
         self.val_loss = MeanMetric()
 
+    @property
+    def evaluated(self) -> Classifier:
+        """The model validation scores and the run saves: the EMA weights when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(normalize_torch(images, self.mean, self.std))
+        return self.evaluated(normalize_torch(images, self.mean, self.std))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels, index = batch
@@ -95,35 +110,6 @@ class ClassifierModule(L.LightningModule):
         self.val_loss.reset()
 
     def configure_optimizers(self):
-        """Two parameter groups: the head at ``lr``, the backbone at ``lr * finetune_lr_scale``.
-
-        The groups exist from the start (frozen parameters get no gradient and so no update), which keeps the
-        optimiser and scheduler state identical across phases and therefore resumable.
-        """
-        cfg = self.train_config
-        groups = [
-            {"params": list(self.model.head.parameters()), "lr": cfg.lr, "name": "head"},
-            {
-                "params": list(self.model.backbone.parameters()),
-                "lr": cfg.lr * cfg.finetune_lr_scale,
-                "name": "backbone",
-            },
-        ]
-        optimizers = {
-            "adamw": lambda: torch.optim.AdamW(groups, weight_decay=cfg.weight_decay),
-            "adam": lambda: torch.optim.Adam(groups, weight_decay=cfg.weight_decay),
-            "sgd": lambda: torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay),
-        }
-        optimizer = optimizers[cfg.optimizer]()
-        if cfg.scheduler == "none":
-            return optimizer
-        if cfg.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=cfg.min_lr)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
-        )
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss", "interval": "epoch"},
-        }
+        optimizer = create_optimizer(self.model, self.train_config)
+        scheduler = create_scheduler(optimizer, self.train_config, int(self.trainer.estimated_stepping_batches))
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}

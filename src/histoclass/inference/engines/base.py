@@ -32,6 +32,11 @@ class Engine:
         """True when ``path`` is a model this engine opens directly."""
         raise NotImplementedError
 
+    @classmethod
+    def open(cls, path: Path) -> Engine:
+        """The engine for the model at ``path``."""
+        return cls(path)
+
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 

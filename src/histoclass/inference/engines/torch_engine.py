@@ -1,4 +1,4 @@
-"""A run directory's best weights in PyTorch: channels-last, bf16 autocast on a GPU, Grad-CAM heatmaps."""
+"""PyTorch: a run directory's best weights (or any feature module), channels-last, bf16 autocast on a GPU."""
 
 from __future__ import annotations
 
@@ -7,32 +7,49 @@ from pathlib import Path
 import numpy as np
 
 from histoclass.inference.engines.base import Engine, register_engine
-from histoclass.runs import RunDir
+from histoclass.runs import ModelInfo, RunDir
 
-__all__ = ["TorchEngine"]
+__all__ = ["TorchEngine", "native_bf16"]
+
+
+def native_bf16(device) -> bool:
+    """Whether ``device`` computes bf16 natively (a recent GPU, or a CPU with AVX-512 BF16 or AMX)."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @register_engine
 class TorchEngine(Engine):
-    """Images go to the device as uint8 and are normalised there."""
+    """Images go to the device as uint8 and are normalised there; Grad-CAM heatmaps for classifiers.
+
+    ``bf16``: autocast to bfloat16 (None: on GPUs only, where it is the training precision too).
+    """
 
     name = "torch"
 
-    def __init__(self, run_dir: Path, device: str | None = None) -> None:
+    def __init__(self, model, info: ModelInfo, source: Path, device: str | None = None, bf16: bool | None = None):
         import torch
 
-        from histoclass.models.serialization import load_model
-
-        self.source = Path(run_dir)
-        self.model, self.info = load_model(run_dir)
+        self.info, self.source = info, Path(source)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = self.model.to(self.device, memory_format=torch.channels_last).eval()
-        self.mean = torch.tensor(self.info.mean, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(self.info.std, device=self.device).view(1, -1, 1, 1)
+        self.bf16 = self.device.type == "cuda" if bf16 is None else bf16
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
+        self.mean = torch.tensor(info.mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(info.std, device=self.device).view(1, -1, 1, 1)
 
     @classmethod
     def accepts(cls, path: Path) -> bool:
         return path.is_dir() and RunDir(path).weights.is_file()
+
+    @classmethod
+    def open(cls, path: Path, device: str | None = None) -> TorchEngine:
+        from histoclass.models.serialization import load_model
+
+        model, info = load_model(path)
+        return cls(model, info, path, device)
 
     def compile(self) -> None:
         self.model.compile()
@@ -51,7 +68,7 @@ class TorchEngine(Engine):
 
         with (
             torch.inference_mode(),
-            torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"),
+            torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16),
         ):
             return self.model(self.inputs(pixels)).float().cpu().numpy()
 

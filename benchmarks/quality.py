@@ -1,0 +1,117 @@
+"""Recipe quality on data the models never saw: blood cells from unseen source cells, BreastMNIST's test split.
+
+    python -m benchmarks.quality blood --rows baseline,recipe [--results docs/quality.json]
+    python -m benchmarks.quality breast --rows baseline,recipe --seeds 0,1,2
+
+Blood cells: each row trains on ``../shared/data/bloodcells/train`` with ``--group-by auto`` (validation from
+other source cells than training), is evaluated on ``test_simple`` (71 unseen cells) and on *test-like*: 620
+augmented copies per class of those same cells (benchmarks/copies.py), the way the dataset's TEST split is made.
+Checkpoints and every setting are chosen on validation only. BreastMNIST: official splits, one run per seed,
+the test split scored once per run. Each row is a recipe: overrides of the shared base settings. Results are
+appended to a JSON file so that rows can run in separate sessions; ``--table`` prints them as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.copies import make_copies
+
+from histoclass.config import EvaluateConfig, apply_overrides, build_config
+from histoclass.evaluation.job import evaluate
+from histoclass.training.job import train
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+BLOOD = SHARED / "data" / "bloodcells"
+WEIGHTS = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
+
+BASE = {
+    "blood": {
+        "data": {"path": str(BLOOD / "train"), "group_by": "auto", "image_size": 96, "cache": "ram", "workers": 0},
+        "model": {"name": "tf_efficientnet_lite0", "weights": str(WEIGHTS)},
+        "train": {"epochs": 6, "phase1_epochs": 1},
+    },
+    "breast": {
+        "data": {"path": str(SHARED / "data" / "breastmnist.npz"), "image_size": 128, "cache": "ram", "workers": 0},
+        "model": {"name": "tf_efficientnet_lite0", "weights": str(WEIGHTS)},
+        "train": {"epochs": 12, "phase1_epochs": 2},
+    },
+}
+#: Recipes: dotted-key overrides of the base, each building on the one before it (an ablation path).
+ROWS: dict[str, dict] = {
+    "baseline": {},
+    "schedule": {"train.epochs": 10, "train.scheduler": "cosine", "train.warmup_epochs": 1, "train.lr": 2e-3,
+                 "augment.label_smoothing": 0.1, "train.ema": 0.998},
+    "all-blocks": {"train.epochs": 10, "train.scheduler": "cosine", "train.warmup_epochs": 1, "train.lr": 2e-3,
+                   "augment.label_smoothing": 0.1, "train.ema": 0.998, "train.unfreeze_last": "all",
+                   "train.layer_decay": 0.8, "train.finetune_lr_scale": 0.5},
+    "128px": {"data.image_size": 128, "train.epochs": 10, "train.scheduler": "cosine", "train.warmup_epochs": 1,
+              "train.lr": 2e-3, "augment.label_smoothing": 0.1, "train.ema": 0.998, "train.unfreeze_last": "all",
+              "train.layer_decay": 0.8, "train.finetune_lr_scale": 0.5},
+    "stain+erasing": {"data.image_size": 128, "train.epochs": 10, "train.scheduler": "cosine",
+                      "train.warmup_epochs": 1, "train.lr": 2e-3, "augment.label_smoothing": 0.1, "train.ema": 0.998,
+                      "train.unfreeze_last": "all", "train.layer_decay": 0.8, "train.finetune_lr_scale": 0.5,
+                      "augment.stain": 0.05, "augment.erasing": 0.25},
+}  # fmt: skip
+
+
+def _test_like(folder: Path) -> Path:
+    sources = sorted(p for p in (BLOOD / "test_simple").rglob("*.jpeg"))
+    return make_copies(sources, folder / "test-like", seed=7, per_class=620)
+
+
+def _scores(run: Path, data: str, tta: bool, split: str | None = None) -> dict:
+    out = evaluate(EvaluateConfig(model=str(run), data=data, split=split, tta=tta, overlap_check=False))
+    metrics = json.loads((out / "metrics.json").read_text())
+    keys = ("accuracy", "balanced_accuracy", "roc_auc", "macro_f1")
+    return {key: metrics[key] for key in keys} | {"ece": metrics["calibration"]["ece"]}
+
+
+def run_row(dataset: str, name: str, seed: int, runs: Path, test_like: Path | None) -> dict:
+    overrides = ROWS[name]
+    values = apply_overrides(BASE[dataset], {**overrides, "train.seed": seed, "run.runs_dir": str(runs),
+                                             "run.name": f"{dataset}-{name}-{seed}"})  # fmt: skip
+    started = time.perf_counter()
+    run = train(build_config(values))
+    minutes = (time.perf_counter() - started) / 60
+    trained = json.loads((run / "metrics.json").read_text())
+    result = {"dataset": dataset, "row": name, "seed": seed, "train_minutes": round(minutes, 1),
+              "val_accuracy": trained["val_accuracy"], "best_epoch": trained["best_epoch"]}  # fmt: skip
+    for tta in (False, True):
+        suffix = "+tta" if tta else ""
+        if dataset == "blood":
+            result["test_simple" + suffix] = _scores(run, str(BLOOD / "test_simple"), tta)
+            result["test_like" + suffix] = _scores(run, str(test_like), tta)
+        else:
+            result["test" + suffix] = _scores(run, values["data"]["path"], tta, split="test")
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=sorted(BASE))
+    parser.add_argument("--rows", default="baseline")
+    parser.add_argument("--seeds", default="42")
+    parser.add_argument("--results", default="quality.json", help="JSON file the rows are appended to")
+    parser.add_argument("--runs", help="where the runs go [a temporary folder]")
+    args = parser.parse_args()
+    os.environ.setdefault("HISTOCLASS_CACHE", str(Path(tempfile.gettempdir()) / "histoclass-quality-cache"))
+    results = Path(args.results)
+    with tempfile.TemporaryDirectory() as folder:
+        runs = Path(args.runs or folder)
+        test_like = _test_like(Path(folder)) if args.dataset == "blood" else None
+        for name in args.rows.split(","):
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                result = run_row(args.dataset, name, seed, runs, test_like)
+                print(json.dumps(result), flush=True)
+                previous = json.loads(results.read_text()) if results.is_file() else []
+                results.write_text(json.dumps([*previous, result], indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Finding copies: embed (mean of the 8 views), whiten, search neighbours, verify geometrically, cluster."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from histoclass.audit.clusters import connected_clusters, exact_duplicates
+from histoclass.audit.search import Pairs, neighbour_pairs, whitening
+from histoclass.audit.verify import KeypointCache, verify_pairs
+from histoclass.data.records import ImageRecords
+from histoclass.embeddings.compute import embed_records
+from histoclass.embeddings.extractors import create_extractor
+from histoclass.errors import HistoclassError
+
+__all__ = ["DEFAULT_THRESHOLD", "AuditSettings", "Copies", "copies_in_reference", "find_copies"]
+
+#: Cosine similarity (whitened embeddings) above which a pair is a candidate; chosen by measurement
+#: (docs/benchmarks.md): low enough to miss no copy among each image's nearest neighbours.
+DEFAULT_THRESHOLD = 0.2
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """How copies are found: which backbone embeds, and how strict the search and the verification are."""
+
+    model: str
+    weights: str | None = None
+    pretrained: bool = True
+    image_size: int = 96
+    threshold: float = DEFAULT_THRESHOLD
+    neighbours: int = 10
+    min_inliers: int = 20
+    batch_size: int = 64
+
+
+@dataclass
+class Copies:
+    """A cluster number per record (singletons have their own), byte-identical groups, unreadable records."""
+
+    clusters: np.ndarray
+    exact: list[list[int]] = field(default_factory=list)
+    unreadable: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.bincount(self.clusters)
+
+    def members(self, cluster: int) -> np.ndarray:
+        return np.flatnonzero(self.clusters == cluster)
+
+
+def _describe(records: ImageRecords, settings: AuditSettings):
+    extractor = create_extractor(
+        settings.model, settings.weights, settings.image_size, "multiscale", settings.pretrained
+    )
+    embedded = embed_records(records, extractor, views="mean", batch_size=settings.batch_size, what="Embedding")
+    return embedded.features[:, 0, :], embedded.errors
+
+
+def _verifier(left: KeypointCache, right: KeypointCache, settings: AuditSettings):
+    if settings.min_inliers <= 0:
+        return None
+    return lambda pairs: verify_pairs(left, right, pairs, settings.min_inliers)
+
+
+def find_copies(records: ImageRecords, settings: AuditSettings) -> Copies:
+    """Clusters of copies among ``records``."""
+    if len(records) < 2:
+        raise HistoclassError(f"an audit needs at least 2 images; found {len(records)}")
+    features, errors = _describe(records, settings)
+    readable = np.asarray([i for i in range(len(records)) if i not in errors], dtype=np.int64)
+    pairs = Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    if len(readable) >= 2:
+        vectors = whitening(features[readable])(features[readable])
+        found = neighbour_pairs(vectors, None, settings.neighbours, settings.threshold)
+        pairs = Pairs(readable[found.left], readable[found.right], found.similarity)
+    keypoints = KeypointCache(records)
+    exact = exact_duplicates(records)
+    clusters = connected_clusters(len(records), pairs, _verifier(keypoints, keypoints, settings), exact)
+    return Copies(clusters, exact, errors)
+
+
+def copies_in_reference(query: ImageRecords, reference: ImageRecords, settings: AuditSettings) -> np.ndarray:
+    """For each query record, the index of a verified copy of it among ``reference``, or -1."""
+    query_features, query_errors = _describe(query, settings)
+    reference_features, reference_errors = _describe(reference, settings)
+    q_ok = np.asarray([i for i in range(len(query)) if i not in query_errors], dtype=np.int64)
+    r_ok = np.asarray([i for i in range(len(reference)) if i not in reference_errors], dtype=np.int64)
+    match = np.full(len(query), -1, dtype=np.int64)
+    if not len(q_ok) or not len(r_ok):
+        return match
+    whiten = whitening(np.concatenate([query_features[q_ok], reference_features[r_ok]]))
+    found = neighbour_pairs(whiten(query_features[q_ok]), whiten(reference_features[r_ok]), settings.neighbours,
+                            settings.threshold)  # fmt: skip
+    candidates = list(zip(q_ok[found.left].tolist(), r_ok[found.right].tolist(), strict=True))
+    verify = _verifier(KeypointCache(query), KeypointCache(reference), settings)
+    for start in range(0, len(candidates), 256):  # most similar first; a query once matched is not checked again
+        todo = [(q, r) for q, r in candidates[start : start + 256] if match[q] < 0]
+        accepted = verify(todo) if verify is not None else [True] * len(todo)
+        for (q, r), ok in zip(todo, accepted, strict=True):
+            if ok and match[q] < 0:
+                match[q] = r
+    return match

@@ -1,0 +1,93 @@
+"""Feature extractors: a backbone, from a model name (and weights) or a run directory, as a feature module.
+
+``pooled``: the backbone's own pooled output (what a linear head sees). ``multiscale``: the last two feature
+maps, each GeM-pooled and concatenated, which keep more of what makes an image *this* image rather than its
+class: the descriptor near-duplicate search uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from histoclass.data.images import RESIZE_METHOD
+from histoclass.errors import HistoclassError
+from histoclass.inference.engines.torch_engine import TorchEngine, native_bf16
+from histoclass.models.factory import create_backbone
+from histoclass.runs import ModelInfo, RunDir
+
+__all__ = ["Extractor", "FeatureKind", "MultiScaleGeM", "create_extractor", "file_identity"]
+
+FeatureKind = Literal["pooled", "multiscale"]
+#: Changes whenever a descriptor's definition changes, so stale cached features are never reused.
+_DESCRIPTOR_VERSION = 1
+
+
+class MultiScaleGeM(nn.Module):
+    """GeM (p=3) over each of the backbone's last ``stages`` feature maps, concatenated."""
+
+    def __init__(self, backbone: nn.Module, stages: int = 2, p: float = 3.0) -> None:
+        super().__init__()
+        if not hasattr(backbone, "forward_intermediates"):
+            raise HistoclassError("this backbone has no intermediate feature maps; pick a timm model")
+        self.backbone, self.stages, self.p = backbone, stages, p
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        maps = self.backbone.forward_intermediates(images, indices=self.stages, intermediates_only=True)
+        pooled = [m.float().clamp(min=1e-6).pow(self.p).mean(dim=(2, 3)).pow(1 / self.p) for m in maps]
+        return torch.cat(pooled, dim=1)
+
+
+def file_identity(path: str | Path) -> str:
+    """What a file's content is taken to be: its absolute path, size and modification time."""
+    stat = os.stat(path)
+    return f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+@dataclass
+class Extractor:
+    """A feature module with its preprocessing, and the key of everything its features depend on."""
+
+    module: nn.Module
+    info: ModelInfo
+    key: str
+    cacheable: bool = True  # random weights give other features each time
+
+    def engine(self, device: str | None = None) -> TorchEngine:
+        """bf16 wherever the device computes it natively: features need no more precision, and it is ~2x faster."""
+        engine = TorchEngine(self.module, self.info, Path(self.info.name), device)
+        engine.bf16 = native_bf16(engine.device)
+        return engine
+
+
+def _backbone(model: str, weights: str | None, pretrained: bool) -> tuple[nn.Module, tuple, tuple, str, str]:
+    """(module, mean, std, architecture, weights identity) for a model name or a run directory."""
+    run = RunDir(Path(model))
+    if run.is_trained():
+        from histoclass.models.serialization import load_model
+
+        classifier, info = load_model(run.root)
+        return classifier.backbone, tuple(info.mean), tuple(info.std), info.architecture, file_identity(run.weights)
+    backbone = create_backbone(model, pretrained=pretrained, weights=weights)
+    identity = file_identity(weights) if weights else ("imagenet" if pretrained else "random")
+    return backbone.module, backbone.mean, backbone.std, model, identity
+
+
+def create_extractor(
+    model: str, weights: str | None, image_size: int, kind: FeatureKind, pretrained: bool = True
+) -> Extractor:
+    """The ``kind`` features of ``model`` (a timm name or a run directory) at ``image_size``, in eval mode."""
+    module, mean, std, architecture, identity = _backbone(model, weights, pretrained)
+    features = MultiScaleGeM(module) if kind == "multiscale" else module
+    info = ModelInfo(
+        architecture=architecture, labels=[], image_size=image_size, mean=list(mean), std=list(std),
+        resize=RESIZE_METHOD, name=model,
+    )  # fmt: skip
+    key = hashlib.sha256(f"{architecture}|{identity}|{image_size}|{kind}|{_DESCRIPTOR_VERSION}".encode()).hexdigest()
+    return Extractor(features.eval(), info, key[:24], cacheable=identity != "random")
