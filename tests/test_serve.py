@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import socket
 import struct
 import subprocess
@@ -153,7 +154,12 @@ def test_api_key_guards_the_api_but_not_health_or_page(trained_run: Path) -> Non
         assert upload(url, image, headers={"X-API-Key": "s3cret"}).status_code == 200
         assert httpx.get(f"{url}/api/model").status_code == 401
         assert httpx.get(f"{url}/").status_code == 200 and httpx.get(f"{url}/static/app.js").status_code == 200
-        assert "/api/predict" in httpx.get(f"{url}/openapi.json").json()["paths"]
+        # The API's description and docs are behind the key too (issue 19); the docs page takes it as a parameter.
+        assert httpx.get(f"{url}/openapi.json").status_code == 401 and httpx.get(f"{url}/docs").status_code == 401
+        assert "/api/predict" in httpx.get(f"{url}/openapi.json", headers={"X-API-Key": "s3cret"}).json()["paths"]
+        docs = httpx.get(f"{url}/docs?api_key=s3cret")
+        assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+        assert httpx.get(f"{url}/docs-assets/swagger-ui-bundle.js?api_key=s3cret").status_code == 200
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -198,6 +204,108 @@ def test_serving_an_onnx_export_predicts_and_declines_heatmaps(trained_run: Path
         assert upload(url, image).json()["results"][0]["label"] in CLASSES
         refused = upload(url, image, endpoint="explain")
         assert refused.status_code == 409 and "run directory" in refused.json()["detail"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_answers_carry_prediction_sets_and_the_card_its_calibration(server) -> None:
+    _, url = server
+    card = httpx.get(f"{url}/api/model").json()
+    assert card["set_coverage"] == 0.9 and card["temperature"] > 0
+    results = upload(url, [(p.name, p.read_bytes()) for p in TEST_IMAGES[:12]]).json()["results"]
+    for result in results:
+        assert set(result["prediction_set"]) <= set(CLASSES) and result["set_size"] == len(result["prediction_set"])
+        assert result["uncertain"] == (result["set_size"] != 1)
+
+
+def test_size_refusal_names_the_real_size(server) -> None:
+    _, url = server
+    refused = upload(url, [("big.png", b"\x89PNG" + b"\0" * 2_500_000)])
+    assert refused.status_code == 413 and "2.5 MB" in refused.json()["detail"], refused.json()
+
+
+def rss_mib(process: subprocess.Popen) -> float:
+    return psutil.Process(process.pid).memory_info().rss / 2**20
+
+
+def test_the_key_and_the_body_limit_are_checked_before_the_body_is_read(trained_run: Path) -> None:
+    process, url = start_server(trained_run, "--api-key", "s3cret", "--max-file-mb", "20", "--max-files", "4")
+    try:
+        upload(url, [(TEST_IMAGES[0].name, TEST_IMAGES[0].read_bytes())], headers={"X-API-Key": "s3cret"})
+        before = rss_mib(process)
+        blob = b"\xff\xd8\xff" + os.urandom(15_000_000)
+        for _ in range(10):
+            refused = upload(url, [("big.jpeg", blob)])
+            assert refused.status_code == 401
+        wrong = upload(url, [("big.jpeg", blob)], headers={"X-API-Key": "s3cret-not"})
+        assert wrong.status_code == 401
+        over = upload(url, [(f"{i}.jpeg", blob) for i in range(6)], headers={"X-API-Key": "s3cret"})
+        assert over.status_code == 413, over.text
+        assert "the limit is 80 MB" in over.json()["detail"]  # --max-files x --max-file-mb
+        assert rss_mib(process) - before < 60, (before, rss_mib(process))  # none of the 240 MB was buffered
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_kept_uploads_get_safe_bounded_names_and_refused_requests_keep_nothing(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    kept = tmp_path / "kept"
+    process, url = start_server(trained_run, "--keep-uploads", str(kept))
+    try:
+        real = TEST_IMAGES[0].read_bytes()
+        long_name = "../" + "x" * 300 + ".jpeg"
+        response = upload(url, [(long_name, real)])
+        assert response.status_code == 200 and response.json()["results"][0]["filename"] == long_name
+        names = [p.name for p in kept.iterdir()]
+        assert len(names) == 1 and len(names[0]) <= 120 and names[0].endswith(".jpeg") and "/" not in names[0]
+        refused = upload(url, [("good.jpeg", real), ("bad.jpeg", real[:100])])
+        assert refused.status_code == 422
+        assert len(list(kept.iterdir())) == 1  # the good file of a refused request is not kept
+        assert httpx.get(f"{url}/api/health").status_code == 200  # the connection survived
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_a_taken_port_is_one_line_and_nothing_claims_to_serve(trained_run: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", str(trained_run), "--port", str(port))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "in use" in result.stderr and "Serving" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_5000_requests(trained_run: Path) -> None:
+    """5,000 predict and explain requests from 20 clients: RSS after the first 500 grows by under 10%."""
+    process, url = start_server(trained_run)
+    payloads = [(p.name, p.read_bytes()) for p in TEST_IMAGES[:20]]
+
+    def client(index: int, count: int) -> list[int]:
+        with httpx.Client(timeout=120) as session:
+            statuses = []
+            for k in range(count):
+                name, data = payloads[(index + k) % 20]
+                endpoint, field = ("explain", "file") if k % 10 == 0 else ("predict", "files")
+                reply = session.post(f"{url}/api/{endpoint}", files=[(field, (name, data))])
+                statuses.append(reply.status_code)
+            return statuses
+
+    try:
+        with ThreadPoolExecutor(max_workers=20) as pool:
+            warm = [s for batch in pool.map(lambda i: client(i, 25), range(20)) for s in batch]
+            settled = rss_mib(process)
+            rest = [s for batch in pool.map(lambda i: client(i, 225), range(20)) for s in batch]
+        final = rss_mib(process)
+        print(f"\nRSS after 500 requests {settled:.0f} MiB, after 5,000 {final:.0f} MiB")
+        assert warm + rest == [200] * 5000
+        assert final < 1.10 * settled, (settled, final)
     finally:
         process.terminate()
         process.wait(timeout=30)

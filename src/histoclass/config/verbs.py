@@ -130,11 +130,20 @@ class ServeConfig(ConfigModel):
     max_file_mb: float = option(20.0, "largest accepted upload, MB", gt=0)
     max_files: int = option(64, "most images in one request", ge=1)
     max_megapixels: float = option(50.0, "largest accepted image (decompression-bomb guard)", gt=0)
+    max_request_mb: float | None = option(None, "largest request body, MB [max files x max file MB]", gt=0)
     keep_uploads: str | None = option(None, "save every accepted upload into this folder (off: none kept)")
+    tta: bool = option(False, "average over the 8 flips and 90-degree rotations")
 
     @property
     def max_bytes(self) -> int:
         return int(self.max_file_mb * 1e6)
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The whole body: every allowed file at its largest, plus the multipart framing."""
+        if self.max_request_mb is not None:
+            return int(self.max_request_mb * 1e6)
+        return self.max_files * (self.max_bytes + 4096)
 
 
 class BenchConfig(ConfigModel):

@@ -43,7 +43,9 @@ def embed_records(
     todo = [i for i in range(len(records)) if i not in found]
     computed, errors = _compute(records.subset(todo), extractor, views, batch_size, what) if todo else ({}, {})
     errors = {todo[i]: reason for i, reason in errors.items()}
-    new = {todo[i]: vectors for i, vectors in computed.items()}
+    # Cached vectors are float16: new ones are rounded the same way, so a first run and a later one that reads
+    # the cache see identical features (and find identical clusters).
+    new = {todo[i]: vectors.astype(np.float16).astype(np.float32) for i, vectors in computed.items()}
     if extractor.cacheable and new:
         store.put([keys[i] for i in new], np.stack(list(new.values())))
     vectors = found | new

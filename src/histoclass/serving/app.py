@@ -1,7 +1,8 @@
-"""The FastAPI app: the page (``/``), the REST API (``/api/...``) and its OpenAPI docs (``/docs``).
+"""The FastAPI app: the page (``/``), the REST API (``/api/...``) and its OpenAPI docs (``/docs``, offline).
 
-The model is loaded once per worker; decoding runs on the thread pool and inference through the micro-batcher,
-so the event loop never blocks.
+The model is loaded once per worker; uploads are decoded on the thread pool and every model call goes through
+the micro-batcher's single inference thread, so the event loop never blocks. The API key is checked before a
+request's body is read, and the whole body is capped (413) before it is buffered.
 """
 
 from __future__ import annotations
@@ -13,20 +14,23 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.formparsers import MultiPartParser
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from histoclass.config import ServeConfig
 from histoclass.data.images import resize_square
 from histoclass.inference.predictor import Predictor, load
 from histoclass.runs import RunDir
 from histoclass.serving.batcher import MicroBatcher
-from histoclass.serving.uploads import UploadRejected, decode_upload
+from histoclass.serving.guard import API_KEY_PARAMETER, RequestGuard
+from histoclass.serving.uploads import UploadRejected, decode_upload, kept_name
 
-__all__ = ["create_app", "create_app_from_env"]
+__all__ = ["SETTINGS_ENV", "create_app", "create_app_from_env"]
 
 STATIC = Path(__file__).parent / "static"
 SETTINGS_ENV = "HISTOCLASS_SERVE_SETTINGS"
@@ -40,11 +44,12 @@ class _UploadBatchRejected(Exception):
         self.errors = errors
 
 
-def _model_card(predictor: Predictor) -> dict:
+def _model_card(predictor: Predictor, tta: bool) -> dict:
     info = predictor.info
     folder = predictor.source if predictor.source.is_dir() else predictor.source.parent
     metrics_file = RunDir(folder).metrics
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    calibration = info.calibration
     return {
         "name": info.name or folder.name,
         "architecture": info.architecture,
@@ -52,8 +57,11 @@ def _model_card(predictor: Predictor) -> dict:
         "image_size": info.image_size,
         "format": predictor.engine.name,
         "explain": predictor.can_explain,
+        "tta": tta,
         "validation_metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
         "parameters": info.parameters,
+        "temperature": calibration.temperature,
+        "set_coverage": calibration.coverage if calibration.has_sets else None,
     }
 
 
@@ -65,13 +73,45 @@ def _rejection(error: UploadRejected | list[UploadRejected]) -> JSONResponse:
     )
 
 
+def _result(name: str, probabilities: np.ndarray, members: np.ndarray | None, labels: list[str]) -> dict:
+    best = int(np.argmax(probabilities))
+    result = {
+        "filename": name,
+        "label": labels[best],
+        "confidence": float(probabilities[best]),
+        "probabilities": dict(zip(labels, map(float, probabilities), strict=True)),
+    }
+    if members is not None:
+        chosen = [label for label, inside in zip(labels, members, strict=True) if inside]
+        result |= {"prediction_set": chosen, "set_size": len(chosen), "uncertain": len(chosen) != 1}
+    return result
+
+
+def _docs(app: FastAPI) -> None:
+    """Swagger UI from the package's own copy (no CDN: lab machines are often offline)."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        key = request.query_params.get(API_KEY_PARAMETER)
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json" + (f"?{API_KEY_PARAMETER}={key}" if key else ""),
+            title=f"{app.title} API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
+
 def create_app(settings: ServeConfig) -> FastAPI:
     """Build the app for ``settings`` (loads the model now, so a bad model fails before serving)."""
     predictor = load(settings.model)
-    card = _model_card(predictor)
+    card = _model_card(predictor, settings.tta)
     # Keep uploads in memory: Starlette spools parts over 1 MB to temporary files otherwise.
     MultiPartParser.spool_max_size = settings.max_bytes + 1
-    batcher = MicroBatcher(predictor)
+    batcher = MicroBatcher(predictor, tta=settings.tta)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -79,36 +119,40 @@ def create_app(settings: ServeConfig) -> FastAPI:
         yield
         await batcher.stop()
 
-    app = FastAPI(title=f"histoclass: {card['name']}", version="1", lifespan=lifespan)
+    app = FastAPI(title=f"histoclass: {card['name']}", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # Chunked bodies are cut off as they stream in; the guard (outermost) refuses announced ones unread.
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_request_bytes)
+    app.add_middleware(RequestGuard, api_key=settings.api_key, max_bytes=settings.max_request_bytes)
     app.state.card = card
-
-    def require_key(request: Request) -> None:
-        if settings.api_key and request.headers.get("X-API-Key") != settings.api_key:
-            raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
+    _docs(app)
 
     async def read_images(files: list[UploadFile]) -> list[tuple[str, np.ndarray]]:
         if len(files) > settings.max_files:
             raise _UploadBatchRejected(
                 [UploadRejected(413, "(request)", f"{len(files)} files; the limit is {settings.max_files} a request")]
             )
-        decoded, rejected = [], []
+        decoded, rejected, accepted = [], [], []
         size = predictor.info.image_size
         for upload in files:
             data = await upload.read(settings.max_bytes + 1)
             name = upload.filename or "upload"
             try:
                 image = await run_in_threadpool(
-                    decode_upload, name, data, settings.max_bytes, int(settings.max_megapixels * 1e6), size
-                )
+                    decode_upload, name, data, settings.max_bytes, int(settings.max_megapixels * 1e6), size,
+                    upload.size,
+                )  # fmt: skip
             except UploadRejected as error:
                 rejected.append(error)
                 continue
-            if settings.keep_uploads:
-                Path(settings.keep_uploads).mkdir(parents=True, exist_ok=True)
-                (Path(settings.keep_uploads) / f"{uuid.uuid4().hex}-{Path(name).name}").write_bytes(data)
+            accepted.append((name, data))
             decoded.append((name, resize_square(image, size)))
         if rejected:
             raise _UploadBatchRejected(rejected)
+        if settings.keep_uploads:  # only a request accepted whole is kept
+            folder = Path(settings.keep_uploads)
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, data in accepted:
+                (folder / kept_name(name, uuid.uuid4().hex)).write_bytes(data)
         return decoded
 
     @app.exception_handler(_UploadBatchRejected)
@@ -124,30 +168,28 @@ def create_app(settings: ServeConfig) -> FastAPI:
         """Liveness: always answers while the server runs (no API key needed)."""
         return {"status": "ok", "model": card["name"]}
 
-    @app.get("/api/model", dependencies=[Depends(require_key)])
+    @app.get("/api/model")
     async def model_card() -> dict:
-        """The model card: name, architecture, classes, image size, validation metrics."""
+        """The model card: name, architecture, classes, image size, calibration, validation metrics."""
         return card
 
-    @app.post("/api/predict", dependencies=[Depends(require_key)])
+    @app.post("/api/predict")
     async def predict(files: list[UploadFile] = File(..., description="one or more images, field name 'files'")):
-        """Classify one or more images: label, confidence and every class's probability for each."""
+        """Classify images: label, confidence, every class's probability and the prediction set for each.
+
+        ``prediction_set`` holds the true class with the model's stated coverage (``/api/model``); when it has
+        more than one class, ``uncertain`` is true: the model cannot tell those classes apart on this image.
+        """
         images = await read_images(files)
         probabilities = await batcher.predict(np.stack([pixels for _, pixels in images]))
-        results = []
-        for (name, _), probs in zip(images, probabilities, strict=True):
-            best = int(np.argmax(probs))
-            results.append(
-                {
-                    "filename": name,
-                    "label": predictor.labels[best],
-                    "confidence": float(probs[best]),
-                    "probabilities": dict(zip(predictor.labels, map(float, probs), strict=True)),
-                }
-            )
+        sets = predictor.prediction_sets(probabilities)
+        results = [
+            _result(name, probs, None if sets is None else sets[i], predictor.labels)
+            for i, ((name, _), probs) in enumerate(zip(images, probabilities, strict=True))
+        ]
         return {"results": results}
 
-    @app.post("/api/explain", dependencies=[Depends(require_key)], response_class=Response)
+    @app.post("/api/explain", response_class=Response)
     async def explain(file: UploadFile = File(..., description="one image")) -> Response:
         """A PNG of the image with its Grad-CAM heatmap for the predicted class (run directories only)."""
         if not card["explain"]:
@@ -155,7 +197,7 @@ def create_app(settings: ServeConfig) -> FastAPI:
                 status_code=409, detail="heatmaps need a run directory (a PyTorch model), not an export"
             )
         [(_, pixels)] = await read_images([file])
-        png, label = await run_in_threadpool(predictor.explain, pixels)
+        png, label = await batcher.call(predictor.explain, pixels)
         return Response(content=png, media_type="image/png", headers={"X-Predicted-Label": label})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -1,9 +1,15 @@
-"""Micro-batching: concurrent requests share one forward pass, run off the event loop on one thread."""
+"""Micro-batching: concurrent requests share one forward pass, run off the event loop on one thread.
+
+Every model call (predictions and heatmaps) runs on that one inference thread: the model is used by one
+thread at a time, and the memory it allocates stays in one allocator arena instead of one per server thread.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -15,8 +21,8 @@ __all__ = ["MicroBatcher"]
 class MicroBatcher:
     """Collects images for up to ``wait_ms`` (or ``max_batch`` images), predicts them together, answers each."""
 
-    def __init__(self, predictor: Predictor, max_batch: int = 64, wait_ms: float = 5.0) -> None:
-        self.predictor, self.max_batch, self.wait = predictor, max_batch, wait_ms / 1000
+    def __init__(self, predictor: Predictor, tta: bool = False, max_batch: int = 64, wait_ms: float = 5.0) -> None:
+        self.predictor, self.tta, self.max_batch, self.wait = predictor, tta, max_batch, wait_ms / 1000
         self.queue: asyncio.Queue = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.task: asyncio.Task | None = None
@@ -35,6 +41,10 @@ class MicroBatcher:
         await self.queue.put((pixels, future))
         return await future
 
+    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run ``function(*args)`` on the inference thread (a heatmap, say), off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, function, *args)
+
     async def _collect(self) -> list[tuple[np.ndarray, asyncio.Future]]:
         items = [await self.queue.get()]
         deadline = asyncio.get_running_loop().time() + self.wait
@@ -49,17 +59,18 @@ class MicroBatcher:
         return items
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             items = await self._collect()
             batch = np.concatenate([pixels for pixels, _ in items])
             try:
-                probabilities = await loop.run_in_executor(self.executor, self.predictor.predict_pixels, batch)
+                probabilities = await self.call(self.predictor.predict_pixels, batch, self.tta)
             except Exception as error:  # hand the failure to every waiting request, keep serving
                 for _, future in items:
-                    future.set_exception(error)
+                    if not future.done():
+                        future.set_exception(error)
                 continue
             start = 0
             for pixels, future in items:
-                future.set_result(probabilities[start : start + len(pixels)])
+                if not future.done():  # its client may have gone
+                    future.set_result(probabilities[start : start + len(pixels)])
                 start += len(pixels)

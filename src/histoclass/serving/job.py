@@ -1,30 +1,63 @@
-"""The serve job: load the model once, print the address, run uvicorn."""
+"""The serve job: load the model, bind the port, say where it listens, run uvicorn."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import os
+import socket
 
 from histoclass.config import ServeConfig
 from histoclass.console import console
+from histoclass.errors import HistoclassError
 from histoclass.serving.app import SETTINGS_ENV, create_app
 
-__all__ = ["serve"]
+__all__ = ["bind", "serve"]
+
+
+def _limit_allocator_arenas() -> None:
+    """glibc gives each thread that allocates its own memory arena; a server's many threads then hold on to
+    memory they freed. Two arenas bound that growth (measured in docs/benchmarks.md); other C libraries skip."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or one line saying why there cannot be one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise HistoclassError(f"--port: {port} is in use on {host}; pass another --port") from None
+        if error.errno == errno.EACCES:
+            raise HistoclassError(f"--port: {port} needs administrator rights; pass a port above 1023") from None
+        raise HistoclassError(f"--host: cannot listen on {host}:{port} ({error.strerror})") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def serve(settings: ServeConfig) -> None:
     """Serve ``settings.model`` until interrupted; more than one worker loads one model each."""
-    host, port, workers = settings.host, settings.port, settings.workers
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
+    _limit_allocator_arenas()
     app = create_app(settings)
+    sock = bind(settings.host, settings.port)
     title = app.title.removeprefix("histoclass: ")
-    labels = len(app.state.card["labels"])
-    console.print(f"Serving {title} ({labels} classes) on [bold]http://{host}:{port}[/]  (API docs: /docs)")
-    if workers == 1:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+    url = f"http://{settings.host}:{settings.port}"
+    console.print(f"Serving {title} ({len(app.state.card['labels'])} classes) on [bold]{url}[/]  (API docs: /docs)")
+    if settings.workers == 1:
+        config = uvicorn.Config(app, log_level="warning")
+        uvicorn.Server(config).run(sockets=[sock])
         return
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
-    uvicorn.run(
-        "histoclass.serving.app:create_app_from_env", factory=True, host=host, port=port, workers=workers,
-        log_level="warning",
-    )  # fmt: skip
+    config = uvicorn.Config(
+        "histoclass.serving.app:create_app_from_env", factory=True, workers=settings.workers, log_level="warning"
+    )
+    Multiprocess(config, sockets=[sock]).run()

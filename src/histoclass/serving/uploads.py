@@ -7,13 +7,15 @@ Every rejection is an :class:`UploadRejected` carrying the HTTP status: 413 too 
 from __future__ import annotations
 
 import io
+import re
 import warnings
+from pathlib import Path
 
 from PIL import Image
 
 from histoclass.data.images import open_rgb
 
-__all__ = ["UploadRejected", "decode_upload"]
+__all__ = ["UploadRejected", "decode_upload", "kept_name"]
 
 #: Leading bytes of the formats we read: a file that starts like one but does not open is damaged, not foreign.
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"II*\x00", b"MM\x00*", b"BM")
@@ -30,15 +32,26 @@ class UploadRejected(Exception):
         return {"filename": self.filename, "status": self.status, "error": self.message}
 
 
+def kept_name(filename: str, unique: str) -> str:
+    """A safe, bounded file name for a kept upload: ``unique`` + the upload's name cut to letters, digits,
+    dots, dashes and underscores (at most 80 characters, its extension kept)."""
+    base = Path(filename).name
+    stem, suffix = Path(base).stem, Path(base).suffix[:10]
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")[: 80 - len(suffix)] or "upload"
+    return f"{unique}-{clean}{re.sub(r'[^A-Za-z0-9.]+', '', suffix)}"
+
+
 def decode_upload(
-    filename: str, data: bytes, max_bytes: int, max_pixels: int, size_hint: int | None = None
+    filename: str, data: bytes, max_bytes: int, max_pixels: int, size_hint: int | None = None, size: int | None = None
 ) -> Image.Image:
     """Check size, type and pixel count, then decode fully (as every other path does, with the same
-    ``size_hint``); raises :class:`UploadRejected`."""
+    ``size_hint``); raises :class:`UploadRejected`. ``size``: the upload's real size, when only the first
+    ``max_bytes + 1`` bytes were read."""
     if not data:
         raise UploadRejected(422, filename, "empty file (0 bytes)")
     if len(data) > max_bytes:
-        raise UploadRejected(413, filename, f"file is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB")
+        actual = max(size or 0, len(data))
+        raise UploadRejected(413, filename, f"file is {actual / 1e6:.1f} MB; the limit is {max_bytes / 1e6:g} MB")
     try:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size

@@ -33,6 +33,7 @@ async function loadCard() {
   $("model-name").textContent = `${card.name} · ${card.labels.length} classes`;
   addPairs($("card"), [["name", card.name], ["architecture", card.architecture], ["classes", card.labels.join(", ")],
     ["image size", `${card.image_size} px`], ["format", card.format],
+    ["calibration", `temperature ${card.temperature.toFixed(2)}` + (card.set_coverage ? `, ${Math.round(card.set_coverage * 100)}% prediction sets` : "")],
     ["parameters", card.parameters ? card.parameters.toLocaleString() : "–"]]);
   const metrics = Object.entries(card.validation_metrics).map(([k, v]) =>
     [k.replace("val_", "").replaceAll("_", " "), typeof v === "number" ? v.toFixed(3) : String(v)]);
@@ -52,10 +53,11 @@ function resultCard(file) {
   frame.append(image, heat);
   const title = document.createElement("h3"); title.textContent = "…";
   const name = document.createElement("div"); name.className = "name"; name.textContent = file.name;
+  const uncertain = document.createElement("div"); uncertain.className = "uncertain";
   const bars = document.createElement("div"); bars.className = "bars";
-  card.append(frame, title, name, bars);
+  card.append(frame, title, uncertain, name, bars);
   $("results").append(card);
-  return { card, image, heat, title, bars };
+  return { card, image, heat, title, uncertain, bars };
 }
 
 function drawBars(view, result) {
@@ -82,6 +84,7 @@ async function classify(file) {
     const result = body.results[0];
     view.title.textContent = `${result.label} (${(result.confidence * 100).toFixed(1)}%)`;
     view.card.dataset.label = result.label;
+    showSet(view, result);
     drawBars(view, result);
     state.rows.push({ id: file.name, ...result });
     $("download").disabled = false;
@@ -92,6 +95,17 @@ async function classify(file) {
     view.bars.textContent = String(error.message || error);
     state.rows.push({ id: file.name, error: String(error.message || error) });
   }
+}
+
+function showSet(view, result) {
+  // The prediction set holds the true class with the model's stated coverage: more than one class means the
+  // model cannot tell them apart on this image; none means the image is unlike what the model was calibrated on.
+  if (!result.prediction_set) return;
+  const coverage = state.card && state.card.set_coverage ? ` (${Math.round(state.card.set_coverage * 100)}% sets)` : "";
+  if (result.set_size > 1) view.uncertain.textContent = `uncertain: ${result.prediction_set.join(" or ")}${coverage}`;
+  else if (result.set_size === 0) view.uncertain.textContent = `uncertain: no class fits this image${coverage}`;
+  view.card.classList.toggle("is-uncertain", result.set_size !== 1);
+  view.card.dataset.set = result.prediction_set.join("|");
 }
 
 async function explain(file, view) {
@@ -121,10 +135,13 @@ function csvCell(value) {
 
 function downloadCsv() {
   const labels = state.card ? state.card.labels : [];
-  const lines = [["id", "label", "confidence", ...labels.map((l) => `prob_${l}`)].map(csvCell).join(",")];
+  const sets = state.card && state.card.set_coverage !== null;
+  const header = ["id", "label", "confidence", ...labels.map((l) => `prob_${l}`), ...(sets ? ["prediction_set", "set_size"] : [])];
+  const lines = [header.map(csvCell).join(",")];
   for (const row of state.rows) {
     const probs = labels.map((l) => (row.probabilities ? row.probabilities[l].toFixed(6) : ""));
-    lines.push([row.id, row.label || "", row.confidence ? row.confidence.toFixed(6) : "", ...probs].map(csvCell).join(","));
+    const set = sets ? [row.prediction_set ? row.prediction_set.join("|") : "", row.set_size ?? ""] : [];
+    lines.push([row.id, row.label || "", row.confidence ? row.confidence.toFixed(6) : "", ...probs, ...set].map(csvCell).join(","));
   }
   const link = document.createElement("a");
   link.href = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));

@@ -1,0 +1,241 @@
+"""Every file name of a run directory, an export folder and an evaluation folder: spelled here and nowhere else.
+
+A run directory holds everything a run produced, with paths relative to itself, so it can be moved or copied.
+An existing run is never overwritten: a taken name gets the next free ``NAME-2``, ``NAME-3``, ...
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from histoclass.errors import HistoclassError
+
+__all__ = ["RUN_DIR_ENV", "EvalDir", "ExportDir", "RunDir", "claim_run_dir", "create_run_dir"]
+
+#: Set while a run trains, so processes Lightning spawns for other devices join the same run directory.
+RUN_DIR_ENV = "HISTOCLASS_RUN_DIR"
+
+
+@dataclass(frozen=True)
+class ExportDir:
+    """An export folder: model files by format, with the labels and preprocessing they share."""
+
+    root: Path
+
+    MODEL_FILES: ClassVar[dict[str, str]] = {"onnx": "model.onnx", "torchscript": "model.pt", "tflite": "model.tflite"}
+    INT8_ONNX: ClassVar[str] = "model.int8.onnx"
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "labels.txt"
+
+    @property
+    def preprocess(self) -> Path:
+        return self.root / "preprocess.json"
+
+    @property
+    def parity(self) -> Path:
+        return self.root / "parity.json"
+
+    def model(self, fmt: str) -> Path:
+        return self.root / self.MODEL_FILES[fmt]
+
+    @property
+    def int8_onnx(self) -> Path:
+        return self.root / self.INT8_ONNX
+
+
+@dataclass(frozen=True)
+class EvalDir:
+    """What ``evaluate`` writes for one dataset."""
+
+    root: Path
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.csv"
+
+    @property
+    def classification_report(self) -> Path:
+        return self.root / "classification_report.txt"
+
+    @property
+    def confusion_matrix(self) -> Path:
+        return self.root / "confusion_matrix.png"
+
+    @property
+    def roc(self) -> Path:
+        return self.root / "roc.png"
+
+    @property
+    def reliability(self) -> Path:
+        return self.root / "reliability.png"
+
+    @property
+    def most_confused(self) -> Path:
+        return self.root / "most_confused.csv"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of one run directory (``runs/NAME``)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "labels.txt"
+
+    @property
+    def skipped(self) -> Path:
+        return self.root / "skipped_files.txt"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.csv"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "model.safetensors"
+
+    @property
+    def model_info(self) -> Path:
+        return self.root / "model.json"
+
+    @property
+    def calibration_history(self) -> Path:
+        return self.root / "calibration_history.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.checkpoints / "best.ckpt"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.ckpt"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def curves(self) -> Path:
+        return self.plots / "curves.png"
+
+    @property
+    def tensorboard(self) -> str:
+        """The logger's sub-folder name (TensorBoard writes below it)."""
+        return "tensorboard"
+
+    @property
+    def export(self) -> ExportDir:
+        return ExportDir(self.root / "export")
+
+    @property
+    def export_nhwc(self) -> ExportDir:
+        """NHWC exports get a folder of their own: ``preprocess.json`` is shared by the models beside it."""
+        return ExportDir(self.root / "export" / "nhwc")
+
+    def evaluation(self, name: str) -> EvalDir:
+        return EvalDir(self.root / "eval" / name)
+
+    def is_trained(self) -> bool:
+        """True once training finished: the best weights and their description are in place."""
+        return self.weights.is_file() and self.model_info.is_file()
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"
+
+
+def create_run_dir(runs_dir: str | Path, name: str) -> RunDir:
+    """Claim ``runs_dir/name`` (mkdir is atomic); if taken, the first free ``name-2``, ``name-3``, ..."""
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    base = _safe_name(name)
+    for attempt in range(1, 10_000):
+        candidate = runs_dir / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return RunDir(candidate)
+    raise HistoclassError(f"no free run name for '{base}' in {runs_dir}; pass --name")
+
+
+def _launch() -> tuple[int, int, str]:
+    """(global rank, world size, launch id) as torchrun or srun announce them; (0, 1, "") otherwise."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        launch = env.get("TORCHELASTIC_RUN_ID") or f"{env.get('MASTER_ADDR')}-{env.get('MASTER_PORT')}"
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), launch
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        return (
+            int(env["SLURM_PROCID"]),
+            int(env["SLURM_NTASKS"]),
+            f"slurm-{env.get('SLURM_JOB_ID')}-{env.get('SLURM_STEP_ID')}",
+        )
+    return 0, 1, ""
+
+
+def claim_run_dir(runs_dir: str | Path, name: str, timeout: float = 600.0) -> tuple[RunDir, bool]:
+    """The run directory of this process and whether it writes the run's files (global rank 0 only).
+
+    Processes Lightning spawns find it in :data:`RUN_DIR_ENV`; under torchrun or srun rank 0 claims it and
+    the other ranks read its path from a marker file in ``runs_dir`` (a shared filesystem across nodes).
+    """
+    given = os.environ.get(RUN_DIR_ENV)
+    if given:
+        return RunDir(Path(given)), False
+    rank, world, launch = _launch()
+    if world == 1:
+        return create_run_dir(runs_dir, name), True
+    marker = Path(runs_dir) / f".launch-{_safe_name(launch)}"
+    if rank == 0:
+        from histoclass.atomic import write_text
+
+        run = create_run_dir(runs_dir, name)
+        write_text(marker, str(run.root))
+        return run, True
+    deadline = time.monotonic() + timeout
+    while not marker.is_file():
+        if time.monotonic() > deadline:
+            raise HistoclassError(f"rank {rank}: rank 0 did not create the run directory in {timeout:.0f} s")
+        time.sleep(0.5)
+    return RunDir(Path(marker.read_text().strip())), False

@@ -1,0 +1,77 @@
+"""What a trained model expects and answers: architecture, labels and exact preprocessing (``model.json``).
+
+Pure data (no torch), so runtimes that only have onnxruntime read the same description; an export's
+``preprocess.json`` is the same record.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from histoclass.atomic import write_text
+
+__all__ = ["Calibration", "ModelInfo", "read_labels", "write_labels"]
+
+
+class Calibration(BaseModel):
+    """How raw outputs become calibrated probabilities, prediction sets and (two classes) a decision."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    temperature: float = 1.0
+    coverage: float | None = None
+    mondrian: bool = False
+    thresholds: list[float] = []
+    decision_threshold: float | None = None
+    tta: bool = False
+    images: int = 0
+    fitted_on: str = ""
+
+    @property
+    def has_sets(self) -> bool:
+        return self.coverage is not None and bool(self.thresholds)
+
+
+class ModelInfo(BaseModel):
+    """Describes a trained classifier; saved as ``model.json`` beside its weights."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    architecture: str
+    head: str = "linear"
+    dropout: float = 0.0
+    labels: list[str]
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    resize: str
+    channels: str = "RGB"
+    layout: str = "NCHW"
+    input_range: str = "uint8 / 255, then (x - mean) / std"
+    name: str = ""
+    parameters: int = 0
+    calibration: Calibration = Calibration()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def save(self, path: str | Path) -> None:
+        write_text(path, self.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelInfo:
+        return cls.model_validate(json.loads(Path(path).read_text()))
+
+
+def write_labels(path: str | Path, labels: list[str]) -> None:
+    """``labels.txt``: one class name a line, in output-index order."""
+    write_text(path, "".join(f"{label}\n" for label in labels))
+
+
+def read_labels(path: str | Path) -> list[str]:
+    """Class names from a ``labels.txt``."""
+    return [line.rstrip("\n") for line in Path(path).read_text().splitlines() if line.strip()]
