@@ -53,6 +53,11 @@ VERBS: dict[str, Verb] = {
         "histoclass.inference.job:predict",
         "Predict classes for images: id, label, confidence and one probability per class, as CSV.",
     ),
+    "slide": Verb(
+        configs.SlideConfig,
+        "histoclass.slides.job:map_slides",
+        "Map whole slides: classify every tissue tile; tiles.csv, heatmaps, QuPath GeoJSON and a report per slide.",
+    ),
     "calibrate": Verb(
         configs.CalibrateConfig,
         "histoclass.evaluation.calibrate:calibrate",

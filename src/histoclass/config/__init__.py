@@ -23,6 +23,7 @@ from histoclass.config.verbs import (
     LabelledData,
     PredictConfig,
     ServeConfig,
+    SlideConfig,
 )
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "PredictConfig",
     "RunConfig",
     "ServeConfig",
+    "SlideConfig",
     "TrainConfig",
     "apply_overrides",
     "build_config",

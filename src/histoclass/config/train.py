@@ -37,6 +37,9 @@ class DataConfig(ConfigModel):
     group_by: str | None = option(
         None, "auto (near-duplicate clusters), or a regex over the image path whose first capture group names the group"
     )
+    train_mpp: float | None = option(
+        None, "microns per pixel of the training images, so `slide` tiles slides at the same resolution", gt=0
+    )
     val_fraction: float = option(0.2, "validation share when the data has no val split", gt=0, lt=1)
     image_size: int = option(224, "square input size in pixels", ge=16, le=4096)
     batch_size: int = option(32, "images per batch and device", ge=1)

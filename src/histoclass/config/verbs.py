@@ -23,6 +23,7 @@ __all__ = [
     "LabelledData",
     "PredictConfig",
     "ServeConfig",
+    "SlideConfig",
 ]
 
 MODEL_HELP = "run directory (runs/NAME), model.onnx, model.tflite or model.pt"
@@ -86,6 +87,22 @@ class PredictConfig(InferenceOptions):
     id_column: str = option("id", "CSV column holding the image id")
     columns: str | None = option(None, "columns to keep, e.g. id,label [id,label,confidence,prob_*,...]")
     threshold: str | None = option(None, "two classes: P(second class) cut-off, or auto (tuned on validation)")
+
+
+class SlideConfig(InferenceOptions):
+    """``histoclass slide``: tile whole slides, classify the tissue tiles, map them."""
+
+    model: str = option(..., MODEL_HELP, argument=True)
+    slides: list[str] = option(..., "slide files (.svs, .tif, .ndpi, ...) or folders of slides", argument=True)
+    out: str = option("slides", "folder for one sub-folder per slide and the index")
+    mpp: float | None = option(None, "microns per pixel to tile at [the run's --train-mpp]", gt=0)
+    level: int | None = option(None, "tile at this pyramid level instead of a physical resolution", ge=0)
+    tile_size: int | None = option(None, "tile side in pixels at the tiling resolution [the training images']", ge=8)
+    overlap: int = option(0, "pixels shared by neighbouring tiles", ge=0)
+    min_tissue: float = option(0.5, "keep tiles with at least this share of tissue", ge=0, le=1)
+    tissue_filter: bool = option(True, "classify only tissue tiles (off: every tile)")
+    thumbnail: int = option(2048, "longest side of the thumbnail and heatmaps, pixels", ge=64, le=16384)
+    threads: int | None = option(None, "tile-reading threads [one per core]", ge=1)
 
 
 class CalibrateConfig(InferenceOptions, LabelledData):

@@ -11,13 +11,21 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from histoclass.data.images import unreadable_reason
-from histoclass.data.records import ImageRecords
 
-__all__ = ["PixelBatch", "default_threads", "iter_batches", "load_pixels"]
+__all__ = ["Loadable", "PixelBatch", "default_threads", "iter_batches", "load_pixels"]
+
+
+class Loadable(Protocol):
+    """What the loader decodes from: image records, or the tiles of a slide."""
+
+    def __len__(self) -> int: ...
+
+    def load(self, i: int, size: int) -> np.ndarray: ...
 
 
 @dataclass
@@ -34,7 +42,7 @@ def default_threads() -> int:
     return max(1, min(16, os.cpu_count() or 1))
 
 
-def _load_one(records: ImageRecords, i: int, size: int) -> np.ndarray | str:
+def _load_one(records: Loadable, i: int, size: int) -> np.ndarray | str:
     try:
         return records.load(i, size)
     except Exception as error:  # every decoder failure is a per-file problem, reported in the output
@@ -48,7 +56,7 @@ def _assemble(indices: list[int], loaded: list[np.ndarray | str], size: int) -> 
     return PixelBatch([indices[k] for k in good], pixels, errors)
 
 
-def load_pixels(records: ImageRecords, indices: list[int], size: int, cache: np.ndarray | None = None) -> PixelBatch:
+def load_pixels(records: Loadable, indices: list[int], size: int, cache: np.ndarray | None = None) -> PixelBatch:
     """Images ``indices`` of ``records`` at ``size``, decoded here (or read from ``cache``, the decoded pixels)."""
     if cache is not None:
         order = np.argsort(indices)  # memory-mapped reads go fastest in file order
@@ -59,7 +67,7 @@ def load_pixels(records: ImageRecords, indices: list[int], size: int, cache: np.
 
 
 def iter_batches(
-    records: ImageRecords,
+    records: Loadable,
     size: int,
     batch_size: int,
     threads: int | None = None,

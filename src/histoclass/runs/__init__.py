@@ -3,7 +3,16 @@
 Torch-free, so every layer above (training, inference, evaluation, export, serving) reads runs the same way.
 """
 
-from histoclass.runs.layout import RUN_DIR_ENV, EvalDir, ExportDir, RunDir, claim_run_dir, create_run_dir
+from histoclass.runs.layout import (
+    RUN_DIR_ENV,
+    EvalDir,
+    ExportDir,
+    RunDir,
+    SlideDir,
+    SlideIndex,
+    claim_run_dir,
+    create_run_dir,
+)
 from histoclass.runs.model_info import Calibration, ModelInfo, read_labels, write_labels
 
 __all__ = [
@@ -13,6 +22,8 @@ __all__ = [
     "ExportDir",
     "ModelInfo",
     "RunDir",
+    "SlideDir",
+    "SlideIndex",
     "claim_run_dir",
     "create_run_dir",
     "read_labels",

@@ -94,6 +94,67 @@ class EvalDir:
 
 
 @dataclass(frozen=True)
+class SlideDir:
+    """What ``slide`` writes for one slide; ``tiles.csv`` grows in ``tiles.partial.csv`` until the slide is done."""
+
+    root: Path
+
+    @property
+    def tiles(self) -> Path:
+        return self.root / "tiles.csv"
+
+    @property
+    def partial_tiles(self) -> Path:
+        return self.root / "tiles.partial.csv"
+
+    @property
+    def geometry(self) -> Path:
+        """The tiling a partial ``tiles.csv`` was made with: a resumed run goes on only when it is the same."""
+        return self.root / "geometry.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def thumbnail(self) -> Path:
+        return self.root / "thumbnail.png"
+
+    @property
+    def heatmap(self) -> Path:
+        return self.root / "heatmap.png"
+
+    def class_heatmap(self, label: str) -> Path:
+        return self.root / f"heatmap_{_safe_name(label)}.png"
+
+    @property
+    def geojson(self) -> Path:
+        return self.root / "tiles.geojson"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+
+@dataclass(frozen=True)
+class SlideIndex:
+    """The folder ``slide --out`` writes: one :class:`SlideDir` per slide and an index over them."""
+
+    root: Path
+
+    def slide(self, name: str) -> SlideDir:
+        return SlideDir(self.root / _safe_name(name))
+
+    @property
+    def index_csv(self) -> Path:
+        return self.root / "index.csv"
+
+    @property
+    def index_html(self) -> Path:
+        return self.root / "index.html"
+
+
+@dataclass(frozen=True)
 class RunDir:
     """The files of one run directory (``runs/NAME``)."""
 

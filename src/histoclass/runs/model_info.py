@@ -53,6 +53,10 @@ class ModelInfo(BaseModel):
     input_range: str = "uint8 / 255, then (x - mean) / std"
     name: str = ""
     parameters: int = 0
+    #: Microns per pixel of the training images as stored, and their typical side in pixels: a slide is
+    #: tiled so that a tile covers what a training image covered (None: the user did not say).
+    mpp: float | None = None
+    tile_pixels: int | None = None
     calibration: Calibration = Calibration()
 
     @property

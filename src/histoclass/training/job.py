@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from PIL import Image
 
 from histoclass.atomic import write_text
 from histoclass.config import Config
@@ -93,7 +94,20 @@ def _build_module(config: Config, backbone, classes: list[str], train_records: I
     )
 
 
-def _model_info(config: Config, module: ClassifierModule, classes: list[str], name: str) -> ModelInfo:
+def _typical_side(records: ImageRecords, sample: int = 32) -> int | None:
+    """The median longer side of the first training images: what one image covers, for tiling slides."""
+    if records.paths is None:
+        return int(max(records.array.shape[1:3])) if records.array is not None else None
+    sides = []
+    for path in records.paths[:sample]:
+        with contextlib.suppress(OSError, ValueError), Image.open(path) as image:
+            sides.append(max(image.size))
+    return int(np.median(sides)) if sides else None
+
+
+def _model_info(
+    config: Config, module: ClassifierModule, classes: list[str], name: str, train_records: ImageRecords
+) -> ModelInfo:
     model = module.model
     return ModelInfo(
         architecture=config.model.name,
@@ -106,6 +120,8 @@ def _model_info(config: Config, module: ClassifierModule, classes: list[str], na
         resize=RESIZE_METHOD,
         name=name,
         parameters=count_parameters(model),
+        mpp=config.data.train_mpp,
+        tile_pixels=_typical_side(train_records) if config.data.train_mpp else None,
     )
 
 
@@ -151,7 +167,7 @@ def train(config: Config, callbacks: list | None = None) -> Path:
     with _shared_run_dir(run):
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     if trainer.is_global_zero and not trainer.interrupted and not run_callbacks.stop.requested:
-        info = _model_info(config, module, source.classes, run.root.name)
+        info = _model_info(config, module, source.classes, run.root.name, train_records)
         finish_run(run, module, info, run_callbacks, config, val_records)
         console.print(f"Done: results in [bold]{run.root}[/]")
     return run.root
