@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 
 import histoclass
 from conftest import LITE0, blood_files, link_class_folders, run_cli
+from histoclass.calibration.temperature import calibrated_probabilities
+from histoclass.data.images import load_resized
 from histoclass.runs.history import read_history
 
 
@@ -45,8 +47,10 @@ def test_ddp_two_processes_metrics_equal_single_process_evaluation(uneven: Path,
     with open(run / "split.csv", newline="") as handle:
         val = [(row["id"], row["label"]) for row in csv.DictReader(handle) if row["split"] == "val"]
     assert len(val) % 16 != 0
-    probabilities = histoclass.load(run).predict([uneven / image_id for image_id, _ in val])
-    labels = histoclass.load(run).labels
+    predictor = histoclass.load(run)
+    pixels = np.stack([load_resized(uneven / image_id, predictor.info.image_size) for image_id, _ in val])
+    probabilities = calibrated_probabilities(predictor.view_logits(pixels), 1.0)  # uncalibrated, as in training
+    labels = predictor.labels
     truth = np.array([labels.index(label) for _, label in val])
     accuracy = float((probabilities.argmax(1) == truth).mean())
     loss = float(-np.log(probabilities[np.arange(len(truth)), truth]).mean())

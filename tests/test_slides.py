@@ -167,7 +167,7 @@ def test_bad_slides_are_one_line(trained_run: Path, slides, tmp_path: Path) -> N
 def test_the_python_api_maps_through_tiffslide(trained_run: Path, slides, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(readers, "_openslide", lambda path: None)
     config = SlideConfig(model=str(trained_run), slides=[str(slides["svs"])], out=str(tmp_path), level=0,
-                         tile_size=TILE, batch_size=16)  # fmt: skip
+                         tile_size=TILE, batch_size=16, engine="torch")  # fmt: skip
     job.map_slides(config)
     summary = json.loads((tmp_path / "cells" / "summary.json").read_text())
     assert summary["reader"] == "tiffslide" and summary["tiles"] > 0

@@ -56,7 +56,7 @@ VERBS: dict[str, Verb] = {
     "slide": Verb(
         configs.SlideConfig,
         "histoclass.slides.job:map_slides",
-        "Map whole slides: classify every tissue tile; tiles.csv, heatmaps, QuPath GeoJSON and a report per slide.",
+        "Map whole slides: classify every tissue tile; a tile table, heatmaps, QuPath GeoJSON and a report per slide.",
     ),
     "calibrate": Verb(
         configs.CalibrateConfig,

@@ -26,6 +26,7 @@ __all__ = [
     "SlideConfig",
 ]
 
+Engine = Literal["auto", "torch", "onnx", "openvino"]
 MODEL_HELP = "run directory (runs/NAME), model.onnx, model.tflite or model.pt"
 
 
@@ -43,6 +44,7 @@ class InferenceOptions(ConfigModel):
     batch_size: int = option(64, "images per batch", ge=1)
     tta: bool = option(False, "average over the 8 flips and 90-degree rotations")
     compile: bool = option(False, "torch.compile a PyTorch model: faster batches after a slow first one")
+    engine: Engine = option("auto", "auto (fastest checked engine) | torch | onnx | openvino")
 
 
 class AuditOptions(ConfigModel):
@@ -129,7 +131,7 @@ class ExportConfig(ConfigModel):
     """``histoclass export``."""
 
     run: str = option(..., "run directory (runs/NAME)", argument=True)
-    format: str = option("onnx", "onnx | tflite | torchscript")
+    format: str = option("onnx", "onnx | openvino | tflite | torchscript")
     check_data: str | None = option(None, "images to check parity on [the run's validation images]")
     int8: bool = option(False, "also write an int8 ONNX model (static quantisation)")
     nhwc: bool = option(False, "take NHWC input (mobile camera pipelines)")
@@ -143,6 +145,7 @@ class ServeConfig(ConfigModel):
     host: str = option("127.0.0.1", "address to listen on (0.0.0.0 for the whole network)")
     port: int = option(8000, "port", ge=1, le=65535)
     workers: int = option(1, "server processes, each with its own copy of the model", ge=1)
+    engine: Engine = option("auto", "auto (fastest checked engine) | torch | onnx | openvino")
     api_key: str | None = option(None, "require this X-API-Key header on everything but the page and health")
     max_file_mb: float = option(20.0, "largest accepted upload, MB", gt=0)
     max_files: int = option(64, "most images in one request", ge=1)

@@ -30,8 +30,9 @@ from histoclass.evaluation.intervals import INTERVAL_METRICS, bootstrap_interval
 from histoclass.evaluation.metrics import METRIC_KEYS, compute_metrics, most_confused
 from histoclass.evaluation.plots import plot_confusion, plot_reliability, plot_roc
 from histoclass.evaluation.report import gallery_items, render_report
+from histoclass.export.engines import open_predictor
 from histoclass.inference.job import report_errors, run_predictions, write_predictions_csv
-from histoclass.inference.predictor import Predictor, load
+from histoclass.inference.predictor import Predictor
 from histoclass.runs import EvalDir, RunDir
 from histoclass.runs.config_file import read_run_config
 
@@ -198,7 +199,7 @@ def model_folder(predictor: Predictor) -> Path:
 
 def evaluate(config: EvaluateConfig) -> Path:
     """Score ``config.model`` on ``config.data`` and write ``<model dir>/eval/<data-name>/``; returns that folder."""
-    predictor = load(config.model, config.compile)
+    predictor = open_predictor(config.model, config.engine, config.compile)
     model_dir = model_folder(predictor)
     source = read_source(config.data, _data_config(config, model_dir))
     split_name, records = source.split(config.split)

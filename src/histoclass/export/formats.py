@@ -63,6 +63,19 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, out: Path) -> No
     traced.save(str(out))
 
 
+@EXPORTERS.register("openvino")
+def export_openvino(model: nn.Module, example: torch.Tensor, out: Path) -> None:
+    """OpenVINO IR (``model.xml`` + ``model.bin``) converted from the ONNX export, weights kept in f32."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise HistoclassError("--format openvino needs OpenVINO: pip install 'histoclass[openvino]'") from None
+    onnx_file = out.with_suffix(".onnx")
+    export_onnx(model, example, onnx_file)
+    ov.save_model(ov.convert_model(str(onnx_file)), str(out), compress_to_fp16=False)
+    onnx_file.unlink()
+
+
 @EXPORTERS.register("tflite")
 def export_tflite(model: nn.Module, example: torch.Tensor, out: Path) -> None:
     """TFLite through litert-torch (the optional extra ``histoclass[tflite]``)."""

@@ -24,6 +24,7 @@ from histoclass.errors import HistoclassError
 from histoclass.export.formats import EXPORTERS, NHWCInput
 from histoclass.export.parity import Parity, measure_parity
 from histoclass.inference.engines.onnx_engine import OnnxEngine
+from histoclass.inference.engines.openvino_engine import OpenVinoEngine
 from histoclass.inference.engines.torch_engine import TorchEngine
 from histoclass.inference.predictor import Predictor, load
 from histoclass.inference.preprocess import normalize_numpy
@@ -129,7 +130,8 @@ def export(config: ExportConfig) -> Path:
             exporter(network.eval(), example, model_file)
         info.save(staging.preprocess)
         write_labels(staging.labels, info.labels)
-        exported = load(model_file)
+        # OpenVINO is gated at f32 like every format; its bf16 hint is admitted by --engine's agreement check.
+        exported = Predictor(OpenVinoEngine(model_file, "f32")) if fmt == "openvino" else load(model_file)
         parity = measure_parity(reference, exported, pixels, labels)
         console.print(f"Parity ({fmt}): {_describe(parity)}")
         record = {"format": fmt, "file": model_file.name, "size_bytes": model_file.stat().st_size,
@@ -139,7 +141,7 @@ def export(config: ExportConfig) -> Path:
             raise HistoclassError(
                 f"export to {fmt} disagrees with the PyTorch model ({_describe(parity)}); nothing was written"
             )
-        files = [model_file, staging.preprocess, staging.labels]
+        files = [*sorted(staging.root.glob(f"{model_file.stem}.*")), staging.preprocess, staging.labels]
         if config.int8:
             record["int8"] = _int8_step(staging, reference, pixels, labels, files)
         _move_into(files, target.root)

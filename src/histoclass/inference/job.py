@@ -17,7 +17,8 @@ from histoclass.console import console
 from histoclass.data.inputs import collect_inputs
 from histoclass.data.records import ImageRecords
 from histoclass.errors import HistoclassError
-from histoclass.inference.predictor import Predictor, load
+from histoclass.export.engines import open_predictor
+from histoclass.inference.predictor import Predictor
 
 __all__ = [
     "Predictions",
@@ -149,7 +150,7 @@ def report_errors(predictions: Predictions) -> None:
 
 def predict(config: PredictConfig) -> Path:
     """Predict every input image with ``config.model`` and write the CSV ``config.out``."""
-    predictor = load(config.model, config.compile)
+    predictor = open_predictor(config.model, config.engine, config.compile)
     threshold = resolve_threshold(predictor, config.threshold)
     ids, paths = collect_inputs(config.inputs, config.image_dir, config.id_column)
     columns = [c.strip() for c in config.columns.split(",")] if config.columns else None

@@ -27,7 +27,12 @@ class ExportDir:
 
     root: Path
 
-    MODEL_FILES: ClassVar[dict[str, str]] = {"onnx": "model.onnx", "torchscript": "model.pt", "tflite": "model.tflite"}
+    MODEL_FILES: ClassVar[dict[str, str]] = {
+        "onnx": "model.onnx",
+        "torchscript": "model.pt",
+        "tflite": "model.tflite",
+        "openvino": "model.xml",
+    }
     INT8_ONNX: ClassVar[str] = "model.int8.onnx"
 
     @property
@@ -210,6 +215,11 @@ class RunDir:
     @property
     def last_checkpoint(self) -> Path:
         return self.checkpoints / "last.ckpt"
+
+    @property
+    def engines(self) -> Path:
+        """Converted copies of the weights for faster engines, one folder per weights digest."""
+        return self.root / "engines"
 
     @property
     def plots(self) -> Path:

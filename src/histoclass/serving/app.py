@@ -24,6 +24,8 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from histoclass.config import ServeConfig
 from histoclass.data.images import resize_square
+from histoclass.export.engines import open_predictor
+from histoclass.inference.engines.torch_engine import TorchEngine
 from histoclass.inference.predictor import Predictor, load
 from histoclass.runs import RunDir
 from histoclass.serving.batcher import MicroBatcher
@@ -44,9 +46,9 @@ class _UploadBatchRejected(Exception):
         self.errors = errors
 
 
-def _model_card(predictor: Predictor, tta: bool) -> dict:
+def _model_card(predictor: Predictor, model: Path, tta: bool, explain: bool) -> dict:
     info = predictor.info
-    folder = predictor.source if predictor.source.is_dir() else predictor.source.parent
+    folder = model if model.is_dir() else model.parent
     metrics_file = RunDir(folder).metrics
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     calibration = info.calibration
@@ -56,7 +58,7 @@ def _model_card(predictor: Predictor, tta: bool) -> dict:
         "labels": info.labels,
         "image_size": info.image_size,
         "format": predictor.engine.name,
-        "explain": predictor.can_explain,
+        "explain": explain,
         "tta": tta,
         "validation_metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
         "parameters": info.parameters,
@@ -105,10 +107,16 @@ def _docs(app: FastAPI) -> None:
         )
 
 
+def _torch_or_none(model: str) -> Predictor | None:
+    return load(model) if TorchEngine.accepts(Path(model)) else None
+
+
 def create_app(settings: ServeConfig) -> FastAPI:
     """Build the app for ``settings`` (loads the model now, so a bad model fails before serving)."""
-    predictor = load(settings.model)
-    card = _model_card(predictor, settings.tta)
+    predictor = open_predictor(settings.model, settings.engine)
+    # Heatmaps need gradients: a run served on a faster engine keeps its PyTorch model for them.
+    explainer = predictor if predictor.can_explain or settings.engine != "auto" else _torch_or_none(settings.model)
+    card = _model_card(predictor, Path(settings.model), settings.tta, explainer is not None and explainer.can_explain)
     # Keep uploads in memory: Starlette spools parts over 1 MB to temporary files otherwise.
     MultiPartParser.spool_max_size = settings.max_bytes + 1
     batcher = MicroBatcher(predictor, tta=settings.tta)
@@ -197,7 +205,7 @@ def create_app(settings: ServeConfig) -> FastAPI:
                 status_code=409, detail="heatmaps need a run directory (a PyTorch model), not an export"
             )
         [(_, pixels)] = await read_images([file])
-        png, label = await batcher.call(predictor.explain, pixels)
+        png, label = await batcher.call(explainer.explain, pixels)
         return Response(content=png, media_type="image/png", headers={"X-Predicted-Label": label})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

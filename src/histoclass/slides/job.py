@@ -24,7 +24,8 @@ from histoclass.config import SlideConfig
 from histoclass.console import console
 from histoclass.data.batches import iter_batches
 from histoclass.data.images import resize_square
-from histoclass.inference.predictor import Predictor, load
+from histoclass.export.engines import open_predictor
+from histoclass.inference.predictor import Predictor
 from histoclass.runs import SlideDir, SlideIndex
 from histoclass.slides.grid import TileGrid, plan_grid
 from histoclass.slides.maps import class_colours, class_heatmap, geojson, label_heatmap, png_bytes, summarise
@@ -251,7 +252,7 @@ def _write_index(index: SlideIndex, names: list[str], labels: list[str]) -> None
 
 def map_slides(config: SlideConfig) -> Path:
     """Map every slide of ``config.slides`` with ``config.model`` into ``config.out``."""
-    predictor = load(config.model, config.compile)
+    predictor = open_predictor(config.model, config.engine, config.compile)
     paths = find_slides(config.slides)
     for path in paths:  # every slide opens before the first is mapped: a bad one stops nothing half-way
         open_slide(path).close()

@@ -1,0 +1,152 @@
+"""Choosing the engine a model predicts with: ``--engine auto|torch|onnx|openvino``.
+
+A run's weights are converted once to ONNX (and read by OpenVINO from there), cached in the run under
+``engines/<digest of the weights>`` and rebuilt when the weights change. Before first use the converted
+model is checked against PyTorch on the run's validation images (top-1 agreement at least 99.5%); ``auto``
+falls back to PyTorch and says why when a runtime is missing, the check fails or cannot be made.
+
+The rule ``auto`` follows is :data:`AUTO_ORDER`, from ``python -m benchmarks.engines`` (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+from histoclass.atomic import building_folder, write_json
+from histoclass.console import console
+from histoclass.errors import HistoclassError
+from histoclass.export.parity import measure_parity
+from histoclass.inference.engines import ENGINES
+from histoclass.inference.engines.openvino_engine import openvino_core
+from histoclass.inference.engines.torch_engine import TorchEngine
+from histoclass.inference.predictor import Predictor, load
+from histoclass.runs import ExportDir, ModelInfo, RunDir, write_labels
+
+__all__ = ["AUTO_ORDER", "ENGINE_CHOICES", "MIN_AGREEMENT", "convert_run", "open_predictor"]
+
+ENGINE_CHOICES = ("auto", "torch", "onnx", "openvino")
+#: What ``auto`` tries on a run directory, fastest first on the benchmark's CPUs; PyTorch is always last.
+AUTO_ORDER = ("openvino", "onnx")
+MIN_AGREEMENT = 0.995
+_CHECK_IMAGES = 256
+_RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
+
+
+def _digest(run: RunDir) -> str:
+    """Names the weights (and their description): a new training or calibration gets a new conversion."""
+    hasher = hashlib.sha256()
+    for path in (run.weights, run.model_info):
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(block)
+    hasher.update(_torch_version().encode())
+    return hasher.hexdigest()[:16]
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def convert_run(model, info: ModelInfo, folder: Path, openvino: bool = False) -> ExportDir:
+    """``model`` (a torch module) as ONNX (and, with ``openvino``, an OpenVINO IR) in ``folder``, with its
+    preprocessing and labels: an export folder every engine opens."""
+    import torch
+
+    from histoclass.export.formats import export_onnx
+
+    out = ExportDir(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(2, 3, info.image_size, info.image_size)
+    export_onnx(model.eval(), example, out.model("onnx"))
+    if openvino:
+        import openvino as ov
+
+        ov.save_model(ov.convert_model(str(out.model("onnx"))), str(out.model("openvino")), compress_to_fp16=False)
+    info.save(out.preprocess)
+    write_labels(out.labels, info.labels)
+    return out
+
+
+def _check(reference: Predictor, candidate: Predictor, run: Path) -> dict:
+    from histoclass.export.job import load_check_images
+
+    pixels, labels = load_check_images(run, None, reference.info, _CHECK_IMAGES)
+    parity = measure_parity(reference, candidate, pixels, labels)
+    return {**parity.as_dict(), "passed": parity.top1_agreement >= MIN_AGREEMENT, "min_top1_agreement": MIN_AGREEMENT}
+
+
+def _cached(run: Path, engine: str, reference: Predictor) -> tuple[Predictor, dict]:
+    """The converted model for ``engine`` (built and checked on first use) and its parity record."""
+    folder = RunDir(run).engines / _digest(RunDir(run))
+    cache = ExportDir(folder)
+    if not cache.preprocess.is_file():
+        with building_folder(folder.parent, ".building-") as built:
+            convert_run(reference.engine.model, reference.info, built)
+            for old in folder.parent.iterdir():  # conversions of earlier weights
+                if old.is_dir() and not old.name.startswith("."):
+                    shutil.rmtree(old, ignore_errors=True)
+            built.rename(folder)
+    records = json.loads(cache.parity.read_text()) if cache.parity.is_file() else {}
+    candidate = Predictor(ENGINES[engine](cache.root))
+    if engine not in records:
+        records[engine] = _check(reference, candidate, run)
+        write_json(cache.parity, records)
+    return candidate, records[engine]
+
+
+def _from_run(run: Path, engine: str, reference: Predictor) -> Predictor:
+    """``engine`` for the run directory ``run``, or one line saying why it cannot be used."""
+    if importlib.util.find_spec(_RUNTIMES[engine]) is None:
+        extra = "openvino" if engine == "openvino" else "runtime"
+        raise HistoclassError(f"{engine} needs {_RUNTIMES[engine]}: pip install 'histoclass[{extra}]'")
+    if engine == "openvino":
+        openvino_core()
+    candidate, record = _cached(run, engine, reference)
+    if not record["passed"]:
+        raise HistoclassError(
+            f"{engine} agrees with PyTorch on {record['top1_agreement']:.1%} of the validation images "
+            f"(needs {MIN_AGREEMENT:.1%})"
+        )
+    return candidate
+
+
+def _auto(run: Path, reference: Predictor) -> Predictor:
+    reasons = []
+    for engine in AUTO_ORDER:
+        try:
+            chosen = _from_run(run, engine, reference)
+        except HistoclassError as error:
+            reasons.append(str(error))
+            continue
+        skipped = f"; {'; '.join(reasons)}" if reasons else ""
+        console.print(f"engine: {engine} (agrees with PyTorch on the validation images{skipped})", style="dim")
+        return chosen
+    console.print(f"engine: torch ({'; '.join(reasons)})", style="dim")
+    return reference
+
+
+def open_predictor(model: str | Path, engine: str = "auto", compile: bool = False) -> Predictor:
+    """A predictor for ``model`` on ``engine``: exports run on their own runtime (OpenVINO reads ONNX too);
+    a run directory on the fastest checked engine for ``auto`` (PyTorch with ``compile``)."""
+    if engine not in ENGINE_CHOICES:
+        raise HistoclassError(f"--engine: unknown engine '{engine}'; choose one of {', '.join(ENGINE_CHOICES)}")
+    path = Path(model)
+    if not TorchEngine.accepts(path):
+        if engine == "torch":
+            raise HistoclassError(f"--engine torch needs a run directory, not '{path}'")
+        return load(path) if engine == "auto" else Predictor(ENGINES[engine].open(path))
+    reference = load(path, compile)
+    if engine == "torch" or compile:
+        return reference
+    if engine == "auto":
+        return _auto(path, reference)
+    try:
+        return _from_run(path, engine, reference)
+    except HistoclassError as error:
+        raise HistoclassError(f"--engine {engine}: {error}; use --engine auto or torch") from None

@@ -1,0 +1,63 @@
+"""OpenVINO on the CPU: an export folder's ``model.xml`` (IR) or any ``model.onnx``, bf16 where the CPU has it.
+
+OpenVINO reads ONNX directly, so the IR is an optimisation of loading, not a requirement. The precision hint
+follows the CPU: bf16 where it computes bf16 natively (AVX-512 BF16 or AMX), f32 elsewhere; the parity gates
+that admit an engine (export, ``--engine auto``) check the result either way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from histoclass.errors import HistoclassError
+from histoclass.inference.engines.base import NumpyEngine, read_export_info, register_engine
+from histoclass.runs import ExportDir
+
+__all__ = ["OpenVinoEngine", "openvino_core"]
+
+_EXTRA = "pip install 'histoclass[openvino]'"
+
+
+def openvino_core():
+    """An OpenVINO ``Core``, or one line naming the extra."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise HistoclassError(f"openvino is not installed: {_EXTRA}") from None
+    return ov.Core()
+
+
+def _model_file(path: Path) -> Path:
+    if path.is_dir():
+        folder = ExportDir(path)
+        return folder.model("openvino") if folder.model("openvino").is_file() else folder.model("onnx")
+    return path
+
+
+@register_engine
+class OpenVinoEngine(NumpyEngine):
+    name = "openvino"
+
+    def __init__(self, path: Path, precision: str | None = None) -> None:
+        core = openvino_core()
+        self.source = _model_file(path)
+        self.info = read_export_info(self.source)
+        native = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        self.precision = precision or ("bf16" if native else "f32")
+        try:
+            model = core.read_model(str(self.source))
+            self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": self.precision})
+        except Exception as error:  # OpenVINO raises RuntimeError subclasses with long native messages
+            raise HistoclassError(
+                f"OpenVINO cannot load '{self.source}' ({str(error).splitlines()[0][:160]})"
+            ) from None
+        self.request = self.compiled.create_infer_request()
+
+    @classmethod
+    def accepts(cls, path: Path) -> bool:
+        return _model_file(path).suffix == ".xml" and _model_file(path).is_file()
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        return self.request.infer([inputs])[0].copy()
