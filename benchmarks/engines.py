@@ -65,7 +65,9 @@ def main() -> None:
     pixels, _ = load_check_images(run, None, info, args.images)
     sizes = [int(s) for s in args.sizes.split(",") if s] or [info.image_size]
     print(f"CPU: {_cpu()} ({torch.get_num_threads()} threads); flags: {_flags()}")
-    print(f"model: {info.architecture}, {len(pixels)} validation images, batch {args.batch_size}, best of {args.repeats}")
+    print(
+        f"model: {info.architecture}, {len(pixels)} validation images, batch {args.batch_size}, best of {args.repeats}"
+    )
     print("| size | engine | img/s | vs torch fp32 | top-1 agreement |")
     print("|---|---|---|---|---|")
     for size in sizes:

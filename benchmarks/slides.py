@@ -81,8 +81,8 @@ def write_slide(
                 _tiles(pixels, width, height, factor), shape=shape, dtype=np.uint8, tile=(TILE, TILE),
                 photometric="rgb", compression="jpeg", compressionargs={"level": 90},
                 resolution=(1e4 / (mpp * factor), 1e4 / (mpp * factor)), resolutionunit="CENTIMETER",
-                subfiletype=0 if level == 0 or aperio else 1, description=description if aperio and level == 0 else None,
-                metadata=None,
+                subfiletype=0 if level == 0 or aperio else 1, metadata=None,
+                description=description if aperio and level == 0 else None,
             )  # fmt: skip
             if aperio and level == 0:  # an SVS's second page is a small stripped thumbnail, then the levels
                 thumb = next(_tiles(pixels, TILE * 32, TILE * 32, 32))[: -(-height // 32), : -(-width // 32)]
@@ -121,7 +121,13 @@ def main() -> None:
                        "--level", "0", "--tile-size", str(TILE), "--batch-size", str(args.batch_size)]  # fmt: skip
             seconds, peak = _peak_rss_mib(command)
             tiles = json.loads((out / name / "summary.json").read_text())["tiles"]
-            results[name] = {"side": side, "tiles": tiles, "seconds": seconds, "tiles_per_s": tiles / seconds, "peak_mib": peak}
+            results[name] = {
+                "side": side,
+                "tiles": tiles,
+                "seconds": seconds,
+                "tiles_per_s": tiles / seconds,
+                "peak_mib": peak,
+            }
         tiles = np.stack([layout(x * TILE, y * TILE, TILE, TILE) for y in range(8) for x in range(8)])
         started = time.perf_counter()
         for start in range(0, 8 * len(tiles), args.batch_size):
