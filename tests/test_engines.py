@@ -80,11 +80,10 @@ def test_auto_uses_a_checked_engine_and_caches_it_by_the_weights(run_copy: Path,
     chosen = predict_auto(run_copy, tmp_path / "a.csv")
     [cache] = RunDir(run_copy).engines.iterdir()
     records = json.loads(ExportDir(cache).parity.read_text())
-    assert chosen in ("openvino", "onnx") and records[chosen]["passed"]
-    for name in engines.AUTO_ORDER:  # everything tried before the chosen one failed its check
-        if name == chosen:
-            break
-        assert not records[name]["passed"]
+    assert chosen in ("openvino", "onnx")
+    assert any(r["passed"] for name, r in records.items() if name.startswith(chosen))
+    if chosen == "onnx":  # every faster variant was tried first and failed its check
+        assert not any(r["passed"] for name, r in records.items() if name.startswith("openvino"))
     assert predict_auto(run_copy, tmp_path / "b.csv") == chosen
     assert list(RunDir(run_copy).engines.iterdir()) == [cache]  # reused, not rebuilt
     info = ModelInfo.load(RunDir(run_copy).model_info)

@@ -29,7 +29,8 @@ from histoclass.runs import ExportDir, ModelInfo, RunDir, write_labels
 __all__ = ["AUTO_ORDER", "ENGINE_CHOICES", "MIN_AGREEMENT", "convert_run", "open_predictor"]
 
 ENGINE_CHOICES = ("auto", "torch", "onnx", "openvino")
-#: What ``auto`` tries on a run directory, fastest first on the benchmark's CPUs; PyTorch is always last.
+#: What ``auto`` tries on a run directory, fastest first in the benchmark (OpenVINO bf16, then f32, then ONNX
+#: Runtime); PyTorch is always last.
 AUTO_ORDER = ("openvino", "onnx")
 MIN_AGREEMENT = 0.995
 _CHECK_IMAGES = 256
@@ -81,52 +82,64 @@ def _check(reference: Predictor, candidate: Predictor, run: Path) -> dict:
     return {**parity.as_dict(), "passed": parity.top1_agreement >= MIN_AGREEMENT, "min_top1_agreement": MIN_AGREEMENT}
 
 
-def _cached(run: Path, engine: str, reference: Predictor) -> tuple[Predictor, dict]:
-    """The converted model for ``engine`` (built and checked on first use) and its parity record."""
+def _cache(run: Path, reference: Predictor) -> ExportDir:
+    """The run's conversion for its current weights, built on first use (earlier weights' are removed)."""
     folder = RunDir(run).engines / _digest(RunDir(run))
-    cache = ExportDir(folder)
-    if not cache.preprocess.is_file():
+    if not ExportDir(folder).preprocess.is_file():
         with building_folder(folder.parent, ".building-") as built:
             convert_run(reference.engine.model, reference.info, built)
-            for old in folder.parent.iterdir():  # conversions of earlier weights
+            for old in folder.parent.iterdir():
                 if old.is_dir() and not old.name.startswith("."):
                     shutil.rmtree(old, ignore_errors=True)
             built.rename(folder)
-    records = json.loads(cache.parity.read_text()) if cache.parity.is_file() else {}
-    candidate = Predictor(ENGINES[engine](cache.root))
-    if engine not in records:
-        records[engine] = _check(reference, candidate, run)
-        write_json(cache.parity, records)
-    return candidate, records[engine]
+    return ExportDir(folder)
 
 
-def _from_run(run: Path, engine: str, reference: Predictor) -> Predictor:
-    """``engine`` for the run directory ``run``, or one line saying why it cannot be used."""
+def _variants(engine: str) -> list[tuple[str, str | None]]:
+    """(record name, precision) to try for ``engine``, fastest first: bf16 only where the CPU has it natively."""
+    if engine != "openvino":
+        return [(engine, None)]
+    native = "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return [("openvino-bf16", "bf16")] * native + [("openvino-f32", "f32")]
+
+
+def _from_run(run: Path, engine: str, reference: Predictor) -> tuple[Predictor | None, list[str]]:
+    """The first variant of ``engine`` that passes its check on the run's validation images, and why the
+    others did not (each checked once per weights; the records stay in the cache's parity.json)."""
     if importlib.util.find_spec(_RUNTIMES[engine]) is None:
         extra = "openvino" if engine == "openvino" else "runtime"
-        raise HistoclassError(f"{engine} needs {_RUNTIMES[engine]}: pip install 'histoclass[{extra}]'")
-    if engine == "openvino":
-        openvino_core()
-    candidate, record = _cached(run, engine, reference)
-    if not record["passed"]:
-        raise HistoclassError(
-            f"{engine} agrees with PyTorch on {record['top1_agreement']:.1%} of the validation images "
-            f"(needs {MIN_AGREEMENT:.1%})"
+        return None, [f"{engine} needs {_RUNTIMES[engine]}: pip install 'histoclass[{extra}]'"]
+    cache = _cache(run, reference)
+    records = json.loads(cache.parity.read_text()) if cache.parity.is_file() else {}
+    reasons = []
+    for name, precision in _variants(engine):
+        opened = ENGINES[engine](cache.root, precision) if precision else ENGINES[engine](cache.root)
+        candidate = Predictor(opened)
+        if name not in records:
+            records[name] = _check(reference, candidate, run)
+            write_json(cache.parity, records)
+        if records[name]["passed"]:
+            return candidate, reasons
+        agreement = records[name]["top1_agreement"]
+        reasons.append(
+            f"{name} agrees with PyTorch on {agreement:.1%} of the validation images (needs {MIN_AGREEMENT:.1%})"
         )
-    return candidate
+    return None, reasons
 
 
 def _auto(run: Path, reference: Predictor) -> Predictor:
-    reasons = []
+    reasons: list[str] = []
     for engine in AUTO_ORDER:
         try:
-            chosen = _from_run(run, engine, reference)
-        except HistoclassError as error:
-            reasons.append(str(error))
-            continue
-        skipped = f"; {'; '.join(reasons)}" if reasons else ""
-        console.print(f"engine: {engine} (agrees with PyTorch on the validation images{skipped})", style="dim")
-        return chosen
+            chosen, why = _from_run(run, engine, reference)
+        except HistoclassError as error:  # no validation images to check on, a conversion that fails
+            chosen, why = None, [f"{engine}: {error}"]
+        reasons += why
+        if chosen is not None:
+            skipped = f"; {'; '.join(reasons)}" if reasons else ""
+            name = chosen.engine.name + (f" {chosen.engine.precision}" if engine == "openvino" else "")
+            console.print(f"engine: {name} (agrees with PyTorch on the validation images{skipped})", style="dim")
+            return chosen
     console.print(f"engine: torch ({'; '.join(reasons)})", style="dim")
     return reference
 
@@ -146,7 +159,7 @@ def open_predictor(model: str | Path, engine: str = "auto", compile: bool = Fals
         return reference
     if engine == "auto":
         return _auto(path, reference)
-    try:
-        return _from_run(path, engine, reference)
-    except HistoclassError as error:
-        raise HistoclassError(f"--engine {engine}: {error}; use --engine auto or torch") from None
+    chosen, reasons = _from_run(path, engine, reference)
+    if chosen is None:
+        raise HistoclassError(f"--engine {engine}: {'; '.join(reasons)}; use --engine auto or torch")
+    return chosen
