@@ -26,7 +26,7 @@ _EXPORTS = {
 #: Python names of the verbs (``histoclass.check_data`` for ``histoclass check-data``).
 _VERBS = {"train": "train", "check_data": "check-data", "evaluate": "evaluate", "predict": "predict",
           "calibrate": "calibrate", "compare": "compare", "export": "export", "serve": "serve",
-          "bench": "bench"}  # fmt: skip
+          "slide": "slide", "bench": "bench"}  # fmt: skip
 
 __all__ = [*_EXPORTS, *_VERBS, "__version__"]
 
