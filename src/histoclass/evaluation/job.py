@@ -194,7 +194,7 @@ def _data_config(config: EvaluateConfig, model_dir: Path) -> DataConfig:
 
 def model_folder(predictor: Predictor) -> Path:
     """The folder holding the model: a run directory, or an export's folder."""
-    return predictor.source if predictor.source.is_dir() else predictor.source.parent
+    return predictor.origin if predictor.origin.is_dir() else predictor.origin.parent
 
 
 def evaluate(config: EvaluateConfig) -> Path:

@@ -10,6 +10,7 @@ The rule ``auto`` follows is :data:`AUTO_ORDER`, from ``python -m benchmarks.eng
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -91,7 +92,8 @@ def _cache(run: Path, reference: Predictor) -> ExportDir:
             for old in folder.parent.iterdir():
                 if old.is_dir() and not old.name.startswith("."):
                     shutil.rmtree(old, ignore_errors=True)
-            built.rename(folder)
+            with contextlib.suppress(OSError):  # another process built it meanwhile
+                built.rename(folder)
     return ExportDir(folder)
 
 
@@ -114,7 +116,7 @@ def _from_run(run: Path, engine: str, reference: Predictor) -> tuple[Predictor |
     reasons = []
     for name, precision in _variants(engine):
         opened = ENGINES[engine](cache.root, precision) if precision else ENGINES[engine](cache.root)
-        candidate = Predictor(opened)
+        candidate = Predictor(opened, origin=run)
         if name not in records:
             records[name] = _check(reference, candidate, run)
             write_json(cache.parity, records)

@@ -41,8 +41,15 @@ class BatchResult:
 class Predictor:
     """A model behind an engine, answering with probabilities in :attr:`labels` order."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, origin: Path | None = None) -> None:
         self.engine = engine
+        self._origin = origin
+
+    @property
+    def origin(self) -> Path:
+        """The model the user named (a run directory, an export); :attr:`source` is the file the engine runs,
+        which for a run on a converted engine lies in the run's engine cache."""
+        return self._origin or self.engine.source
 
     @property
     def info(self) -> ModelInfo:

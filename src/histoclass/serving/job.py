@@ -1,4 +1,4 @@
-"""The serve job: load the model, bind the port, say where it listens, run uvicorn."""
+"""The serve job: bind the port, load the model, say where it listens, run uvicorn."""
 
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ def serve(settings: ServeConfig) -> None:
     from uvicorn.supervisors import Multiprocess
 
     _limit_allocator_arenas()
-    app = create_app(settings)
-    sock = bind(settings.host, settings.port)
+    sock = bind(settings.host, settings.port)  # a taken port is one line before the model loads
+    app = create_app(settings)  # also builds a run's engine cache once, before any worker starts
     title = app.title.removeprefix("histoclass: ")
     url = f"http://{settings.host}:{settings.port}"
     console.print(f"Serving {title} ({len(app.state.card['labels'])} classes) on [bold]{url}[/]  (API docs: /docs)")

@@ -16,7 +16,7 @@ from histoclass.errors import HistoclassError
 from histoclass.runs import ModelInfo
 from histoclass.slides.readers import Slide
 
-__all__ = ["TileGrid", "plan_grid"]
+__all__ = ["TileGrid", "plan_grid", "require_resolution"]
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,17 @@ def _best_level(slide: Slide, wanted: float) -> int:
     return max(fitting, key=lambda i: slide.level_downsamples[i]) if fitting else 0
 
 
-def _target_mpp(slide: Slide, info: ModelInfo, mpp: float | None) -> float | None:
+def require_resolution(slide: Slide, mpp: float | None) -> None:
+    """``--mpp`` needs the slide's own resolution: one line naming the way out when it has none."""
     if mpp is not None and slide.mpp is None:
         raise HistoclassError(
             f"slide '{slide.path.name}' has no resolution metadata, so --mpp {mpp} cannot be honoured; "
             "pass --level N (and --tile-size) to tile at a pyramid level instead"
         )
+
+
+def _target_mpp(slide: Slide, info: ModelInfo, mpp: float | None) -> float | None:
+    require_resolution(slide, mpp)
     target = mpp if mpp is not None else info.mpp
     if target is None or slide.mpp is None:
         why = "the run has no training resolution (train with --train-mpp)" if target is None else "slide has none"

@@ -27,7 +27,7 @@ from histoclass.data.images import resize_square
 from histoclass.export.engines import open_predictor
 from histoclass.inference.predictor import Predictor
 from histoclass.runs import SlideDir, SlideIndex
-from histoclass.slides.grid import TileGrid, plan_grid
+from histoclass.slides.grid import TileGrid, plan_grid, require_resolution
 from histoclass.slides.maps import class_colours, class_heatmap, geojson, label_heatmap, png_bytes, summarise
 from histoclass.slides.readers import Slide, find_slides, open_slide
 from histoclass.slides.tissue import tissue_fractions, tissue_mask
@@ -170,7 +170,7 @@ def map_slide(predictor: Predictor, path: Path, index: SlideIndex, config: Slide
         out = index.slide(slide.name)
         grid = plan_grid(slide, predictor.info, config.mpp, config.level, config.tile_size, config.overlap)
         geometry = {
-            **grid.describe(), "slide": str(path.resolve()), "model": str(predictor.source), "tta": config.tta,
+            **grid.describe(), "slide": str(path.resolve()), "model": str(predictor.origin), "tta": config.tta,
             "labels": predictor.labels, "min_tissue": config.min_tissue, "tissue_filter": config.tissue_filter,
         }  # fmt: skip
         if out.summary.exists() and not out.partial_tiles.exists():
@@ -194,7 +194,7 @@ def map_slide(predictor: Predictor, path: Path, index: SlideIndex, config: Slide
         facts = {
             "slide": str(path), "reader": slide.reader, "dimensions": list(slide.dimensions), "slide_mpp": slide.mpp,
             "level": grid.level, "tile_mpp": grid.mpp, "tile_size_level0": grid.size0, "step_level0": grid.step0,
-            "model": str(predictor.source), "tta": config.tta, "min_tissue": config.min_tissue,
+            "model": str(predictor.origin), "tta": config.tta, "min_tissue": config.min_tissue,
             "unreadable_tiles": len(errors), "geometry": geometry,
         }  # fmt: skip
         summary = _write_outputs(out, slide, grid, rows, predictor.labels, facts, config.thumbnail)
@@ -252,10 +252,14 @@ def _write_index(index: SlideIndex, names: list[str], labels: list[str]) -> None
 
 def map_slides(config: SlideConfig) -> Path:
     """Map every slide of ``config.slides`` with ``config.model`` into ``config.out``."""
-    predictor = open_predictor(config.model, config.engine, config.compile)
     paths = find_slides(config.slides)
-    for path in paths:  # every slide opens before the first is mapped: a bad one stops nothing half-way
-        open_slide(path).close()
+    for path in paths:  # every slide is checked before the model loads: a bad one stops nothing half-way
+        slide = open_slide(path)
+        try:
+            require_resolution(slide, config.mpp if config.level is None else None)
+        finally:
+            slide.close()
+    predictor = open_predictor(config.model, config.engine, config.compile)
     index = SlideIndex(Path(config.out))
     rank, world = _shard()
     for path in paths[rank::world]:
