@@ -85,8 +85,9 @@ def _resume(out: SlideDir, geometry: dict, columns: list[str]) -> dict[tuple[int
 
 def _stream(
     predictor: Predictor, tiles: SlideTiles, tissue: np.ndarray, out: SlideDir, config: SlideConfig
-) -> list[str]:
-    """Predict every tile, appending each batch to the partial CSV; returns the unreadable tiles' reasons."""
+) -> tuple[list[str], float]:
+    """Predict every tile, appending each batch to the partial CSV; returns the unreadable tiles' reasons and
+    the tiles per second (reading, decoding and the model together)."""
     labels, errors = predictor.labels, []
     started, finished = time.perf_counter(), 0
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -115,7 +116,7 @@ def _stream(
                 advance=len(batch.indices) + len(batch.errors),
                 description=f"{tiles.slide.name} {speed:.0f} tiles/s",
             )
-    return errors
+    return errors, finished / max(time.perf_counter() - started, 1e-9)
 
 
 def _mask_thumbnail(slide: Slide, grid: TileGrid, longest: int) -> np.ndarray:
@@ -186,7 +187,7 @@ def map_slide(predictor: Predictor, path: Path, index: SlideIndex, config: Slide
         columns = _columns(predictor.labels)
         done = _resume(out, geometry, columns)
         todo = np.array([(int(x), int(y)) not in done for x, y in boxes[:, :2]], bool) if len(boxes) else keep[:0]
-        errors = _stream(predictor, SlideTiles(slide, grid, boxes[todo]), tissue[todo], out, config)
+        errors, speed = _stream(predictor, SlideTiles(slide, grid, boxes[todo]), tissue[todo], out, config)
         for error in errors:
             console.print(f"[yellow]{slide.name}: {error}[/]")
         finished = _read_rows(out.partial_tiles, columns)
@@ -195,7 +196,7 @@ def map_slide(predictor: Predictor, path: Path, index: SlideIndex, config: Slide
             "slide": str(path), "reader": slide.reader, "dimensions": list(slide.dimensions), "slide_mpp": slide.mpp,
             "level": grid.level, "tile_mpp": grid.mpp, "tile_size_level0": grid.size0, "step_level0": grid.step0,
             "model": str(predictor.origin), "tta": config.tta, "min_tissue": config.min_tissue,
-            "unreadable_tiles": len(errors), "geometry": geometry,
+            "unreadable_tiles": len(errors), "tiles_per_second": round(speed, 1), "geometry": geometry,
         }  # fmt: skip
         summary = _write_outputs(out, slide, grid, rows, predictor.labels, facts, config.thumbnail)
         out.partial_tiles.unlink()

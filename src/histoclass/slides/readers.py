@@ -67,6 +67,8 @@ class Slide:
 
 def _on_white(region: Image.Image | np.ndarray) -> np.ndarray:
     image = region if isinstance(region, Image.Image) else Image.fromarray(np.asarray(region))
+    if image.mode == "RGBA" and image.getextrema()[3][0] == 255:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)  # opaque (inside the scanned area): no blend
     if image.mode in {"RGBA", "LA", "PA"} or "transparency" in image.info:
         white = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, image.convert("RGBA"))
