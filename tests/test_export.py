@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -138,3 +140,28 @@ def test_predict_with_a_run_directory_never_imports_lightning(trained_run: Path,
     assert result.returncode == 0, result.stderr[-2000:]
     with open(out, newline="") as handle:
         assert len(list(csv.DictReader(handle))) == 71
+
+
+def test_interrupted_jobs_leave_nothing_behind_and_outputs_follow_the_umask(trained_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("engines", "export*", "eval"))
+    dead = 2**22 + 12345  # above pid_max's default: no such process
+    stale_export = run / "export" / f".staging-{dead}-x1y2"
+    stale_eval = run / "eval" / f".test_simple.{dead}-x1y2"
+    for stale in (stale_export, stale_eval):  # what a killed export and evaluation leave
+        stale.mkdir(parents=True)
+        (stale / "model.onnx").write_bytes(b"\0" * 1000)
+    assert run_cli("export", str(run), "--format", "onnx").returncode == 0
+    assert run_cli("evaluate", str(run), "--data", str(BLOOD_TEST), "--engine", "torch").returncode == 0
+    assert not stale_export.exists() and not stale_eval.exists()
+    assert not [p for p in (run / "export").iterdir() if p.name.startswith(".")]
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (
+        run / "export" / "model.onnx",
+        run / "eval" / "test_simple" / "metrics.json",
+        trained_run / "model.safetensors",
+    ):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+    for path in (run / "eval" / "test_simple", run / "export"):
+        assert path.stat().st_mode & 0o777 == 0o777 & ~umask, path

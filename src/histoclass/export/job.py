@@ -7,14 +7,12 @@ model on real images; only an export that passes is moved into ``export/``. ``pa
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from histoclass.atomic import write_json
+from histoclass.atomic import building_folder, write_json
 from histoclass.config import DataConfig, ExportConfig
 from histoclass.console import console
 from histoclass.data.batches import iter_batches
@@ -123,9 +121,9 @@ def export(config: ExportConfig) -> Path:
     example = torch.from_numpy(normalize_numpy(pixels[:2], info.mean, info.std, info.layout))
     target = RunDir(run).export_nhwc if config.nhwc else RunDir(run).export
     target.root.mkdir(parents=True, exist_ok=True)
-    staging = ExportDir(Path(tempfile.mkdtemp(prefix=".staging-", dir=target.root)))
-    model_file = staging.model(fmt)
-    try:
+    with building_folder(target.root, ".staging-") as folder:  # an interrupted export's leftovers go next time
+        staging = ExportDir(folder)
+        model_file = staging.model(fmt)
         with console.status(f"Exporting {fmt}"):
             exporter(network.eval(), example, model_file)
         info.save(staging.preprocess)
@@ -146,8 +144,6 @@ def export(config: ExportConfig) -> Path:
             record["int8"] = _int8_step(staging, reference, pixels, labels, files)
         _move_into(files, target.root)
         _record_parity(target.parity, fmt, record)
-    finally:
-        shutil.rmtree(staging.root, ignore_errors=True)
     final = target.model(fmt)
     console.print(f"Exported [bold]{final}[/] (+ {target.labels.name}, {target.preprocess.name}, {target.parity.name})")
     return final
