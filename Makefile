@@ -2,7 +2,8 @@
 VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
-DATA   ?= medmnist:bloodmnist
+# Offline machines: the shared blood-cell folder when it is beside the checkout, else MedMNIST's (downloaded).
+DATA   ?= $(if $(wildcard ../shared/data/bloodcells/train),../shared/data/bloodcells/train,medmnist:bloodmnist)
 MODEL  ?= tf_efficientnet_lite0
 # Offline machines: the shared ImageNet checkpoint stands in for a download when it is there.
 WEIGHTS ?= $(wildcard ../shared/weights/tf_efficientnet_lite0.in1k.safetensors)
