@@ -1,10 +1,12 @@
 """CPU inference engines on one trained run: images/s and agreement with PyTorch fp32, measured in one run.
 
-    python -m benchmarks.engines runs/NAME [--sizes 96,224] [--batch-size 32] [--repeats 3]
+    python -m benchmarks.engines runs/NAME [--sizes 96,224] [--models mobilenetv2_100,resnet50] [--repeats 3]
 
 Each engine predicts the same real validation images (decoded once, uint8) in batches; the figure is the best
 of ``--repeats`` passes. At sizes other than the run's, the same architecture with the run's weights is
 exported again at that size (images resized), so the speed is the model's, the agreement the run's own.
+``--models`` adds other architectures with random weights: their speed is real, their agreement is not shown
+(an untrained model's top-1 is noise that any rounding flips).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--models", default="", help="more timm architectures, random weights (speed only)")
     args = parser.parse_args()
 
     import torch
@@ -57,6 +60,7 @@ def main() -> None:
     from histoclass.inference.engines.onnx_engine import OnnxEngine
     from histoclass.inference.engines.openvino_engine import OpenVinoEngine
     from histoclass.inference.engines.torch_engine import TorchEngine
+    from histoclass.models.factory import create_model
     from histoclass.models.serialization import load_model
     from histoclass.runs import ModelInfo
 
@@ -68,16 +72,18 @@ def main() -> None:
     print(
         f"model: {info.architecture}, {len(pixels)} validation images, batch {args.batch_size}, best of {args.repeats}"
     )
-    print("| size | engine | img/s | vs torch fp32 | top-1 agreement |")
-    print("|---|---|---|---|---|")
-    for size in sizes:
-        model, _ = load_model(run)
-        sized = info.model_copy(update={"image_size": size})
+    print("| model | size | engine | img/s | vs torch fp32 | top-1 agreement |")
+    print("|---|---|---|---|---|---|")
+    extra = [m for m in args.models.split(",") if m]
+    for architecture, size in [(info.architecture, s) for s in sizes] + [(m, s) for m in extra for s in sizes]:
+        trained = architecture == info.architecture
+        model = load_model(run)[0] if trained else create_model(architecture, info.num_classes, pretrained=False)
+        sized = info.model_copy(update={"image_size": size, "architecture": architecture})
         images = pixels if size == info.image_size else torch.nn.functional.interpolate(
             torch.from_numpy(pixels).permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear"
         ).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()  # fmt: skip
         with tempfile.TemporaryDirectory() as folder:
-            export = convert_run(model, sized, Path(folder), openvino=True)
+            export = convert_run(model.eval(), sized, Path(folder), openvino=True)
             engines = {
                 "torch fp32 (channels-last)": TorchEngine(model, sized, run, "cpu", bf16=False),
                 "torch bf16 autocast": TorchEngine(model, sized, run, "cpu", bf16=True),
@@ -90,8 +96,9 @@ def main() -> None:
                 speed, logits = _speed(engine, images, args.batch_size, args.repeats)
                 if baseline is None:
                     baseline, reference = speed, logits.argmax(1)
-                agreement = float((logits.argmax(1) == reference).mean())
-                print(f"| {size} | {name} | {speed:.0f} | {speed / baseline:.2f}x | {agreement:.4f} |", flush=True)
+                agreement = f"{(logits.argmax(1) == reference).mean():.4f}" if trained else "—"
+                row = f"| {architecture} | {size} | {name} | {speed:.0f} | {speed / baseline:.2f}x | {agreement} |"
+                print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -119,11 +119,14 @@ def test_outputs_geojson_and_areas(mapped: Path) -> None:
 
 
 def test_coarser_resolution_reads_a_coarser_level(trained_run: Path, slides, tmp_path: Path) -> None:
-    result = run_cli("slide", str(trained_run), str(slides["tiff"]), "--out", str(tmp_path), "--mpp", str(4 * MPP),
+    # 64-pixel tiles at 8x the slide's microns per pixel: 512 level-0 pixels, read at level 1 (4x) as 128 pixels,
+    # the coarsest level that still has the model's input size (96)
+    result = run_cli("slide", str(trained_run), str(slides["tiff"]), "--out", str(tmp_path), "--mpp", str(8 * MPP),
                      "--tile-size", str(TILE // 4))  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "cells" / "summary.json").read_text())
-    assert summary["level"] == 1 and summary["tile_size_level0"] == TILE and summary["tile_mpp"] == 4 * MPP
+    assert summary["level"] == 1 and summary["tile_size_level0"] == 2 * TILE and summary["tile_mpp"] == 8 * MPP
+    assert summary["geometry"]["read_size"] == TILE // 2
 
 
 def test_a_killed_run_resumes_from_its_tiles(mapped: Path, trained_run: Path, slides, tmp_path: Path) -> None:

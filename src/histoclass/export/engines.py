@@ -2,10 +2,10 @@
 
 A run's weights are converted once to ONNX (and read by OpenVINO from there), cached in the run under
 ``engines/<digest of the weights>`` and rebuilt when the weights change. Before first use the converted
-model is checked against PyTorch on the run's validation images (top-1 agreement at least 99.5%); ``auto``
-falls back to PyTorch and says why when a runtime is missing, the check fails or cannot be made.
-
-The rule ``auto`` follows is :data:`AUTO_ORDER`, from ``python -m benchmarks.engines`` (docs/benchmarks.md).
+model is checked against PyTorch on the run's validation images (top-1 agreement at least 99.5%), and both
+are timed on them. ``auto`` takes the fastest engine that passed, if it is faster than PyTorch on this machine
+(``python -m benchmarks.engines`` shows why no fixed order would do: the winner changes with the model and the
+size), and says why it skipped the others: a runtime missing, a check failed or not possible.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ import hashlib
 import importlib.util
 import json
 import shutil
+import time
 from pathlib import Path
+
+import numpy as np
 
 from histoclass.atomic import building_folder, write_json
 from histoclass.console import console
@@ -30,8 +33,7 @@ from histoclass.runs import ExportDir, ModelInfo, RunDir, write_labels
 __all__ = ["AUTO_ORDER", "ENGINE_CHOICES", "MIN_AGREEMENT", "convert_run", "open_predictor"]
 
 ENGINE_CHOICES = ("auto", "torch", "onnx", "openvino")
-#: What ``auto`` tries on a run directory, fastest first in the benchmark (OpenVINO bf16, then f32, then ONNX
-#: Runtime); PyTorch is always last.
+#: The engines ``auto`` checks on a run directory; it takes the fastest that passes, measured during the check.
 AUTO_ORDER = ("openvino", "onnx")
 MIN_AGREEMENT = 0.995
 _CHECK_IMAGES = 256
@@ -75,12 +77,25 @@ def convert_run(model, info: ModelInfo, folder: Path, openvino: bool = False) ->
     return out
 
 
+def _speed(predictor: Predictor, pixels: np.ndarray, batch: int = 32) -> float:
+    """Images per second over ``pixels``, after one warm-up batch (first-call compilation)."""
+    predictor.predict_pixels(pixels[:batch])
+    started = time.perf_counter()
+    for first in range(0, len(pixels), batch):
+        predictor.predict_pixels(pixels[first : first + batch])
+    return len(pixels) / (time.perf_counter() - started)
+
+
 def _check(reference: Predictor, candidate: Predictor, run: Path) -> dict:
+    """Agreement with PyTorch on the run's validation images, and both engines' speed on them, paired."""
     from histoclass.export.job import load_check_images
 
     pixels, labels = load_check_images(run, None, reference.info, _CHECK_IMAGES)
     parity = measure_parity(reference, candidate, pixels, labels)
-    return {**parity.as_dict(), "passed": parity.top1_agreement >= MIN_AGREEMENT, "min_top1_agreement": MIN_AGREEMENT}
+    return {
+        **parity.as_dict(), "passed": parity.top1_agreement >= MIN_AGREEMENT, "min_top1_agreement": MIN_AGREEMENT,
+        "images_per_second": _speed(candidate, pixels), "torch_images_per_second": _speed(reference, pixels),
+    }  # fmt: skip
 
 
 def _cache(run: Path, reference: Predictor) -> ExportDir:
@@ -98,51 +113,63 @@ def _cache(run: Path, reference: Predictor) -> ExportDir:
 
 
 def _variants(engine: str) -> list[tuple[str, str | None]]:
-    """(record name, precision) to try for ``engine``, fastest first: bf16 only where the CPU has it natively."""
+    """(record name, precision) to check for ``engine``: bf16 only where the CPU computes it natively."""
     if engine != "openvino":
         return [(engine, None)]
     native = "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return [("openvino-bf16", "bf16")] * native + [("openvino-f32", "f32")]
 
 
-def _from_run(run: Path, engine: str, reference: Predictor) -> tuple[Predictor | None, list[str]]:
-    """The first variant of ``engine`` that passes its check on the run's validation images, and why the
-    others did not (each checked once per weights; the records stay in the cache's parity.json)."""
+def _admitted(run: Path, engine: str, reference: Predictor) -> tuple[list[tuple[Predictor, dict]], list[str]]:
+    """Every variant of ``engine`` that passes its check on the run's validation images, with its record, and
+    why the others did not (each checked once per weights; the records stay in the cache's parity.json)."""
     if importlib.util.find_spec(_RUNTIMES[engine]) is None:
         extra = "openvino" if engine == "openvino" else "runtime"
-        return None, [f"{engine} needs {_RUNTIMES[engine]}: pip install 'histoclass[{extra}]'"]
+        return [], [f"{engine} needs {_RUNTIMES[engine]}: pip install 'histoclass[{extra}]'"]
     cache = _cache(run, reference)
     records = json.loads(cache.parity.read_text()) if cache.parity.is_file() else {}
-    reasons = []
+    admitted, reasons = [], []
     for name, precision in _variants(engine):
         opened = ENGINES[engine](cache.root, precision) if precision else ENGINES[engine](cache.root)
         candidate = Predictor(opened, origin=run)
-        if name not in records:
+        if "images_per_second" not in records.get(name, {}):  # not checked yet (or by an older histoclass)
             records[name] = _check(reference, candidate, run)
             write_json(cache.parity, records)
         if records[name]["passed"]:
-            return candidate, reasons
-        agreement = records[name]["top1_agreement"]
-        reasons.append(
-            f"{name} agrees with PyTorch on {agreement:.1%} of the validation images (needs {MIN_AGREEMENT:.1%})"
-        )
-    return None, reasons
+            admitted.append((candidate, records[name] | {"name": name}))
+        else:
+            agreement = records[name]["top1_agreement"]
+            reasons.append(f"{name} agrees with PyTorch on {agreement:.1%} of the validation images")
+    return admitted, reasons
+
+
+def _fastest(admitted: list[tuple[Predictor, dict]]) -> tuple[Predictor, dict]:
+    return max(admitted, key=lambda pair: pair[1]["images_per_second"])
 
 
 def _auto(run: Path, reference: Predictor) -> Predictor:
-    reasons: list[str] = []
+    """The fastest engine that passed its check, measured on this machine; PyTorch when none is faster."""
+    admitted, reasons = [], []
     for engine in AUTO_ORDER:
         try:
-            chosen, why = _from_run(run, engine, reference)
+            found, why = _admitted(run, engine, reference)
         except HistoclassError as error:  # no validation images to check on, a conversion that fails
-            chosen, why = None, [f"{engine}: {error}"]
+            found, why = [], [f"{engine}: {error}"]
+        admitted += found
         reasons += why
-        if chosen is not None:
-            skipped = f"; {'; '.join(reasons)}" if reasons else ""
-            name = chosen.engine.name + (f" {chosen.engine.precision}" if engine == "openvino" else "")
-            console.print(f"engine: {name} (agrees with PyTorch on the validation images{skipped})", style="dim")
+    skipped = f"; refused: {'; '.join(reasons)}" if reasons else ""
+    if admitted:
+        chosen, record = _fastest(admitted)
+        speed, torch_speed = record["images_per_second"], record["torch_images_per_second"]
+        if speed > torch_speed:
+            console.print(
+                f"engine: {record['name']} ({speed:.0f} images/s against PyTorch's {torch_speed:.0f}, "
+                f"agrees on the validation images{skipped})",
+                style="dim", markup=False, soft_wrap=True,
+            )  # fmt: skip
             return chosen
-    console.print(f"engine: torch ({'; '.join(reasons)})", style="dim")
+        reasons.append(f"the checked engines were not faster than PyTorch here ({speed:.0f} vs {torch_speed:.0f}/s)")
+    console.print(f"engine: torch ({'; '.join(reasons)})", style="dim", markup=False, soft_wrap=True)
     return reference
 
 
@@ -161,7 +188,8 @@ def open_predictor(model: str | Path, engine: str = "auto", compile: bool = Fals
         return reference
     if engine == "auto":
         return _auto(path, reference)
-    chosen, reasons = _from_run(path, engine, reference)
-    if chosen is None:
-        raise HistoclassError(f"--engine {engine}: {'; '.join(reasons)}; use --engine auto or torch")
-    return chosen
+    admitted, reasons = _admitted(path, engine, reference)
+    if not admitted:
+        needs = f" (needs {MIN_AGREEMENT:.1%})" if any("agrees" in r for r in reasons) else ""
+        raise HistoclassError(f"--engine {engine}: {'; '.join(reasons)}{needs}; use --engine auto or torch")
+    return _fastest(admitted)[0]

@@ -1,8 +1,9 @@
 """Which tiles to cut: the pyramid level and tile size that match the resolution the model was trained at.
 
 A tile must show what a training image showed. With the training images' resolution (``--train-mpp`` at
-training, or ``--mpp`` here) and the slide's, a tile covers the same microns; it is read from the smallest
-pyramid level that is still at least that sharp, then resized to the model's input like any image.
+training, or ``--mpp`` here) and the slide's, a tile covers the same microns. It is read from the coarsest
+pyramid level that still has at least the model's input size in pixels (fewest pixels decoded, never enlarged),
+then resized to the model's input like any image.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class TileGrid:
 
 
 def _best_level(slide: Slide, wanted: float) -> int:
-    """The coarsest level whose downsample does not exceed ``wanted`` (never upsample a tile)."""
+    """The coarsest level whose downsample does not exceed ``wanted``: level-0 pixels per model-input pixel."""
     fitting = [i for i, d in enumerate(slide.level_downsamples) if d <= wanted * 1.001]
     return max(fitting, key=lambda i: slide.level_downsamples[i]) if fitting else 0
 
@@ -82,7 +83,7 @@ def plan_grid(
         raise HistoclassError(f"--overlap {overlap} must be smaller than the tile ({tile} pixels)")
     if target is not None:
         scale = target / slide.mpp  # level-0 pixels per tile pixel
-        level = _best_level(slide, scale)
+        level = _best_level(slide, round(tile * scale) / info.image_size)
     else:
         level = level or 0
         if level >= len(slide.level_downsamples):

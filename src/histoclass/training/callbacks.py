@@ -171,10 +171,10 @@ class GracefulStop(Callback):
 
 
 class DistributedSummary(Callback):
-    """Prints the effective batch size and the learning rate in use once the processes are known."""
+    """Prints the effective batch size, the learning rate and the precision in use once the processes are known."""
 
-    def __init__(self, batch_size: int, lr: float, scaled: bool) -> None:
-        self.batch_size, self.lr, self.scaled = batch_size, lr, scaled
+    def __init__(self, batch_size: int, lr: float, scaled: bool, precision_note: str = "") -> None:
+        self.batch_size, self.lr, self.scaled, self.precision_note = batch_size, lr, scaled, precision_note
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
@@ -183,7 +183,7 @@ class DistributedSummary(Callback):
             how = f"scaled x{world} (--set train.scale_lr=true)" if self.scaled else "not scaled"
             print(
                 f"{world} process(es) x {self.batch_size} images = effective batch {world * self.batch_size}; "
-                f"lr {lr:g} ({how})",
+                f"lr {lr:g} ({how}); precision {trainer.precision}{self.precision_note}",
                 flush=True,
             )
 

@@ -42,11 +42,34 @@ def _device_count(config: Config, on_gpu: bool) -> int:
     return len([d for d in devices.split(",") if d.strip()]) if "," in devices else int(devices)
 
 
+#: Why ``auto`` picks what it picks (docs/benchmarks.md, "Training speed"): on the 2-core AVX-512-BF16 CPU,
+#: bf16 autocast made the frozen-backbone phase faster but fine-tuning blocks slower (Lite0 at 96-160 px).
+AUTO_PRECISION_REASON = {
+    "gpu": "auto: bf16 on GPUs",
+    "cpu": "auto: bf16 measured slower than fp32 for fine-tuning on CPU; --set train.precision=bf16-mixed to try it",
+}
+
+
+def auto_precision(on_gpu: bool) -> str:
+    """``precision: auto``: bf16-mixed on GPUs, fp32 on CPUs (where it measured faster for fine-tuning)."""
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def _on_gpu(config: Config) -> bool:
+    accelerator = config.train.accelerator
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def _precision_note(config: Config) -> str:
+    """Why ``auto`` chose the precision (nothing when the user set one)."""
+    return "" if config.train.precision else f" ({AUTO_PRECISION_REASON['gpu' if _on_gpu(config) else 'cpu']})"
+
+
 def _trainer_settings(config: Config) -> dict:
     """Accelerator, devices, precision and strategy: bf16 on GPUs, and DDP that tolerates frozen blocks."""
     cfg = config.train
-    on_gpu = cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available())
-    precision = cfg.precision or ("bf16-mixed" if on_gpu else "32-true")
+    on_gpu = _on_gpu(config)
+    precision = cfg.precision or auto_precision(on_gpu)
     several = _device_count(config, on_gpu) * cfg.num_nodes > 1
     strategy = cfg.strategy or ("ddp_find_unused_parameters_true" if several else "auto")
     return {"accelerator": cfg.accelerator, "devices": cfg.devices, "precision": precision, "strategy": strategy}
@@ -82,7 +105,7 @@ class RunCallbacks:
             self.clock,
             HistoryWriter(run.history, cfg.phase1_epochs),
             self.stop,
-            DistributedSummary(config.data.batch_size, cfg.lr, cfg.scale_lr),
+            DistributedSummary(config.data.batch_size, cfg.lr, cfg.scale_lr, _precision_note(config)),
             ThroughputMonitor(batch_size_fn=lambda batch: len(batch[1])),
             RichProgressBar(),
         ]
