@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -47,11 +48,12 @@ def link_class_folders(target: Path, files: dict[str, list[Path]]) -> Path:
     return target
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run ``histoclass ARGS`` in a fresh process, as a user would."""
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``histoclass ARGS`` in a fresh process, as a user would (``env``: variables added to ours)."""
     return subprocess.run(
-        [sys.executable, "-m", "histoclass", *args], capture_output=True, text=True, cwd=cwd, timeout=900
-    )
+        [sys.executable, "-m", "histoclass", *args], capture_output=True, text=True, cwd=cwd, timeout=900,
+        env={**os.environ, **env} if env else None,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -82,7 +82,7 @@ def test_bad_inputs_give_one_clear_line(tmp_path: Path, tiny: Path) -> None:
 
 
 def test_offline_pretrained_fails_fast_naming_the_fixes(tmp_path: Path, tiny: Path) -> None:
-    from histoclass.models.factory import _hub_reachable
+    from histoclass.models.hub import hub_reachable as _hub_reachable
 
     if _hub_reachable("huggingface.co"):
         pytest.skip("the model hub is reachable here: the offline path cannot be shown")

@@ -63,6 +63,16 @@ VERBS: dict[str, Verb] = {
         "histoclass.evaluation.calibrate:calibrate",
         "Re-calibrate a run on local labelled images: temperature and prediction sets, checked on a held-out half.",
     ),
+    "models": Verb(
+        configs.ModelsConfig,
+        "histoclass.models.catalogue:list_models",
+        "List the pathology foundation models --model takes by name: size, embedding, licence, gating.",
+    ),
+    "embed": Verb(
+        configs.EmbedConfig,
+        "histoclass.embeddings.job:embed",
+        "Write a backbone's embedding of every image (.npz, .npy or .parquet), cached for later runs.",
+    ),
     "compare": Verb(
         configs.CompareConfig,
         "histoclass.evaluation.compare:compare",

@@ -38,9 +38,12 @@ def describe_error(error: ValidationError) -> str:
     parts = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if not where:  # a rule across fields: its message names the flags itself
+            return message
         got = item.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        parts.append(f"{where}: {item['msg']}{shown}")
+        parts.append(f"{where}: {message}{shown}")
     return "bad config value: " + "; ".join(parts)
 
 

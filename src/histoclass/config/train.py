@@ -104,10 +104,14 @@ class AugmentConfig(ConfigModel):
 class ModelConfig(ConfigModel):
     """Backbone, head and starting weights."""
 
-    name: str = option("mobilenetv2_100", "timm model name, or alexnet", flag="model")
+    name: str = option(
+        "mobilenetv2_100",
+        "timm model name, a foundation model (histoclass models), hf-hub:ORG/NAME, or alexnet",
+        flag="model",
+    )
     pretrained: bool = option(True, "start from ImageNet weights")
     weights: str | None = option(None, "local checkpoint (.safetensors or .pth) instead of a download")
-    head: str = option("linear", "linear | gap-dense | gap-bn-dense")
+    head: str = option("linear", "linear | gap-dense | gap-bn-dense | mlp | knn")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the head's last layer")
     drop_path: float = Field(0.0, ge=0, lt=1, description="stochastic depth rate (timm models that have it)")
 
@@ -149,9 +153,17 @@ class TrainConfig(ConfigModel):
         0.9, "prediction sets hold the true class this often (calibrated on validation)", gt=0, lt=1
     )
     mondrian: bool = Field(False, description="prediction-set thresholds per class (coverage holds per class)")
+    probe: Literal["linear", "mlp", "knn"] | None = option(
+        None, "train only a head on the frozen backbone's cached embeddings: linear | mlp | knn"
+    )
+    probe_views: bool = option(False, "probe: the 8 flips and rotations of each training image as extra samples")
 
     @model_validator(mode="after")
     def _resolve_phase1(self) -> TrainConfig:
+        if self.probe:  # the backbone never trains: no frozen phase to wait for, no block to unfreeze
+            self.phase1_epochs, self.unfreeze_last = 0, 0
+            if self.probe == "knn":  # nothing to fit beyond storing the embeddings: one validating epoch
+                self.epochs = 1
         if self.phase1_epochs is None:
             self.phase1_epochs = max(1, self.epochs // 5)
         if isinstance(self.unfreeze_last, int) and self.unfreeze_last < 0:
@@ -175,6 +187,15 @@ class Config(ConfigModel):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _probe_head(self) -> Config:
+        """A probe's head is the probe; it needs pretrained features (random ones would be cached as truth)."""
+        if self.train.probe:
+            if not (self.model.pretrained or self.model.weights):
+                raise ValueError("--probe needs a pretrained backbone: drop --no-pretrained or pass --weights")
+            self.model.head = self.train.probe
+        return self
 
 
 def build_config(values: dict[str, Any]) -> Config:

@@ -17,10 +17,12 @@ __all__ = [
     "CalibrateConfig",
     "CheckDataConfig",
     "CompareConfig",
+    "EmbedConfig",
     "EvaluateConfig",
     "ExportConfig",
     "InferenceOptions",
     "LabelledData",
+    "ModelsConfig",
     "PredictConfig",
     "ServeConfig",
     "SlideConfig",
@@ -189,4 +191,32 @@ class BenchConfig(ConfigModel):
     def _ram_or_disk(cls, value: str) -> str:
         if value not in ("ram", "disk"):
             raise ValueError(f"'{value}' is not ram or disk")
+        return value
+
+
+class ModelsConfig(ConfigModel):
+    """``histoclass models``: the pathology foundation models ``--model`` takes by short name."""
+
+    out: str | None = option(None, "also write the registry as CSV to this file")
+
+
+class EmbedConfig(LabelledData):
+    """``histoclass embed``: a backbone's features for every image, for users who model them themselves."""
+
+    model: str = option(..., "foundation model (histoclass models), timm name, hf-hub:ORG/NAME or run directory",
+                        argument=True)  # fmt: skip
+    data: str = option(..., "images: class folders, a plain folder, labels CSV, .npz or medmnist:NAME", argument=True)
+    out: str = option("embeddings.npz", "embeddings.npz | .npy (+ .csv of ids) | .parquet")
+    weights: str | None = option(None, "local weights file or downloaded model folder (offline machines)")
+    image_size: int | None = option(None, "input size [the model's own: 224, or the run's]", ge=16, le=4096)
+    views: Literal["identity", "mean", "all"] = option(
+        "identity", "identity | mean (of the 8 flips/rotations) | all (8 vectors per image)"
+    )
+    batch_size: int = option(64, "images per batch", ge=1)
+
+    @field_validator("out")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        if not value.endswith((".npz", ".npy", ".parquet")):
+            raise ValueError(f"'{value}' must end in .npz, .npy or .parquet")
         return value

@@ -42,6 +42,17 @@ class ImageRecords:
             groups=None if self.groups is None else [self.groups[i] for i in index],
         )
 
+    @staticmethod
+    def concatenate(parts: list[ImageRecords]) -> ImageRecords:
+        """``parts`` one after the other (all backed by files, or all by arrays of one image shape)."""
+        files = all(part.paths is not None for part in parts)
+        return ImageRecords(
+            ids=[image_id for part in parts for image_id in part.ids],
+            labels=np.concatenate([part.labels for part in parts]) if parts else np.zeros(0, np.int64),
+            paths=[path for part in parts for path in part.paths] if files else None,
+            array=None if files else np.concatenate([part.array for part in parts]),
+        )
+
     def with_groups(self, groups: list[str] | None) -> ImageRecords:
         """The same records with ``groups`` (one per record, or None for none)."""
         return replace(self, groups=groups)

@@ -19,10 +19,18 @@ from torch import nn
 from histoclass.data.images import RESIZE_METHOD
 from histoclass.errors import HistoclassError
 from histoclass.inference.engines.torch_engine import TorchEngine, native_bf16
-from histoclass.models.factory import create_backbone
+from histoclass.models.factory import Backbone, create_backbone
 from histoclass.runs import ModelInfo, RunDir
 
-__all__ = ["Extractor", "FeatureKind", "MultiScaleGeM", "create_extractor", "file_identity"]
+__all__ = [
+    "Extractor",
+    "FeatureKind",
+    "MultiScaleGeM",
+    "backbone_extractor",
+    "create_extractor",
+    "file_identity",
+    "weights_fingerprint",
+]
 
 FeatureKind = Literal["pooled", "multiscale"]
 #: Changes whenever a descriptor's definition changes, so stale cached features are never reused.
@@ -79,15 +87,39 @@ def _backbone(model: str, weights: str | None, pretrained: bool) -> tuple[nn.Mod
     return backbone.module, backbone.mean, backbone.std, model, identity
 
 
+def weights_fingerprint(module: nn.Module) -> str:
+    """A digest of every tensor's name, shape and leading values: another checkpoint changes it, and it needs
+    no pass over a billion weights (what keys cached features to the weights they came from)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+def _extractor(
+    features: nn.Module, mean: tuple, std: tuple, architecture: str, identity: str, image_size: int, kind: str
+) -> Extractor:
+    info = ModelInfo(
+        architecture=architecture, labels=[], image_size=image_size, mean=list(mean), std=list(std),
+        resize=RESIZE_METHOD, name=architecture,
+    )  # fmt: skip
+    key = hashlib.sha256(f"{architecture}|{identity}|{image_size}|{kind}|{_DESCRIPTOR_VERSION}".encode()).hexdigest()
+    return Extractor(features.eval(), info, key[:24], cacheable=identity != "random")
+
+
 def create_extractor(
     model: str, weights: str | None, image_size: int, kind: FeatureKind, pretrained: bool = True
 ) -> Extractor:
     """The ``kind`` features of ``model`` (a timm name or a run directory) at ``image_size``, in eval mode."""
     module, mean, std, architecture, identity = _backbone(model, weights, pretrained)
     features = MultiScaleGeM(module) if kind == "multiscale" else module
-    info = ModelInfo(
-        architecture=architecture, labels=[], image_size=image_size, mean=list(mean), std=list(std),
-        resize=RESIZE_METHOD, name=model,
-    )  # fmt: skip
-    key = hashlib.sha256(f"{architecture}|{identity}|{image_size}|{kind}|{_DESCRIPTOR_VERSION}".encode()).hexdigest()
-    return Extractor(features.eval(), info, key[:24], cacheable=identity != "random")
+    extractor = _extractor(features, mean, std, architecture, identity, image_size, kind)
+    extractor.info.name = model
+    return extractor
+
+
+def backbone_extractor(backbone: Backbone, architecture: str, image_size: int) -> Extractor:
+    """The pooled features of an already built backbone (a probe's), keyed by its weights' fingerprint."""
+    identity = weights_fingerprint(backbone.module)
+    return _extractor(backbone.module, backbone.mean, backbone.std, architecture, identity, image_size, "pooled")

@@ -7,7 +7,6 @@ reachable. Offline with nothing cached is one clear error, not a minute of retri
 from __future__ import annotations
 
 import difflib
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,18 @@ from torch import nn
 
 from histoclass.errors import HistoclassError
 from histoclass.models.heads import create_head
+from histoclass.models.hub import HUB_HOST, hub_reachable, read_state_dict, resolve_weights_path
 from histoclass.registry import Registry
 
-__all__ = ["BACKBONES", "Backbone", "Classifier", "create_backbone", "create_model", "register_backbone"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "Classifier",
+    "check_model_name",
+    "create_backbone",
+    "create_model",
+    "register_backbone",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,25 +51,11 @@ BACKBONES: Registry[BackboneBuilder] = Registry()
 register_backbone = BACKBONES.register
 
 
-def _hub_reachable(host: str, timeout: float = 3.0) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _offline_error(name: str) -> HistoclassError:
     return HistoclassError(
         f"--pretrained: no ImageNet weights for '{name}' in the local cache and the model hub cannot be reached; "
         "pass --weights FILE (a local .safetensors or .pth) or --no-pretrained"
     )
-
-
-def _check_weights_file(weights: str) -> str:
-    if not Path(weights).is_file():
-        raise HistoclassError(f"--weights: no such file '{weights}'; pass a .safetensors or .pth checkpoint")
-    return str(weights)
 
 
 def _cached_timm_weights(name: str) -> str | None:
@@ -83,12 +77,12 @@ def _cached_timm_weights(name: str) -> str | None:
 def _timm_backbone(name: str, pretrained: bool, weights: str | None, drop_path: float = 0.0) -> Backbone:
     overlay = None
     if weights:
-        overlay = {"file": _check_weights_file(weights)}
+        overlay = {"file": resolve_weights_path(weights)}
     elif pretrained:
         cached = _cached_timm_weights(name)
         if cached:
             overlay = {"file": cached}
-        elif not _hub_reachable("huggingface.co"):
+        elif not hub_reachable(HUB_HOST):
             raise _offline_error(name)
     try:
         extra = {"drop_path_rate": drop_path} if drop_path else {}
@@ -100,6 +94,11 @@ def _timm_backbone(name: str, pretrained: bool, weights: str | None, drop_path: 
             first = str(error).splitlines()[0][:200]
             raise HistoclassError(f"--weights: '{weights}' does not fit '{name}' ({first})") from None
         raise
+    return _timm_parts(module)
+
+
+def _timm_parts(module: nn.Module) -> Backbone:
+    """A timm model as a backbone: normalisation from its pretrained config, blocks from its group matcher."""
     cfg = module.pretrained_cfg
     groups = timm.models.group_parameters(module, module.group_matcher(coarse=True))
     return Backbone(
@@ -118,11 +117,11 @@ def alexnet_backbone(pretrained: bool, weights: str | None) -> Backbone:
 
     model = alexnet(weights=None)
     if weights:
-        _load_state_dict_file(model, _check_weights_file(weights))
+        _load_state_dict_file(model, resolve_weights_path(weights))
     elif pretrained:
         url = AlexNet_Weights.IMAGENET1K_V1.url
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-        if not cached.is_file() and not _hub_reachable("download.pytorch.org"):
+        if not cached.is_file() and not hub_reachable("download.pytorch.org"):
             raise _offline_error("alexnet")
         model.load_state_dict(torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True))
     model.classifier = model.classifier[:-1]
@@ -133,32 +132,62 @@ def alexnet_backbone(pretrained: bool, weights: str | None) -> Backbone:
 
 def _load_state_dict_file(model: nn.Module, path: str) -> None:
     """Load a .safetensors or .pth state dict (never unpickling arbitrary objects)."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(read_state_dict(path))
     except RuntimeError as error:
         raise HistoclassError(f"--weights: '{path}' does not fit this model ({str(error)[:200]})") from None
 
 
+def _hub_backbone(name: str, pretrained: bool, weights: str | None) -> Backbone:
+    """``hf-hub:ORG/NAME``: any timm model on the hub, its config and weights from there (or a local folder)."""
+    source = name
+    if weights:
+        if not Path(weights).is_dir():
+            raise HistoclassError(f"--weights: for {name} pass the downloaded model folder (with config.json)")
+        source = f"local-dir:{weights}"
+    elif not hub_reachable(HUB_HOST) and not _hub_config_cached(name):
+        page = f"https://{HUB_HOST}/{name.removeprefix('hf-hub:')}"
+        raise HistoclassError(
+            f"--model {name}: the model hub cannot be reached and nothing is cached; pass --weights DIR with the "
+            f"model folder downloaded from {page} (gated models also need HF_TOKEN when online)"
+        )
+    try:
+        module = timm.create_model(source, pretrained=pretrained or bool(weights), num_classes=0)
+    except Exception as error:  # hub errors (gated, missing) come in several types
+        page = f"https://{HUB_HOST}/{name.removeprefix('hf-hub:')}"
+        raise HistoclassError(
+            f"--model {name}: {type(error).__name__}; check access at {page} and HF_TOKEN, or pass --weights DIR"
+        ) from None
+    return _timm_parts(module)
+
+
+def _hub_config_cached(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name.removeprefix("hf-hub:"), "config.json"), str)
+
+
 def create_backbone(name: str, pretrained: bool = True, weights: str | None = None, drop_path: float = 0.0) -> Backbone:
-    """A registered backbone, or any timm model name; unknown names get suggestions.
+    """A registered backbone (foundation models by short name), an ``hf-hub:`` name or any timm model name;
+    unknown names get suggestions.
 
     ``drop_path``: stochastic depth for timm models that have it (a regulariser while fine-tuning).
     """
+    check_model_name(name)
     if name in BACKBONES:
         return BACKBONES[name](pretrained, weights)
-    if not timm.is_model(name):
-        known = list(BACKBONES) + timm.list_models()
-        close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
-        hint = f"did you mean {', '.join(close)}?" if close else "see timm.list_models() for names"
-        raise HistoclassError(f"--model: unknown model '{name}'; {hint}")
+    if name.startswith("hf-hub:"):
+        return _hub_backbone(name, pretrained, weights)
     return _timm_backbone(name, pretrained, weights, drop_path)
+
+
+def check_model_name(name: str) -> None:
+    """Fail fast on a name no factory knows, suggesting close ones (before any data is read)."""
+    if name in BACKBONES or name.startswith("hf-hub:") or timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, list(BACKBONES) + timm.list_models(), n=4, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "see histoclass models, or timm.list_models()"
+    raise HistoclassError(f"--model: unknown model '{name}'; {hint}")
 
 
 class Classifier(nn.Module):

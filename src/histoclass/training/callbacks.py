@@ -104,12 +104,13 @@ class HistoryWriter(Callback):
         if not self._validated:  # an epoch cut short by a stop request has no validation row
             return
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+        groups = trainer.optimizers[0].param_groups if trainer.optimizers else []  # a k-NN probe has none
         row = {
             "epoch": trainer.current_epoch + 1,
             "phase": phase_of(trainer.current_epoch, self.phase1_epochs),
             "train_loss": metrics.get("train_loss_epoch", float("nan")),
             **{key: metrics.get(key, float("nan")) for key in HISTORY_COLUMNS[3:8]},
-            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+            "lr": groups[0]["lr"] if groups else 0.0,
             "seconds": round(time.perf_counter() - self._started, 3),
         }
         self.rows = [r for r in self.rows if int(r["epoch"]) < row["epoch"]] + [row]

@@ -23,7 +23,7 @@ from histoclass.data.records import ImageRecords
 from histoclass.data.sources import read_source
 from histoclass.data.transforms import create_batch_mixer
 from histoclass.errors import HistoclassError
-from histoclass.models.factory import Classifier, create_backbone
+from histoclass.models.factory import Backbone, Classifier, create_backbone
 from histoclass.models.heads import create_head
 from histoclass.models.serialization import count_parameters
 from histoclass.runs import RUN_DIR_ENV, ModelInfo, RunDir, claim_run_dir, write_labels
@@ -32,6 +32,7 @@ from histoclass.runs.split import SplitRow, write_split
 from histoclass.training.datamodule import HistoDataModule
 from histoclass.training.finish import finish_run
 from histoclass.training.module import ClassifierModule
+from histoclass.training.probe import probe_parts
 from histoclass.training.resume import resume_checkpoint
 from histoclass.training.split import print_split, recorded_split, split_for_training
 from histoclass.training.trainer import RunCallbacks, build_trainer, quiet_lightning
@@ -80,18 +81,27 @@ def _datasets(config: Config, train: ImageRecords, val: ImageRecords) -> tuple[I
         )
 
 
-def _build_module(config: Config, backbone, classes: list[str], train_records: ImageRecords) -> ClassifierModule:
+def _build_parts(
+    config: Config, backbone: Backbone, classes: list[str], train_records: ImageRecords, val_records: ImageRecords
+) -> tuple[L.LightningModule, L.LightningDataModule]:
+    """The module and data the fit runs: images for fine-tuning, cached embeddings for a probe."""
     cfg = config.model
     model = Classifier(backbone, create_head(cfg.head, backbone.num_features, len(classes), cfg.dropout))
     balanced = config.train.class_weights == "balanced"
-    return ClassifierModule(
+    weights = _balanced_weights(train_records, len(classes)) if balanced else None
+    if config.train.probe:
+        return probe_parts(config, model, backbone, len(classes), train_records, val_records, weights)
+    module = ClassifierModule(
         model,
         config.train,
-        class_weights=_balanced_weights(train_records, len(classes)) if balanced else None,
+        class_weights=weights,
         label_smoothing=config.augment.label_smoothing,
         mixer=create_batch_mixer(config.augment, len(classes)),
         augment=BatchAugment(config.augment, config.train.seed, fill=backbone.mean),
     )
+    train_set, val_set = _datasets(config, train_records, val_records)
+    data = config.data
+    return module, HistoDataModule(train_set, val_set, data.batch_size, data.workers, seed=config.train.seed)
 
 
 def _typical_side(records: ImageRecords, sample: int = 32) -> int | None:
@@ -106,7 +116,7 @@ def _typical_side(records: ImageRecords, sample: int = 32) -> int | None:
 
 
 def _model_info(
-    config: Config, module: ClassifierModule, classes: list[str], name: str, train_records: ImageRecords
+    config: Config, module: L.LightningModule, classes: list[str], name: str, train_records: ImageRecords
 ) -> ModelInfo:
     model = module.model
     return ModelInfo(
@@ -160,9 +170,7 @@ def train(config: Config, callbacks: list | None = None) -> Path:
     else:
         train_records, val_records = recorded_split(report, run)
     run_callbacks = RunCallbacks(config, run)
-    module = _build_module(config, backbone, source.classes, train_records)
-    train_set, val_set = _datasets(config, train_records, val_records)
-    datamodule = HistoDataModule(train_set, val_set, data.batch_size, data.workers, seed=config.train.seed)
+    module, datamodule = _build_parts(config, backbone, source.classes, train_records, val_records)
     trainer = build_trainer(config, run, run_callbacks.all(config, run) + (callbacks or []))
     with _shared_run_dir(run):
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)

@@ -21,11 +21,12 @@ from histoclass.inference.preprocess import normalize_torch, standardize_torch
 from histoclass.models.factory import Classifier
 from histoclass.training.optim import create_optimizer, create_scheduler
 
-__all__ = ["ClassifierModule"]
+__all__ = ["ClassifierModule", "log_validation", "validation_metrics"]
 
 
-def _val_metrics(num_classes: int) -> MetricCollection:
-    return MetricCollection(
+def validation_metrics(num_classes: int) -> tuple[MetricCollection, MeanMetric]:
+    """Validation metrics and loss, summed over every image and process (exact whatever the sharding)."""
+    metrics = MetricCollection(
         {
             "accuracy": MulticlassAccuracy(num_classes, average="micro"),
             "macro_precision": MulticlassPrecision(num_classes, average="macro", zero_division=0),
@@ -34,6 +35,18 @@ def _val_metrics(num_classes: int) -> MetricCollection:
         },
         prefix="val_",
     )
+    return metrics, MeanMetric()
+
+
+def log_validation(module: L.LightningModule) -> None:
+    """Log and reset a module's ``val_metrics`` and ``val_loss`` at the end of a validation epoch."""
+    metrics = module.val_metrics.compute()
+    # Already reduced over every process by torchmetrics: sync_dist averages identical values.
+    module.log("val_loss", module.val_loss.compute(), prog_bar=True, sync_dist=True)
+    module.log_dict(metrics, sync_dist=True)
+    module.log("val_acc", metrics["val_accuracy"], prog_bar=True, logger=False, sync_dist=True)
+    module.val_metrics.reset()
+    module.val_loss.reset()
 
 
 class ClassifierModule(L.LightningModule):
@@ -65,9 +78,7 @@ class ClassifierModule(L.LightningModule):
         self.register_buffer("mean", torch.tensor(model.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(model.std).view(1, -1, 1, 1), persistent=False)
         self.criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
-        self.val_metrics = _val_metrics(model.head[-1].out_features)
-        # Summed over every image and process, so the loss is exact whatever the sharding.
-        self.val_loss = MeanMetric()
+        self.val_metrics, self.val_loss = validation_metrics(model.head[-1].out_features)
 
     @property
     def evaluated(self) -> Classifier:
@@ -101,13 +112,7 @@ class ClassifierModule(L.LightningModule):
         self.val_metrics.update(logits, labels)
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self.val_metrics.compute()
-        # Already reduced over every process by torchmetrics: sync_dist averages identical values.
-        self.log("val_loss", self.val_loss.compute(), prog_bar=True, sync_dist=True)
-        self.log_dict(metrics, sync_dist=True)
-        self.log("val_acc", metrics["val_accuracy"], prog_bar=True, logger=False, sync_dist=True)
-        self.val_metrics.reset()
-        self.val_loss.reset()
+        log_validation(self)
 
     def configure_optimizers(self):
         optimizer = create_optimizer(self.model, self.train_config)

@@ -32,6 +32,8 @@ def quiet_lightning() -> None:
     """Keep Lightning's banners and tips out of the user's terminal; warnings and errors still show."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen backbones, on purpose
+    warnings.filterwarnings("ignore", message=".*training_step. returned .None.*")  # k-NN probes store, not step
     warnings.filterwarnings("ignore", message=".*ThroughputMonitor.*flops_per_batch.*")
 
 

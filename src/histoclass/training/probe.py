@@ -1,0 +1,133 @@
+"""Probes: a head trained on a frozen backbone's embeddings, computed once and cached on disk.
+
+The backbone runs once over every image (later runs read the cache); the head then trains in seconds,
+under the same Lightning loop, callbacks and run directory as fine-tuning. The module carries the frozen
+backbone so the run saves the whole classifier (evaluate, export and serve see an ordinary run), but its
+checkpoints hold only the head.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from histoclass.config import Config
+from histoclass.data.records import ImageRecords
+from histoclass.embeddings.compute import embed_records
+from histoclass.embeddings.extractors import backbone_extractor
+from histoclass.errors import HistoclassError
+from histoclass.models.factory import Backbone, Classifier
+from histoclass.models.heads import KNNHead
+from histoclass.training.module import log_validation, validation_metrics
+from histoclass.training.optim import create_optimizer, create_scheduler
+
+__all__ = ["EmbeddingDataModule", "ProbeModule", "probe_parts"]
+
+_BACKBONE_PREFIX = "model.backbone."
+
+
+class ProbeModule(L.LightningModule):
+    """Cross-entropy on the head's answers to cached embeddings; the backbone stays frozen and unused here."""
+
+    def __init__(
+        self,
+        model: Classifier,
+        config: Config,
+        num_classes: int,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.model.backbone.requires_grad_(False).eval()
+        self.train_config = config.train
+        self.criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.augment.label_smoothing)
+        self.val_metrics, self.val_loss = validation_metrics(num_classes)
+        self.strict_loading = False  # checkpoints hold the head only
+
+    @property
+    def evaluated(self) -> Classifier:
+        return self.model
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        features, labels, _ = batch
+        if isinstance(self.model.head, KNNHead):  # stored, not trained: the epoch only validates
+            return None
+        loss = self.criterion(self.model.head(features), labels)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        features, labels, _ = batch
+        logits = self.model.head(features)
+        self.val_loss.update(self.criterion(logits, labels), weight=len(labels))
+        self.val_metrics.update(logits, labels)
+
+    def on_validation_epoch_end(self) -> None:
+        log_validation(self)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Leave the frozen backbone out: it is rebuilt from the run's config, and may weigh gigabytes."""
+        state = checkpoint["state_dict"]
+        for key in [key for key in state if key.startswith(_BACKBONE_PREFIX)]:
+            del state[key]
+
+    def configure_optimizers(self):
+        if isinstance(self.model.head, KNNHead):
+            return None
+        optimizer = create_optimizer(self.model, self.train_config)
+        scheduler = create_scheduler(optimizer, self.train_config, int(self.trainer.estimated_stepping_batches))
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+
+class EmbeddingDataModule(L.LightningDataModule):
+    """Batches of (embedding, label, index) from memory: a probe's epoch is a pass over float vectors."""
+
+    def __init__(self, train: TensorDataset, val: TensorDataset, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.train, self.val, self.batch_size, self.seed = train, val, batch_size, seed
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val, batch_size=max(self.batch_size, 256))
+
+
+def _embedded(records: ImageRecords, backbone: Backbone, config: Config, views: str, what: str) -> TensorDataset:
+    """Embeddings of ``records`` (each view its own sample) with their labels and record indices."""
+    extractor = backbone_extractor(backbone, config.model.name, config.data.image_size)
+    embedded = embed_records(records, extractor, views, config.data.batch_size, what)
+    if embedded.errors:
+        first = next(iter(embedded.errors.values()))
+        raise HistoclassError(f"{len(embedded.errors)} image(s) could not be embedded ({first}); run check-data")
+    features = embedded.features
+    n, views_per_image, dims = features.shape
+    index = np.repeat(np.arange(n), views_per_image)
+    return TensorDataset(
+        torch.from_numpy(features.reshape(n * views_per_image, dims)),
+        torch.from_numpy(records.labels[index]),
+        torch.from_numpy(index),
+    )
+
+
+def probe_parts(
+    config: Config,
+    model: Classifier,
+    backbone: Backbone,
+    num_classes: int,
+    train: ImageRecords,
+    val: ImageRecords,
+    class_weights: torch.Tensor | None,
+) -> tuple[ProbeModule, EmbeddingDataModule]:
+    """The probe's module and its data: cached embeddings of the training (and validation) images."""
+    views = "all" if config.train.probe_views else "identity"
+    train_set = _embedded(train, backbone, config, views, "Embedding training images")
+    val_set = _embedded(val, backbone, config, "identity", "Embedding validation images")
+    if isinstance(model.head, KNNHead):
+        model.head.fit(train_set.tensors[0], train_set.tensors[1])
+    module = ProbeModule(model, config, num_classes, class_weights)
+    return module, EmbeddingDataModule(train_set, val_set, config.data.batch_size, config.train.seed)
