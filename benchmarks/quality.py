@@ -42,7 +42,8 @@ BASE = {
         "train": {"epochs": 12, "phase1_epochs": 2},
     },
 }
-#: Recipes: dotted-key overrides of the base, each building on the one before it (an ablation path).
+#: Recipes: dotted-key overrides of the base, each building on the one before it (an ablation path); the
+#: probe rows stand apart (frozen backbone).
 ROWS: dict[str, dict] = {
     "baseline": {},
     "schedule": {"train.epochs": 10, "train.scheduler": "cosine", "train.warmup_epochs": 1, "train.lr": 2e-3,
@@ -57,6 +58,10 @@ ROWS: dict[str, dict] = {
                       "train.warmup_epochs": 1, "train.lr": 2e-3, "augment.label_smoothing": 0.1, "train.ema": 0.998,
                       "train.unfreeze_last": "all", "train.layer_decay": 0.8, "train.finetune_lr_scale": 0.5,
                       "augment.stain": 0.05, "augment.erasing": 0.25},
+    # Probes: the base backbone frozen, a head on its cached embeddings (the 8 flips/rotations as extra samples).
+    "probe-linear": {"train.probe": "linear", "train.probe_views": True, "train.epochs": 30, "data.batch_size": 256},
+    "probe-mlp": {"train.probe": "mlp", "train.probe_views": True, "train.epochs": 30, "data.batch_size": 256},
+    "probe-knn": {"train.probe": "knn", "train.probe_views": True, "data.batch_size": 256},
 }  # fmt: skip
 
 

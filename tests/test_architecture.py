@@ -25,7 +25,7 @@ RUN_FILE_NAMES = [
     "calibration_history.json", "tiles.csv", "summary.json",
 ]  # fmt: skip
 #: The same names meaning something else: the Hugging Face hub's file names, looked up in its cache.
-ALLOWED_NAMES = {"histoclass.models.factory": {"model.safetensors"}}
+ALLOWED_NAMES = {"histoclass.models.hub": {"model.safetensors"}}
 
 
 def module_name(path: Path, root: Path) -> str:

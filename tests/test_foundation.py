@@ -59,7 +59,7 @@ def test_local_weights_load_into_an_entry(tmp_path, suffix: str) -> None:
 
 def test_a_transformers_dinov2_checkpoint_converts_exactly(tmp_path) -> None:
     """Hibou-B as published (transformers DINOv2 with 4 registers) gives the same class token through timm."""
-    transformers = pytest.importorskip("transformers")
+    transformers = pytest.importorskip("transformers")  # installed with the tflite extra (make setup)
     config = transformers.Dinov2WithRegistersConfig(
         hidden_size=768, num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=14,
         num_register_tokens=4, layerscale_value=1e-5,
@@ -93,20 +93,16 @@ def test_models_lists_the_registry(tmp_path) -> None:
 
 def test_unknown_names_and_missing_access_are_one_line(tmp_path) -> None:
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": ""}  # no stored token either
-    data = str(BLOOD_TEST)
-    typo = run_cli("train", "--data", data, "--model", "uni-2h", "--probe", "linear")
+    data, out = str(BLOOD_TEST), str(tmp_path / "e.npz")
+    typo = run_cli("embed", "uni-2h", data, "--out", out)
     assert typo.returncode == 2 and "did you mean uni2-h" in typo.stderr and "Traceback" not in typo.stderr
     gated = run_cli("train", "--data", data, "--model", "uni2-h", "--probe", "linear", env=env)
-    if not hub_reachable():
-        offline = run_cli("embed", "h-optimus-0", data, "--out", str(tmp_path / "e.npz"), env=env)
-        assert offline.returncode == 2 and "--weights" in offline.stderr and "Traceback" not in offline.stderr
-        hub = run_cli("embed", "hf-hub:bioptimus/H-optimus-0", data, "--out", str(tmp_path / "e.npz"), env=env)
-        assert hub.returncode == 2 and "--weights DIR" in hub.stderr and "Traceback" not in hub.stderr
     assert gated.returncode == 2 and "Traceback" not in gated.stderr
     for needed in ("HF_TOKEN", "--weights", "https://huggingface.co/MahmoodLab/UNI2-h"):
         assert needed in gated.stderr
+    if not hub_reachable():
+        hub = run_cli("embed", "hf-hub:bioptimus/H-optimus-0", data, "--out", out, env=env)
+        assert hub.returncode == 2 and "--weights DIR" in hub.stderr and "Traceback" not in hub.stderr
     assert not (tmp_path / "e.npz").exists()
-    zero = run_cli("train", "--data", data, "--probe", "linear", "--epochs", "0")
-    assert zero.returncode == 2 and "epochs" in zero.stderr
     random = run_cli("train", "--data", data, "--probe", "linear", "--no-pretrained")
     assert random.returncode == 2 and "--probe needs a pretrained backbone" in random.stderr

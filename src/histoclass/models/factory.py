@@ -17,7 +17,7 @@ from torch import nn
 
 from histoclass.errors import HistoclassError
 from histoclass.models.heads import create_head
-from histoclass.models.hub import HUB_HOST, hub_reachable, read_state_dict, resolve_weights_path
+from histoclass.models.hub import HUB_HOST, WEIGHT_FILES, hub_reachable, read_state_dict, resolve_weights_path
 from histoclass.registry import Registry
 
 __all__ = [
@@ -67,7 +67,7 @@ def _cached_timm_weights(name: str) -> str | None:
     if not hub_id:
         return None
     repo, _, revision = hub_id.partition("@")
-    for filename in ("model.safetensors", "open_clip_pytorch_model.bin", "pytorch_model.bin"):
+    for filename in (*WEIGHT_FILES, "open_clip_pytorch_model.bin"):
         found = try_to_load_from_cache(repo, filename, revision=revision or None)
         if isinstance(found, str):
             return found

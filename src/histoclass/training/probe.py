@@ -12,7 +12,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from histoclass.config import Config
 from histoclass.data.records import ImageRecords
@@ -90,8 +90,11 @@ class EmbeddingDataModule(L.LightningDataModule):
         self.train, self.val, self.batch_size, self.seed = train, val, batch_size, seed
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, generator=generator)
+        """Shuffled by (seed, epoch) and sharded per process, as image batches are: resumes see the same order."""
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = DistributedSampler(self.train, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
+        return DataLoader(self.train, batch_size=self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val, batch_size=max(self.batch_size, 256))
