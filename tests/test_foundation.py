@@ -89,6 +89,8 @@ def test_models_lists_the_registry(tmp_path) -> None:
         rows = list(csv.DictReader(handle))
     assert [row["name"] for row in rows] == list(FOUNDATION_MODELS)
     assert {row["gated"] for row in rows} == {"yes", "no"}
+    open_only = run_cli("models", "--open-only")
+    assert "h-optimus-0" in open_only.stdout and "uni2-h" not in open_only.stdout
 
 
 def test_unknown_names_and_missing_access_are_one_line(tmp_path) -> None:

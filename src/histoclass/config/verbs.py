@@ -197,6 +197,7 @@ class BenchConfig(ConfigModel):
 class ModelsConfig(ConfigModel):
     """``histoclass models``: the pathology foundation models ``--model`` takes by short name."""
 
+    open_only: bool = option(False, "only the models anyone can download (not gated)")
     out: str | None = option(None, "also write the registry as CSV to this file")
 
 

@@ -23,14 +23,14 @@ def _row(spec: FoundationModel) -> tuple[str, ...]:
             spec.licence, "yes" if spec.gated else "no")  # fmt: skip
 
 
-def registry_rows() -> list[tuple[str, ...]]:
-    """One row per registered foundation model, in :data:`COLUMNS` order."""
-    return [_row(spec) for spec in FOUNDATION_MODELS.values()]
+def registry_rows(open_only: bool = False) -> list[tuple[str, ...]]:
+    """One row per registered foundation model (only ungated ones if ``open_only``), in :data:`COLUMNS` order."""
+    return [_row(spec) for spec in FOUNDATION_MODELS.values() if not (open_only and spec.gated)]
 
 
 def list_models(config: ModelsConfig) -> list[tuple[str, ...]]:
     """Print the registry to stdout (a pipe gets plain text), and write it as CSV when asked."""
-    rows = registry_rows()
+    rows = registry_rows(config.open_only)
     table = Table(*COLUMNS, title="Foundation models (--model NAME; gated ones need HF_TOKEN)")
     for row in rows:
         table.add_row(*row)

@@ -197,11 +197,14 @@ def _load_weights(vit: nn.Module, spec: FoundationModel, path: str) -> None:
 
 def build_foundation(spec: FoundationModel, pretrained: bool, weights: str | None) -> Backbone:
     """``spec`` as a backbone: random weights, or the hub's (cached or downloaded), or a local file or folder."""
-    vit = timm.create_model(spec.architecture, pretrained=False, **spec.timm_kwargs())
+    path = None  # found (or downloaded) before building: a missing file fails in a second, not after 1B weights
     if weights:
-        _load_weights(vit, spec, resolve_weights_path(weights))
+        path = resolve_weights_path(weights)
     elif pretrained:
-        _load_weights(vit, spec, download_weights(spec.repo, WEIGHT_FILES, spec.name, spec.gated))
+        path = download_weights(spec.repo, WEIGHT_FILES, spec.name, spec.gated)
+    vit = timm.create_model(spec.architecture, pretrained=False, **spec.timm_kwargs())
+    if path:
+        _load_weights(vit, spec, path)
     groups = timm.models.group_parameters(vit, vit.group_matcher(coarse=True))
     prefix = "vit." if spec.embedding == "cls+mean" else ""
     module = ClsMeanPool(vit) if spec.embedding == "cls+mean" else vit

@@ -15,9 +15,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from histoclass.atomic import atomic_path
-from histoclass.config import TrainConfig
 from histoclass.runs.history import HISTORY_COLUMNS, read_history, write_history
-from histoclass.training.optim import create_plateau
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -26,7 +24,6 @@ __all__ = [
     "GracefulStop",
     "HistoryWriter",
     "PhaseAwareEarlyStopping",
-    "PlateauSchedule",
     "RelocatableCheckpoint",
     "RunClock",
     "TwoPhaseFinetuning",
@@ -142,38 +139,6 @@ class EpochSeeder(Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         torch.manual_seed(self.seed * 7919 + trainer.current_epoch * 104_729 + trainer.global_rank)
-
-
-class PlateauSchedule(Callback):
-    """ReduceLROnPlateau, stepped on the validation loss as soon as validation ends, before any checkpoint.
-
-    Lightning steps plateau schedulers after its epoch-end checkpoints are written, so a run resumed from one
-    missed that epoch's step, lowered its learning rate an epoch late and diverged from the uninterrupted run.
-    Here the step is in every checkpoint (this callback's state), and Lightning never sees the scheduler.
-    """
-
-    def __init__(self, config: TrainConfig) -> None:
-        self.config = config
-        self.scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
-        self._restored: dict | None = None
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        groups = trainer.optimizers[0].param_groups if trainer.optimizers else []
-        if not groups:  # a k-NN probe trains nothing
-            return
-        self.scheduler = create_plateau(trainer.optimizers[0], self.config)
-        if self._restored:
-            self.scheduler.load_state_dict(self._restored)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.scheduler is not None and not trainer.sanity_checking:
-            self.scheduler.step(float(trainer.callback_metrics["val_loss"]))
-
-    def state_dict(self) -> dict:
-        return self.scheduler.state_dict() if self.scheduler is not None else (self._restored or {})
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self._restored = state_dict or None
 
 
 class GracefulStop(Callback):

@@ -9,7 +9,7 @@ import torch
 from histoclass.config import TrainConfig
 from histoclass.models.factory import Classifier
 
-__all__ = ["create_optimizer", "create_plateau", "create_scheduler", "parameter_groups"]
+__all__ = ["create_optimizer", "create_scheduler", "parameter_groups"]
 
 
 def parameter_groups(model: Classifier, cfg: TrainConfig) -> list[dict]:
@@ -57,18 +57,15 @@ def _warmup_cosine(total_steps: int, warmup_steps: int, floor: float):
 
 
 def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> dict | None:
-    """Lightning's ``lr_scheduler`` entry for ``cfg.scheduler``: the cosine schedule; None for ``none`` and for
-    ``plateau``, which :class:`histoclass.training.callbacks.PlateauSchedule` steps itself."""
-    if cfg.scheduler != "cosine":
+    """Lightning's ``lr_scheduler`` entry for ``cfg.scheduler`` (None for ``none``)."""
+    if cfg.scheduler == "none":
         return None
-    warmup = round(total_steps * cfg.warmup_epochs / cfg.epochs)
-    floor = cfg.min_lr / cfg.lr
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total_steps, warmup, floor))
-    return {"scheduler": schedule, "interval": "step"}
-
-
-def create_plateau(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
-    """Learning rate times ``lr_factor`` after ``lr_patience`` epochs without a better validation loss."""
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+    if cfg.scheduler == "cosine":
+        warmup = round(total_steps * cfg.warmup_epochs / cfg.epochs)
+        floor = cfg.min_lr / cfg.lr
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total_steps, warmup, floor))
+        return {"scheduler": schedule, "interval": "step"}
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr
     )
+    return {"scheduler": plateau, "monitor": "val_loss", "interval": "epoch"}

@@ -20,7 +20,6 @@ from histoclass.training.callbacks import (
     GracefulStop,
     HistoryWriter,
     PhaseAwareEarlyStopping,
-    PlateauSchedule,
     RelocatableCheckpoint,
     RunClock,
     TwoPhaseFinetuning,
@@ -112,8 +111,6 @@ class RunCallbacks:
             ThroughputMonitor(batch_size_fn=lambda batch: len(batch[1])),
             RichProgressBar(),
         ]
-        if cfg.scheduler == "plateau":
-            callbacks.append(PlateauSchedule(cfg))
         if cfg.checkpoint_every_steps:
             callbacks.append(
                 RelocatableCheckpoint(
