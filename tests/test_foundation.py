@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
+import timm
 import torch
 from safetensors.torch import save_file
 
@@ -55,6 +57,20 @@ def test_local_weights_load_into_an_entry(tmp_path, suffix: str) -> None:
         assert torch.equal(source(images), loaded(images))
         fresh = create_backbone(spec.name, pretrained=False).module.eval()
         assert not torch.allclose(fresh(images), loaded(images))
+
+
+def test_a_downloaded_folder_builds_as_published(tmp_path) -> None:
+    """The folder's timm config.json gives arguments the entry does not pin; a published head is left out."""
+    spec = FOUNDATION_MODELS["kaiko-vits16"]
+    torch.manual_seed(0)
+    source = timm.create_model(spec.architecture, num_classes=3, mlp_ratio=2.0).eval()
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    config = {"architecture": spec.architecture, "num_classes": 3, "model_args": {"mlp_ratio": 2.0}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = build_foundation(spec, pretrained=False, weights=str(tmp_path)).module.eval()
+    images = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(source.forward_head(source.forward_features(images), pre_logits=True), loaded(images))
 
 
 def test_a_transformers_dinov2_checkpoint_converts_exactly(tmp_path) -> None:

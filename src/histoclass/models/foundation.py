@@ -19,7 +19,13 @@ from torch import nn
 
 from histoclass.errors import HistoclassError
 from histoclass.models.factory import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, Backbone
-from histoclass.models.hub import WEIGHT_FILES, download_weights, read_state_dict, resolve_weights_path
+from histoclass.models.hub import (
+    WEIGHT_FILES,
+    download_weights,
+    read_state_dict,
+    resolve_weights_path,
+    timm_model_args,
+)
 
 __all__ = ["FOUNDATION_MODELS", "ClsMeanPool", "FoundationModel", "build_foundation", "dinov2_to_timm"]
 
@@ -50,11 +56,14 @@ class FoundationModel:
     def page(self) -> str:
         return f"https://huggingface.co/{self.repo}"
 
-    def timm_kwargs(self) -> dict:
+    def timm_kwargs(self, published: dict | None = None) -> dict:
+        """Constructor arguments: the published ``model_args`` (when a downloaded folder has them), then this
+        entry's (as timm's hub loading lets explicit arguments win), then a headless, any-size model."""
         kwargs = dict(self.kwargs)
         if kwargs.pop("swiglu", False):
             kwargs |= {"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU}
-        return kwargs | {"num_classes": 0, "img_size": self.image_size, "dynamic_img_size": True}
+        fixed = {"num_classes": 0, "global_pool": "token", "img_size": self.image_size, "dynamic_img_size": True}
+        return {**(published or {}), **kwargs, **fixed}
 
 
 _SWIGLU_G = {"swiglu": True, "mlp_ratio": 2.66667 * 2}
@@ -187,6 +196,8 @@ def _load_weights(vit: nn.Module, spec: FoundationModel, path: str) -> None:
     state = read_state_dict(path)
     if spec.checkpoint == "dinov2-hf":
         state = dinov2_to_timm(state)
+    if not any(key.startswith("head.") for key in vit.state_dict()):  # headless here: a published head is unused
+        state = {key: value for key, value in state.items() if not key.startswith("head.")}
     state = checkpoint_filter_fn(state, vit)  # resamples position embeddings to the built grid
     try:
         vit.load_state_dict(state)
@@ -202,7 +213,8 @@ def build_foundation(spec: FoundationModel, pretrained: bool, weights: str | Non
         path = resolve_weights_path(weights)
     elif pretrained:
         path = download_weights(spec.repo, WEIGHT_FILES, spec.name, spec.gated)
-    vit = timm.create_model(spec.architecture, pretrained=False, **spec.timm_kwargs())
+    published = timm_model_args(path) if path and spec.checkpoint == "timm" else {}
+    vit = timm.create_model(spec.architecture, pretrained=False, **spec.timm_kwargs(published))
     if path:
         _load_weights(vit, spec, path)
     groups = timm.models.group_parameters(vit, vit.group_matcher(coarse=True))

@@ -7,6 +7,8 @@ Gated models read ``HF_TOKEN`` (or the token ``huggingface-cli login`` stored); 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +17,14 @@ import torch
 
 from histoclass.errors import HistoclassError
 
-__all__ = ["WEIGHT_FILES", "download_weights", "hub_reachable", "read_state_dict", "resolve_weights_path"]
+__all__ = [
+    "WEIGHT_FILES",
+    "download_weights",
+    "hub_reachable",
+    "read_state_dict",
+    "resolve_weights_path",
+    "timm_model_args",
+]
 
 #: The file names model repositories keep their weights under, most preferred first.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -60,6 +69,18 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def timm_model_args(weights_path: str) -> dict:
+    """``model_args`` of the timm ``config.json`` beside a checkpoint (empty when there is none, or it is not
+    timm's): what the hub itself passes to the architecture, so a downloaded folder builds as published."""
+    config = Path(weights_path).parent / "config.json"
+    try:
+        values = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    args = values.get("model_args") if isinstance(values, dict) and "architecture" in values else None
+    return dict(args) if isinstance(args, dict) else {}
+
+
 def _cached(repo: str, filenames: Sequence[str]) -> str | None:
     from huggingface_hub import try_to_load_from_cache
 
@@ -89,7 +110,10 @@ def download_weights(repo: str, filenames: Sequence[str], name: str, gated: bool
         raise HistoclassError(f"--model {name}: the model hub cannot be reached and nothing is cached; {offline}")
     for filename in filenames:
         try:
-            return hf_hub_download(repo, filename)
+            path = hf_hub_download(repo, filename)
+            with contextlib.suppress(EntryNotFoundError):  # the architecture's arguments, where the repo has them
+                hf_hub_download(repo, "config.json")
+            return path
         except EntryNotFoundError:
             continue
         except GatedRepoError:
