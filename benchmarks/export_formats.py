@@ -20,6 +20,7 @@ import numpy as np
 from histoclass.config import DataConfig, ExportConfig
 from histoclass.data.batches import iter_batches
 from histoclass.data.sources import read_source
+from histoclass.export.engines import images_per_second
 from histoclass.export.job import export
 from histoclass.inference.engines.torch_engine import TorchEngine
 from histoclass.inference.predictor import Predictor, load
@@ -39,14 +40,6 @@ def latency_ms(predictor: Predictor, pixels: np.ndarray, count: int) -> float:
         predictor.predict_pixels(pixels[i : i + 1])
         times.append(time.perf_counter() - started)
     return 1000 * statistics.median(times)
-
-
-def throughput(predictor: Predictor, pixels: np.ndarray, batch: int = 32) -> float:
-    predictor.predict_pixels(pixels[:batch])
-    started = time.perf_counter()
-    for i in range(0, len(pixels), batch):
-        predictor.predict_pixels(pixels[i : i + batch])
-    return len(pixels) / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -83,7 +76,7 @@ def main() -> None:
             [predictor.predict_pixels(pixels[i : i + 64]) for i in range(0, len(pixels), 64)]
         )
         agreement = (probabilities.argmax(1) == expected.argmax(1)).mean()
-        latency, rate = latency_ms(predictor, pixels, args.latency_images), throughput(predictor, pixels)
+        latency, rate = latency_ms(predictor, pixels, args.latency_images), images_per_second(predictor, pixels)
         difference = np.abs(probabilities - expected).max()
         size = path.stat().st_size / 1e6
         print(f"| {fmt} | {size:.1f} MB | {agreement:.2%} | {difference:.1e} | {latency:.2f} ms | {rate:.0f} img/s |")

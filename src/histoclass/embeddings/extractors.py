@@ -98,11 +98,18 @@ def weights_fingerprint(module: nn.Module) -> str:
 
 
 def _extractor(
-    features: nn.Module, mean: tuple, std: tuple, architecture: str, identity: str, image_size: int, kind: str
+    features: nn.Module,
+    mean: tuple,
+    std: tuple,
+    architecture: str,
+    identity: str,
+    image_size: int,
+    kind: str,
+    name: str,
 ) -> Extractor:
     info = ModelInfo(
         architecture=architecture, labels=[], image_size=image_size, mean=list(mean), std=list(std),
-        resize=RESIZE_METHOD, name=architecture,
+        resize=RESIZE_METHOD, name=name,
     )  # fmt: skip
     key = hashlib.sha256(f"{architecture}|{identity}|{image_size}|{kind}|{_DESCRIPTOR_VERSION}".encode()).hexdigest()
     return Extractor(features.eval(), info, key[:24], cacheable=identity != "random")
@@ -114,12 +121,12 @@ def create_extractor(
     """The ``kind`` features of ``model`` (a timm name or a run directory) at ``image_size``, in eval mode."""
     module, mean, std, architecture, identity = _backbone(model, weights, pretrained)
     features = MultiScaleGeM(module) if kind == "multiscale" else module
-    extractor = _extractor(features, mean, std, architecture, identity, image_size, kind)
-    extractor.info.name = model
-    return extractor
+    return _extractor(features, mean, std, architecture, identity, image_size, kind, model)
 
 
 def backbone_extractor(backbone: Backbone, architecture: str, image_size: int) -> Extractor:
     """The pooled features of an already built backbone (a probe's), keyed by its weights' fingerprint."""
     identity = weights_fingerprint(backbone.module)
-    return _extractor(backbone.module, backbone.mean, backbone.std, architecture, identity, image_size, "pooled")
+    return _extractor(
+        backbone.module, backbone.mean, backbone.std, architecture, identity, image_size, "pooled", architecture
+    )

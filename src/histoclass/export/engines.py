@@ -30,7 +30,7 @@ from histoclass.inference.engines.torch_engine import TorchEngine
 from histoclass.inference.predictor import Predictor, load
 from histoclass.runs import ExportDir, ModelInfo, RunDir, write_labels
 
-__all__ = ["AUTO_ORDER", "ENGINE_CHOICES", "MIN_AGREEMENT", "convert_run", "open_predictor"]
+__all__ = ["AUTO_ORDER", "ENGINE_CHOICES", "MIN_AGREEMENT", "convert_run", "images_per_second", "open_predictor"]
 
 ENGINE_CHOICES = ("auto", "torch", "onnx", "openvino")
 #: The engines ``auto`` checks on a run directory; it takes the fastest that passes, measured during the check.
@@ -77,7 +77,7 @@ def convert_run(model, info: ModelInfo, folder: Path, openvino: bool = False) ->
     return out
 
 
-def _speed(predictor: Predictor, pixels: np.ndarray, batch: int = 32) -> float:
+def images_per_second(predictor: Predictor, pixels: np.ndarray, batch: int = 32) -> float:
     """Images per second over ``pixels``, after one warm-up batch (first-call compilation)."""
     predictor.predict_pixels(pixels[:batch])
     started = time.perf_counter()
@@ -94,7 +94,8 @@ def _check(reference: Predictor, candidate: Predictor, run: Path) -> dict:
     parity = measure_parity(reference, candidate, pixels, labels)
     return {
         **parity.as_dict(), "passed": parity.top1_agreement >= MIN_AGREEMENT, "min_top1_agreement": MIN_AGREEMENT,
-        "images_per_second": _speed(candidate, pixels), "torch_images_per_second": _speed(reference, pixels),
+        "images_per_second": images_per_second(candidate, pixels),
+        "torch_images_per_second": images_per_second(reference, pixels),
     }  # fmt: skip
 
 

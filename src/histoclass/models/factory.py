@@ -17,7 +17,14 @@ from torch import nn
 
 from histoclass.errors import HistoclassError
 from histoclass.models.heads import create_head
-from histoclass.models.hub import HUB_HOST, WEIGHT_FILES, hub_reachable, read_state_dict, resolve_weights_path
+from histoclass.models.hub import (
+    HUB_HOST,
+    WEIGHT_FILES,
+    hub_page,
+    hub_reachable,
+    read_state_dict,
+    resolve_weights_path,
+)
 from histoclass.registry import Registry
 
 __all__ = [
@@ -140,13 +147,12 @@ def _load_state_dict_file(model: nn.Module, path: str) -> None:
 
 def _hub_backbone(name: str, pretrained: bool, weights: str | None) -> Backbone:
     """``hf-hub:ORG/NAME``: any timm model on the hub, its config and weights from there (or a local folder)."""
-    source = name
+    source, page = name, hub_page(name.removeprefix("hf-hub:"))
     if weights:
         if not Path(weights).is_dir():
             raise HistoclassError(f"--weights: for {name} pass the downloaded model folder (with config.json)")
         source = f"local-dir:{weights}"
     elif not hub_reachable(HUB_HOST) and not _hub_config_cached(name):
-        page = f"https://{HUB_HOST}/{name.removeprefix('hf-hub:')}"
         raise HistoclassError(
             f"--model {name}: the model hub cannot be reached and nothing is cached; pass --weights DIR with the "
             f"model folder downloaded from {page} (gated models also need HF_TOKEN when online)"
@@ -154,7 +160,6 @@ def _hub_backbone(name: str, pretrained: bool, weights: str | None) -> Backbone:
     try:
         module = timm.create_model(source, pretrained=pretrained or bool(weights), num_classes=0)
     except Exception as error:  # hub errors (gated, missing) come in several types
-        page = f"https://{HUB_HOST}/{name.removeprefix('hf-hub:')}"
         raise HistoclassError(
             f"--model {name}: {type(error).__name__}; check access at {page} and HF_TOKEN, or pass --weights DIR"
         ) from None

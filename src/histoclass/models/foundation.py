@@ -22,6 +22,7 @@ from histoclass.models.factory import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, Ba
 from histoclass.models.hub import (
     WEIGHT_FILES,
     download_weights,
+    hub_page,
     read_state_dict,
     resolve_weights_path,
     timm_model_args,
@@ -54,7 +55,7 @@ class FoundationModel:
 
     @property
     def page(self) -> str:
-        return f"https://huggingface.co/{self.repo}"
+        return hub_page(self.repo)
 
     def timm_kwargs(self, published: dict | None = None) -> dict:
         """Constructor arguments: the published ``model_args`` (when a downloaded folder has them), then this

@@ -20,6 +20,7 @@ from histoclass.errors import HistoclassError
 __all__ = [
     "WEIGHT_FILES",
     "download_weights",
+    "hub_page",
     "hub_reachable",
     "read_state_dict",
     "resolve_weights_path",
@@ -29,6 +30,11 @@ __all__ = [
 #: The file names model repositories keep their weights under, most preferred first.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 HUB_HOST = "huggingface.co"
+
+
+def hub_page(repo: str) -> str:
+    """The model page users request access on and download from."""
+    return f"https://{HUB_HOST}/{repo}"
 
 
 def hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:
@@ -99,7 +105,7 @@ def download_weights(repo: str, filenames: Sequence[str], name: str, gated: bool
     cached = _cached(repo, filenames)
     if cached:
         return cached
-    page = f"https://{HUB_HOST}/{repo}"
+    page = hub_page(repo)
     offline = f"pass --weights DIR_OR_FILE with weights downloaded from {page}"
     if gated and not get_token():  # no download can succeed, online or not
         raise HistoclassError(

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from histoclass.config import Config
 from histoclass.data.records import ImageRecords
 from histoclass.embeddings.compute import embed_records
-from histoclass.embeddings.extractors import backbone_extractor
+from histoclass.embeddings.extractors import Extractor, backbone_extractor
 from histoclass.errors import HistoclassError
 from histoclass.models.factory import Backbone, Classifier
 from histoclass.models.heads import KNNHead
@@ -100,9 +100,8 @@ class EmbeddingDataModule(L.LightningDataModule):
         return DataLoader(self.val, batch_size=max(self.batch_size, 256))
 
 
-def _embedded(records: ImageRecords, backbone: Backbone, config: Config, views: str, what: str) -> TensorDataset:
+def _embedded(records: ImageRecords, extractor: Extractor, config: Config, views: str, what: str) -> TensorDataset:
     """Embeddings of ``records`` (each view its own sample) with their labels and record indices."""
-    extractor = backbone_extractor(backbone, config.model.name, config.data.image_size)
     embedded = embed_records(records, extractor, views, config.data.batch_size, what)
     if embedded.errors:
         first = next(iter(embedded.errors.values()))
@@ -128,8 +127,9 @@ def probe_parts(
 ) -> tuple[ProbeModule, EmbeddingDataModule]:
     """The probe's module and its data: cached embeddings of the training (and validation) images."""
     views = "all" if config.train.probe_views else "identity"
-    train_set = _embedded(train, backbone, config, views, "Embedding training images")
-    val_set = _embedded(val, backbone, config, "identity", "Embedding validation images")
+    extractor = backbone_extractor(backbone, config.model.name, config.data.image_size)
+    train_set = _embedded(train, extractor, config, views, "Embedding training images")
+    val_set = _embedded(val, extractor, config, "identity", "Embedding validation images")
     if isinstance(model.head, KNNHead):
         model.head.fit(train_set.tensors[0], train_set.tensors[1])
     module = ProbeModule(model, config, num_classes, class_weights)
