@@ -58,6 +58,10 @@ ROWS: dict[str, dict] = {
                       "train.warmup_epochs": 1, "train.lr": 2e-3, "augment.label_smoothing": 0.1, "train.ema": 0.998,
                       "train.unfreeze_last": "all", "train.layer_decay": 0.8, "train.finetune_lr_scale": 0.5,
                       "augment.stain": 0.05, "augment.erasing": 0.25},
+    # Ensembles: the base recipe trained on 3 group-aware folds of the training split, their mean probability.
+    "folds-3": {"train.folds": 3},
+    "schedule+folds-3": {"train.epochs": 10, "train.scheduler": "cosine", "train.warmup_epochs": 1, "train.lr": 2e-3,
+                         "augment.label_smoothing": 0.1, "train.ema": 0.998, "train.folds": 3},
     # Probes: the base backbone frozen, a head on its cached embeddings (the 8 flips/rotations as extra samples).
     "probe-linear": {"train.probe": "linear", "train.probe_views": True, "train.epochs": 30, "data.batch_size": 256},
     "probe-mlp": {"train.probe": "mlp", "train.probe_views": True, "train.epochs": 30, "data.batch_size": 256},
@@ -74,7 +78,8 @@ def _scores(run: Path, data: str, tta: bool, split: str | None = None) -> dict:
     out = evaluate(EvaluateConfig(model=str(run), data=data, split=split, tta=tta, overlap_check=False))
     metrics = json.loads((out / "metrics.json").read_text())
     keys = ("accuracy", "balanced_accuracy", "roc_auc", "macro_f1")
-    return {key: metrics[key] for key in keys} | {"ece": metrics["calibration"]["ece"]}
+    calibration = metrics["calibration"]
+    return {key: metrics[key] for key in keys} | {"ece": calibration["ece"], "ece_raw": calibration["ece_uncalibrated"]}
 
 
 def run_row(dataset: str, name: str, seed: int, runs: Path, test_like: Path | None) -> dict:
@@ -86,7 +91,8 @@ def run_row(dataset: str, name: str, seed: int, runs: Path, test_like: Path | No
     minutes = (time.perf_counter() - started) / 60
     trained = json.loads((run / "metrics.json").read_text())
     result = {"dataset": dataset, "row": name, "seed": seed, "train_minutes": round(minutes, 1),
-              "val_accuracy": trained["val_accuracy"], "best_epoch": trained["best_epoch"]}  # fmt: skip
+              "val_accuracy": trained["val_accuracy"], "best_epoch": trained.get("best_epoch"),
+              "val_ece": [trained["calibration"]["ece_before"], trained["calibration"]["ece_after"]]}  # fmt: skip
     for tta in (False, True):
         suffix = "+tta" if tta else ""
         if dataset == "blood":

@@ -11,6 +11,7 @@ from conftest import BLOOD
 from histoclass.config import AugmentConfig
 from histoclass.data.device_transforms import BatchAugment, hashed_uniforms
 from histoclass.data.images import open_rgb, resize_square
+from histoclass.data.stain import hed_jitter, hed_to_rgb, rgb_to_hed
 from histoclass.data.transforms import create_train_transform
 
 SIZE, N = 96, 2000
@@ -115,3 +116,20 @@ def test_parameters_depend_only_on_seed_epoch_and_index() -> None:
     assert not torch.equal(hashed_uniforms(7, 4, index, 4), draws)
     assert not torch.equal(hashed_uniforms(8, 3, index, 4), draws)
     assert abs(float(draws.mean()) - 0.5) < 0.02 and float(draws.min()) >= 0 and float(draws.max()) < 1
+
+
+def test_stain_deconvolution_and_jitter_match_skimage(cell: torch.Tensor) -> None:
+    from skimage.color import hed2rgb, rgb2hed
+
+    image = cell[None].double()
+    as_hwc = lambda t: t[0].permute(1, 2, 0).numpy()  # noqa: E731
+    stains = rgb2hed(as_hwc(image))
+    assert np.allclose(np.maximum(as_hwc(rgb_to_hed(image)), 0), stains, atol=1e-9)  # skimage clips at zero
+    assert np.allclose(as_hwc(hed_to_rgb(torch.from_numpy(stains).permute(2, 0, 1)[None])), hed2rgb(stains), atol=1e-9)
+    # Tellez et al.: haematoxylin x1.3 and eosin +0.02, DAB kept; skimage's deconvolution of the result agrees
+    jittered = hed_jitter(image, torch.tensor([[1.3, 1.0, 1.0]]), torch.tensor([[0.0, 0.02, 0.0]]))
+    inside = lambda t: ((t > 1e-6) & (t < 1)).all(dim=1)[0].numpy()  # noqa: E731  (neither floor nor clip hit)
+    unclipped = inside(image) & inside(jittered)
+    expected = np.maximum(as_hwc(rgb_to_hed(image)) * [1.3, 1.0, 1.0] + [0.0, 0.02, 0.0], 0)
+    assert unclipped.mean() > 0.5
+    assert np.allclose(rgb2hed(as_hwc(jittered))[unclipped], expected[unclipped], atol=1e-9)

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from conftest import CLASSES, blood_files, link_class_folders, run_cli
+from histoclass.calibration.conformal import conformal_thresholds, prediction_sets
+from histoclass.inference.predictor import load
 from histoclass.runs import ExportDir, ModelInfo, RunDir
 from test_cli import assert_one_line_error
 
@@ -71,3 +74,52 @@ def test_bad_calibration_input_is_one_line(run_copy: Path, local_halves, tmp_pat
     other = link_class_folders(tmp_path / "other", {"TUMOR": blood_files(30)["EOSINOPHIL"],
                                                     "STROMA": blood_files(30)["NEUTROPHIL"]})  # fmt: skip
     assert_one_line_error(run_cli("calibrate", str(run_copy), "--data", str(other)), "class")
+
+
+@pytest.fixture(scope="module")
+def real_predictions(trained_run: Path, local_halves) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The trained run's probabilities and labels on the two halves of the local images."""
+    predictor = load(trained_run)
+    halves = []
+    for half in local_halves:
+        files = sorted(half.rglob("*.jpeg"))
+        halves += [predictor.predict(files), np.array([CLASSES.index(f.parent.name) for f in files])]
+    return tuple(halves)
+
+
+def test_split_conformal_sets_equal_mapie(real_predictions) -> None:
+    from mapie.classification import SplitConformalClassifier
+
+    calibration, calibration_labels, new, _ = real_predictions
+    ours = prediction_sets(new, conformal_thresholds(calibration, calibration_labels, 0.9))
+    mapie = SplitConformalClassifier(ProbabilitiesAsFeatures().fit(calibration, calibration_labels), 0.9, "lac")
+    _, theirs = mapie.conformalize(calibration, calibration_labels).predict_set(new)
+    assert np.array_equal(ours, theirs[:, :, 0])
+    assert ours.sum(axis=1).max() > 1 and ours.sum() > len(ours)  # the sets are not trivially the top class
+
+
+def test_class_conditional_sets_equal_crepes(real_predictions) -> None:
+    from crepes import ConformalClassifier
+
+    calibration, calibration_labels, new, _ = real_predictions
+    ours = prediction_sets(new, conformal_thresholds(calibration, calibration_labels, 0.9, mondrian=True))
+    crepes = ConformalClassifier().fit(1 - calibration[np.arange(len(calibration)), calibration_labels],
+                                       bins=calibration_labels)  # fmt: skip
+    theirs = np.stack([crepes.predict_set(1 - new, np.full(len(new), k), confidence=0.9, smoothing=False)[:, k]
+                       for k in range(len(CLASSES))], axis=1)  # fmt: skip
+    assert np.array_equal(ours, theirs.astype(bool))
+
+
+class ProbabilitiesAsFeatures(ClassifierMixin, BaseEstimator):
+    """A fitted scikit-learn classifier whose features are already the model's probabilities: how MAPIE is
+    handed predictions made elsewhere."""
+
+    def fit(self, probabilities: np.ndarray, labels: np.ndarray) -> ProbabilitiesAsFeatures:
+        self.classes_ = np.arange(probabilities.shape[1])
+        return self
+
+    def predict_proba(self, probabilities: np.ndarray) -> np.ndarray:
+        return probabilities
+
+    def predict(self, probabilities: np.ndarray) -> np.ndarray:
+        return probabilities.argmax(axis=1)

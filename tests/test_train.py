@@ -11,10 +11,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import CLASSES, LITE0, val_accuracy
+from conftest import CLASSES, LITE0, small_config, val_accuracy
 from histoclass.config import build_config
 from histoclass.inference.predictor import load
-from histoclass.runs import create_run_dir
+from histoclass.runs import RunDir, create_run_dir
 from histoclass.runs.history import HISTORY_COLUMNS, read_history
 
 RUN_FILES = [
@@ -96,3 +96,19 @@ def test_existing_run_name_is_never_overwritten(tmp_path: Path) -> None:
     (first.root / "keep.txt").write_text("x")
     second = create_run_dir(tmp_path, "exp")
     assert second.root.name == "exp-2" and (first.root / "keep.txt").read_text() == "x"
+
+
+def test_with_ema_the_saved_model_holds_the_averaged_weights(blood_subset: Path, tmp_path: Path) -> None:
+    from histoclass.training.callbacks import AtomicCheckpointIO
+    from histoclass.training.job import train
+
+    values = small_config(blood_subset, tmp_path, "ema", epochs=2, ema=0.9)
+    values["data"]["image_size"] = 32
+    run = RunDir(train(build_config(values)))
+    saved = load_file(str(run.weights))
+    state = AtomicCheckpointIO().load_checkpoint(run.best_checkpoint)["state_dict"]
+    averaged = {key.removeprefix("ema.module."): value for key, value in state.items() if key.startswith("ema.module.")}
+    trained = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
+    assert saved.keys() == averaged.keys()
+    assert all(torch.equal(saved[key], averaged[key]) for key in saved)
+    assert any(not torch.equal(saved[key], trained[key]) for key in saved)  # not the raw weights

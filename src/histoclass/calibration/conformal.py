@@ -3,8 +3,9 @@ so the set holds the true class with probability >= the chosen coverage (when ne
 distribution as the calibration images).
 
 The score is 1 - p(true class), MAPIE's "lac" method (smallest sets on average); with ``mondrian`` each class
-gets its own threshold, so the guarantee holds per class too, which matters for rare classes. Tested equal to
-MAPIE on real predictions; kept here so that applying it needs no library beyond numpy (exports, serving).
+gets its own threshold, so the guarantee holds per class too, which matters for rare classes. The sets are tested
+equal to MAPIE's (split) and crepes' (class-conditional) on real predictions; the arithmetic is kept here because
+it is two lines and applying it must need nothing beyond numpy (exported models, the server).
 """
 
 from __future__ import annotations

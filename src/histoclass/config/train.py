@@ -157,6 +157,9 @@ class TrainConfig(ConfigModel):
         None, "train only a head on the frozen backbone's cached embeddings: linear | mlp | knn"
     )
     probe_views: bool = option(False, "probe: the 8 flips and rotations of each training image as extra samples")
+    folds: int = option(
+        1, "train K group-aware cross-validation folds and save their ensemble (mean of probabilities)", ge=1, le=20
+    )
 
     @model_validator(mode="after")
     def _resolve_phase1(self) -> TrainConfig:
@@ -168,6 +171,8 @@ class TrainConfig(ConfigModel):
             self.phase1_epochs = max(1, self.epochs // 5)
         if isinstance(self.unfreeze_last, int) and self.unfreeze_last < 0:
             raise ValueError("unfreeze_last must be 'all' or a count >= 0")
+        if self.folds > 1 and (self.devices not in ("auto", "1") or self.num_nodes > 1):
+            raise ValueError("--folds trains one fold after another in one process; drop --devices/--num-nodes")
         return self
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from histoclass.data.records import ImageRecords
 from histoclass.errors import HistoclassError
 
-__all__ = ["groups_from_pattern", "split_train_val"]
+__all__ = ["fold_numbers", "groups_from_pattern", "split_train_val"]
 
 
 def groups_from_pattern(ids: list[str], pattern: str) -> list[str]:
@@ -57,3 +57,21 @@ def split_train_val(
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     train, val = next(splitter.split(np.zeros(len(labels)), labels, groups))
     return np.sort(train), np.sort(val)
+
+
+def fold_numbers(labels: np.ndarray, folds: int, seed: int, groups: list[str] | None = None) -> np.ndarray:
+    """Each image's cross-validation fold (0 .. folds-1): stratified, and with ``groups`` every group in one fold."""
+    if groups is not None and len(set(groups)) < folds:
+        raise HistoclassError(f"--folds {folds}: only {len(set(groups))} groups found; use fewer folds")
+    smallest = int(np.bincount(labels)[np.unique(labels)].min())
+    if groups is None and smallest < folds:
+        raise HistoclassError(f"--folds {folds}: a class has only {smallest} training images; use fewer folds")
+    splitter = (
+        StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        if groups is not None
+        else StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    )
+    numbers = np.empty(len(labels), dtype=np.int64)
+    for k, (_, held_out) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+        numbers[held_out] = k
+    return numbers

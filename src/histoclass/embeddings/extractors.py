@@ -81,6 +81,10 @@ def _backbone(model: str, weights: str | None, pretrained: bool) -> tuple[nn.Mod
         from histoclass.models.serialization import load_model
 
         classifier, info = load_model(run.root)
+        if info.members > 1:
+            raise HistoclassError(
+                f"'{model}' is an ensemble of {info.members} folds; embed with one of them, e.g. {run.fold(1).root}"
+            )
         return classifier.backbone, tuple(info.mean), tuple(info.std), info.architecture, file_identity(run.weights)
     backbone = create_backbone(model, pretrained=pretrained, weights=weights)
     identity = file_identity(weights) if weights else ("imagenet" if pretrained else "random")

@@ -1,7 +1,7 @@
 """Grad-CAM: which regions of an image drove the predicted class (torch models only).
 
 The feature map is the backbone's last spatial one: timm's ``forward_features`` where the backbone has it,
-else the output of its last convolution.
+else the output of its last convolution. An ensemble's map is the mean of its members' maps for its own answer.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from histoclass.models.ensemble import Ensemble
 from histoclass.models.factory import Classifier
 
 __all__ = ["grad_cam", "overlay_png"]
@@ -33,9 +34,14 @@ def _features_and_logits(model: Classifier, batch: torch.Tensor) -> tuple[torch.
     return captured[-1], logits
 
 
-def grad_cam(model: Classifier, batch: torch.Tensor, target: int | None = None) -> tuple[np.ndarray, int]:
+def grad_cam(model: Classifier | Ensemble, batch: torch.Tensor, target: int | None = None) -> tuple[np.ndarray, int]:
     """A [0, 1] heatmap at the input's size for ``target`` (default: the predicted class) of a 1-image batch."""
     model.eval()
+    if isinstance(model, Ensemble):
+        if target is None:
+            with torch.inference_mode():
+                target = int(model(batch).argmax(dim=1)[0])
+        return _normalised(np.mean([grad_cam(member, batch, target)[0] for member in model.members], axis=0)), target
     with torch.enable_grad():
         batch = batch.clone().requires_grad_(True)
         features, logits = _features_and_logits(model, batch)
@@ -44,9 +50,13 @@ def grad_cam(model: Classifier, batch: torch.Tensor, target: int | None = None) 
     weights = gradients.mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * features).sum(dim=1, keepdim=True)).detach()
     cam = nn.functional.interpolate(cam, size=batch.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    return _normalised(cam.cpu().numpy()), target
+
+
+def _normalised(cam: np.ndarray) -> np.ndarray:
     cam = cam - cam.min()
     peak = float(cam.max())
-    return (cam / peak if peak > 0 else cam).cpu().numpy(), target
+    return cam / peak if peak > 0 else cam
 
 
 def overlay_png(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> bytes:

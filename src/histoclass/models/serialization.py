@@ -12,13 +12,14 @@ from safetensors.torch import load_file, save_file
 
 from histoclass.atomic import atomic_path
 from histoclass.errors import HistoclassError
+from histoclass.models.ensemble import Ensemble
 from histoclass.models.factory import Classifier, create_model
 from histoclass.runs import ModelInfo, RunDir
 
 __all__ = ["count_parameters", "load_model", "save_model"]
 
 
-def save_model(model: Classifier, info: ModelInfo, folder: str | Path) -> None:
+def save_model(model: Classifier | Ensemble, info: ModelInfo, folder: str | Path) -> None:
     """Write weights then description, each atomically, into the run directory ``folder``."""
     run = RunDir(folder)
     state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
@@ -27,8 +28,9 @@ def save_model(model: Classifier, info: ModelInfo, folder: str | Path) -> None:
     info.save(run.model_info)
 
 
-def load_model(folder: str | Path) -> tuple[Classifier, ModelInfo]:
-    """Rebuild the classifier saved in the run directory ``folder``, in eval mode."""
+def load_model(folder: str | Path) -> tuple[Classifier | Ensemble, ModelInfo]:
+    """Rebuild the classifier (or ensemble of ``info.members``) saved in the run directory ``folder``, in eval
+    mode."""
     run = RunDir(folder)
     for needed in (run.weights, run.model_info):
         if not needed.is_file():
@@ -38,7 +40,11 @@ def load_model(folder: str | Path) -> tuple[Classifier, ModelInfo]:
         state = load_file(str(run.weights))
     except Exception as error:  # a damaged file shows up as many different exception types
         raise HistoclassError(f"'{folder}': model files are damaged ({type(error).__name__}: {error})") from None
-    model = create_model(info.architecture, info.num_classes, info.head, info.dropout, pretrained=False)
+    members = [
+        create_model(info.architecture, info.num_classes, info.head, info.dropout, pretrained=False)
+        for _ in range(info.members)
+    ]
+    model = members[0] if info.members == 1 else Ensemble(members)
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

@@ -217,6 +217,14 @@ class RunDir:
         return self.checkpoints / "last.ckpt"
 
     @property
+    def folds(self) -> Path:
+        """``train --folds K``: one complete run directory per fold, ``folds/1`` .. ``folds/K``."""
+        return self.root / "folds"
+
+    def fold(self, k: int) -> RunDir:
+        return RunDir(self.folds / str(k))
+
+    @property
     def engines(self) -> Path:
         """Converted copies of the weights for faster engines, one folder per weights digest."""
         return self.root / "engines"

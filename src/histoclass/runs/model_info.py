@@ -57,6 +57,8 @@ class ModelInfo(BaseModel):
     #: tiled so that a tile covers what a training image covered (None: the user did not say).
     mpp: float | None = None
     tile_pixels: int | None = None
+    #: Classifiers averaged into this model (``train --folds K``): their mean probability is its answer.
+    members: int = 1
     calibration: Calibration = Calibration()
 
     @property

@@ -22,7 +22,7 @@ from histoclass.training.callbacks import AtomicCheckpointIO
 from histoclass.training.module import ClassifierModule
 from histoclass.training.trainer import RunCallbacks
 
-__all__ = ["calibrate_on_validation", "finish_run"]
+__all__ = ["calibrate_on_validation", "finish_run", "validation_logits"]
 
 
 def _stop_summary(callbacks: RunCallbacks, rows: list[dict], config: Config) -> dict:
@@ -38,22 +38,24 @@ def _stop_summary(callbacks: RunCallbacks, rows: list[dict], config: Config) -> 
     return {"stopped_early": True, "stop_reason": reason}
 
 
-def _validation_logits(run: RunDir, records: ImageRecords, tta: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Raw logits (N x views x C) of the saved model on the validation images, through the inference path."""
+def validation_logits(run: RunDir, records: ImageRecords) -> tuple[np.ndarray, np.ndarray]:
+    """Raw logits (N x views x C) of the saved model on the validation images, through the inference path, with
+    the default test-time views; and the images' labels."""
     predictor = Predictor(TorchEngine.open(run.root))
     indices, logits = [], []
-    for batch in predictor.predict_records(records, tta=tta):
+    with console.status("Predicting the validation split"):
+        batches = list(predictor.predict_records(records, tta=InferenceOptions().tta))
+    for batch in batches:
         indices += batch.indices
         logits.append(batch.view_logits)
     return np.concatenate(logits), records.labels[np.asarray(indices, dtype=np.int64)]
 
 
-def calibrate_on_validation(run: RunDir, info: ModelInfo, records: ImageRecords, config: Config) -> dict:
-    """Fit temperature and prediction sets on the validation split (with the default test-time views), store
-    them in the run's model description, and return the before/after figures for ``metrics.json``."""
-    tta = InferenceOptions().tta
-    with console.status("Calibrating on the validation split"):
-        logits, labels = _validation_logits(run, records, tta)
+def calibrate_on_validation(
+    run: RunDir, info: ModelInfo, logits: np.ndarray, labels: np.ndarray, config: Config
+) -> dict:
+    """Fit temperature and prediction sets on the validation split's :func:`validation_logits`, store them in the
+    run's model description, and return the before/after figures for ``metrics.json``."""
     calibration = fit_calibration(logits, labels, config.train.coverage, config.train.mondrian)
     info.model_copy(update={"calibration": calibration}).save(run.model_info)
     before, after = calibrated_probabilities(logits), calibrated_probabilities(logits, calibration.temperature)
@@ -64,7 +66,7 @@ def calibrate_on_validation(run: RunDir, info: ModelInfo, records: ImageRecords,
         "log_loss_before": negative_log_likelihood(logits, labels, 1.0),
         "log_loss_after": negative_log_likelihood(logits, labels, calibration.temperature),
         "coverage_target": calibration.coverage,
-        "tta": tta,
+        "tta": calibration.tta,
     }
     console.print(
         f"Calibration on {len(labels)} validation images: temperature {calibration.temperature:.2f}, "
@@ -93,7 +95,7 @@ def finish_run(
     metrics = {key: float(value) for key, value in best_row.items() if key not in ("epoch", "phase", "seconds")}
     stopped = _stop_summary(callbacks, rows, config)
     metrics |= {"best_epoch": int(best_row["epoch"]), "epochs_run": len(rows), **stopped}
-    metrics["calibration"] = calibrate_on_validation(run, info, val_records, config)
+    metrics["calibration"] = calibrate_on_validation(run, info, *validation_logits(run, val_records), config)
     metrics["train_seconds"] = round(callbacks.clock.seconds, 1)
     write_json(run.metrics, metrics)
     plot_curves(rows, run.curves)
