@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +177,26 @@ def test_the_python_api_maps_through_tiffslide(trained_run: Path, slides, tmp_pa
     job.map_slides(config)
     summary = json.loads((tmp_path / "cells" / "summary.json").read_text())
     assert summary["reader"] == "tiffslide" and summary["tiles"] > 0
+
+
+def test_slides_are_shared_between_torchrun_processes(mapped: Path, trained_run: Path, slides, tmp_path: Path) -> None:
+    second = tmp_path / "in" / "second.tif"
+    second.parent.mkdir()
+    second.symlink_to(slides["tiff"])
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+               "-m", "histoclass", "slide", str(trained_run), str(slides["svs"]), str(second),
+               "--out", str(out), "--mpp", str(MPP), "--tile-size", str(TILE), "--batch-size", "16"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count("slide(s) mapped") == 1  # rank 0 writes the index, after both ranks are done
+    assert [row["slide"] for row in read_tiles(out / "index.csv")] == ["cells", "second"]
+    assert (out / "cells" / "tiles.csv").read_text() == (mapped / "cells" / "tiles.csv").read_text()
+    assert len(read_tiles(out / "second" / "tiles.csv")) == len(read_tiles(mapped / "cells" / "tiles.csv"))
+
+
+def test_two_slides_with_one_name_are_refused(trained_run: Path, slides, tmp_path: Path) -> None:
+    from test_cli import assert_one_line_error
+
+    result = run_cli("slide", str(trained_run), str(slides["svs"]), str(slides["tiff"]), "--out", str(tmp_path))
+    assert_one_line_error(result, "cells.svs", "cells.tif")

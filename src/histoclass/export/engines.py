@@ -105,8 +105,8 @@ def _cache(run: Path, reference: Predictor) -> ExportDir:
     if not ExportDir(folder).preprocess.is_file():
         with building_folder(folder.parent, ".building-") as built:
             convert_run(reference.engine.model, reference.info, built)
-            for old in folder.parent.iterdir():
-                if old.is_dir() and not old.name.startswith("."):
+            for old in folder.parent.iterdir():  # earlier weights' conversions; not one another process just built
+                if old.is_dir() and not old.name.startswith(".") and old != folder:
                     shutil.rmtree(old, ignore_errors=True)
             with contextlib.suppress(OSError):  # another process built it meanwhile
                 built.rename(folder)

@@ -24,6 +24,7 @@ from histoclass.config import SlideConfig
 from histoclass.console import console
 from histoclass.data.batches import iter_batches
 from histoclass.data.images import resize_square
+from histoclass.errors import HistoclassError
 from histoclass.export.engines import open_predictor
 from histoclass.inference.predictor import Predictor
 from histoclass.runs import SlideDir, SlideIndex
@@ -251,6 +252,18 @@ def _write_index(index: SlideIndex, names: list[str], labels: list[str]) -> None
     write_text(index.index_html, html)
 
 
+def _check_names(paths: list[Path], index: SlideIndex) -> None:
+    """Each slide's outputs go to ``--out/<name>``: two slides with one name would write over each other."""
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        folder = index.slide(path.stem).root
+        if folder in seen:
+            raise HistoclassError(
+                f"'{seen[folder]}' and '{path}' would both write to '{folder}'; rename one, or map them separately"
+            )
+        seen[folder] = path
+
+
 def map_slides(config: SlideConfig) -> Path:
     """Map every slide of ``config.slides`` with ``config.model`` into ``config.out``."""
     paths = find_slides(config.slides)
@@ -260,8 +273,9 @@ def map_slides(config: SlideConfig) -> Path:
             require_resolution(slide, config.mpp if config.level is None else None)
         finally:
             slide.close()
-    predictor = open_predictor(config.model, config.engine, config.compile)
     index = SlideIndex(Path(config.out))
+    _check_names(paths, index)
+    predictor = open_predictor(config.model, config.engine, config.compile)
     rank, world = _shard()
     for path in paths[rank::world]:
         map_slide(predictor, path, index, config)
