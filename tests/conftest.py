@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,13 @@ def link_class_folders(target: Path, files: dict[str, list[Path]]) -> Path:
         for path in paths:
             (target / name / path.name).symlink_to(path)
     return target
+
+
+def run_cli_all(calls: list[list[str]], env: dict[str, str] | None = None) -> list[subprocess.CompletedProcess]:
+    """Several ``histoclass`` commands, two at a time (CI has two cores): for tests of many short commands, whose
+    time is mostly start-up."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda args: run_cli(*args, env=env), calls))
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BLOOD, LITE0, blood_files, link_class_folders, run_cli
+from conftest import BLOOD, LITE0, blood_files, link_class_folders, run_cli, run_cli_all
 from histoclass.config import apply_overrides, build_config, load_yaml
 from histoclass.errors import HistoclassError
 
@@ -62,22 +62,23 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_bad_inputs_give_one_clear_line(tmp_path: Path, tiny: Path) -> None:
     common = ["--runs-dir", str(tmp_path / "runs"), "--no-pretrained", "--image-size", "32", "--epochs", "1"]
-    assert_one_line_error(run_cli("train", "--data", str(tmp_path / "missing"), *common), "no such file or folder")
     empty = tmp_path / "empty"
     shutil.copytree(tiny, empty, symlinks=True)
     (empty / "BASOPHIL").mkdir()
-    assert_one_line_error(run_cli("train", "--data", str(empty), *common), "BASOPHIL", "has no images")
     labels = tmp_path / "labels.csv"
     with open(labels, "w", newline="") as handle:
         csv.writer(handle).writerows([["image", "label"], ["a", "x"]])
-    assert_one_line_error(
-        run_cli("train", "--data", str(labels), "--image-dir", str(tiny), *common), "no column 'id'", "--id-column"
-    )
-    assert_one_line_error(run_cli("train", "--data", str(tiny), "--model", "resnet5O", *common), "unknown model")
-    assert_one_line_error(
-        run_cli("train", "--data", str(tiny), "--set", "data.val_fraction=2", *common), "val_fraction"
-    )
-    assert_one_line_error(run_cli("train", "--data", str(tiny), "--weights", "nope.pth", *common), "--weights")
+    cases = [
+        (["--data", str(tmp_path / "missing")], ["no such file or folder"]),
+        (["--data", str(empty)], ["BASOPHIL", "has no images"]),
+        (["--data", str(labels), "--image-dir", str(tiny)], ["no column 'id'", "--id-column"]),
+        (["--data", str(tiny), "--model", "resnet5O"], ["unknown model"]),
+        (["--data", str(tiny), "--set", "data.val_fraction=2"], ["val_fraction"]),
+        (["--data", str(tiny), "--weights", "nope.pth"], ["--weights"]),
+    ]
+    results = run_cli_all([["train", *args, *common] for args, _ in cases])
+    for (_, expected), result in zip(cases, results, strict=True):
+        assert_one_line_error(result, *expected)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
@@ -105,16 +106,17 @@ def test_cli_train_end_to_end_with_weights_file(tmp_path: Path, tiny: Path) -> N
 def test_every_verb_takes_config_and_set_and_shows_its_defaults(tmp_path: Path) -> None:
     from histoclass.verbs import VERBS
 
-    for verb, spec in VERBS.items():
-        shown = run_cli(verb, "--help")
-        assert shown.returncode == 0, verb
-        assert "--config" in shown.stdout and "--set" in shown.stdout, verb
+    def positional(spec) -> list[str]:
+        return ["x" for f in spec.config.model_fields.values() if (f.json_schema_extra or {}).get("cli") == "argument"]
+
+    shown = run_cli_all([[verb, "--help"] for verb in VERBS])
+    bad = run_cli_all([[verb, *positional(spec), "--set", "no_such_key=1"] for verb, spec in VERBS.items()])
+    for verb, help_, refused in zip(VERBS, shown, bad, strict=True):
+        assert help_.returncode == 0, verb
+        assert "--config" in help_.stdout and "--set" in help_.stdout, verb
         if verb not in ("check-data", "compare"):
-            assert "[default:" in shown.stdout, verb
-        fields = spec.config.model_fields.values()
-        arguments = ["x" for f in fields if (f.json_schema_extra or {}).get("cli") == "argument"]
-        bad = run_cli(verb, *arguments, "--set", "no_such_key=1")
-        assert_one_line_error(bad, "no_such_key")
+            assert "[default:" in help_.stdout, verb
+        assert_one_line_error(refused, "no_such_key")
 
 
 def test_config_file_works_for_other_verbs(tmp_path: Path, tiny: Path) -> None:

@@ -11,7 +11,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from conftest import BLOOD_TEST, run_cli
+from conftest import BLOOD_TEST, run_cli, run_cli_all
 from histoclass.errors import HistoclassError
 from histoclass.models.factory import create_backbone
 from histoclass.models.foundation import FOUNDATION_MODELS, build_foundation
@@ -112,15 +112,19 @@ def test_models_lists_the_registry(tmp_path) -> None:
 def test_unknown_names_and_missing_access_are_one_line(tmp_path) -> None:
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": ""}  # no stored token either
     data, out = str(BLOOD_TEST), str(tmp_path / "e.npz")
-    typo = run_cli("embed", "uni-2h", data, "--out", out)
+    offline = not hub_reachable()
+    calls = [
+        ["embed", "uni-2h", data, "--out", out],
+        ["train", "--data", data, "--model", "uni2-h", "--probe", "linear"],
+        ["train", "--data", data, "--probe", "linear", "--no-pretrained"],
+    ]
+    hub_call = ["embed", "hf-hub:bioptimus/H-optimus-0", data, "--out", out]
+    typo, gated, random, *hub = run_cli_all(calls + [hub_call] * offline, env=env)
     assert typo.returncode == 2 and "did you mean uni2-h" in typo.stderr and "Traceback" not in typo.stderr
-    gated = run_cli("train", "--data", data, "--model", "uni2-h", "--probe", "linear", env=env)
     assert gated.returncode == 2 and "Traceback" not in gated.stderr
     for needed in ("HF_TOKEN", "--weights", "https://huggingface.co/MahmoodLab/UNI2-h"):
         assert needed in gated.stderr
-    if not hub_reachable():
-        hub = run_cli("embed", "hf-hub:bioptimus/H-optimus-0", data, "--out", out, env=env)
-        assert hub.returncode == 2 and "--weights DIR" in hub.stderr and "Traceback" not in hub.stderr
+    for result in hub:  # without the hub, the download's own error
+        assert result.returncode == 2 and "--weights DIR" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "e.npz").exists()
-    random = run_cli("train", "--data", data, "--probe", "linear", "--no-pretrained")
     assert random.returncode == 2 and "--probe needs a pretrained backbone" in random.stderr
