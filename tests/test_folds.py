@@ -66,9 +66,9 @@ def test_the_ensemble_answers_the_mean_of_its_folds(folds_run: Path, blood_subse
     assert np.allclose(uncalibrated[0], np.mean(uncalibrated[1:], axis=0), atol=1e-5)
 
 
-def test_the_ensemble_exports_as_one_onnx_graph_that_passes_parity(folds_run: Path) -> None:
-    result = run_cli("export", str(folds_run), "--format", "onnx")
-    assert result.returncode == 0, result.stderr
-    export = RunDir(folds_run).export
-    assert json.loads(export.parity.read_text())["onnx"]["passed"]
-    assert [p.name for p in export.root.glob("*.onnx")] == ["model.onnx"]
+def test_the_ensemble_exports_as_one_graph_that_passes_parity(folds_run: Path) -> None:
+    for fmt in ("onnx", "openvino"):
+        result = run_cli("export", str(folds_run), "--format", fmt)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(RunDir(folds_run).export.parity.read_text())[fmt]["passed"], fmt
+    assert [p.name for p in RunDir(folds_run).export.root.glob("*.onnx")] == ["model.onnx"]

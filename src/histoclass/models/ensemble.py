@@ -6,8 +6,6 @@ views, every engine and every export treat an ensemble like any classifier: one 
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -24,4 +22,6 @@ class Ensemble(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         log_probabilities = torch.stack([member(images).log_softmax(dim=1) for member in self.members])
-        return torch.logsumexp(log_probabilities, dim=0) - math.log(len(self.members))
+        # logsumexp spelled out: OpenVINO reads ONNX's ReduceLogSumExp over the members' axis as a scalar
+        peak = log_probabilities.amax(dim=0)
+        return peak + torch.log(torch.exp(log_probabilities - peak).mean(dim=0))
