@@ -44,10 +44,9 @@ def validation_logits(run: RunDir, records: ImageRecords) -> tuple[np.ndarray, n
     predictor = Predictor(TorchEngine.open(run.root))
     indices, logits = [], []
     with console.status("Predicting the validation split"):
-        batches = list(predictor.predict_records(records, tta=InferenceOptions().tta))
-    for batch in batches:
-        indices += batch.indices
-        logits.append(batch.view_logits)
+        for batch in predictor.predict_records(records, tta=InferenceOptions().tta):
+            indices += batch.indices
+            logits.append(batch.view_logits)
     return np.concatenate(logits), records.labels[np.asarray(indices, dtype=np.int64)]
 
 
