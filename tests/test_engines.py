@@ -87,6 +87,11 @@ def test_auto_uses_a_checked_engine_and_caches_it_by_the_weights(run_copy: Path,
     assert chosen == (best if faster else "torch")  # the fastest checked engine, measured here
     assert predict_auto(run_copy, tmp_path / "b.csv") == chosen
     assert list(RunDir(run_copy).engines.iterdir()) == [cache]  # reused, not rebuilt
+    assert all(r["machine"] for r in records.values())  # speeds hold for the machine they were measured on
+    opened = "from histoclass.export.engines import open_predictor as o; import sys; "
+    opened += f"print(o({str(run_copy)!r}).engine.name, 'torch' in sys.modules)"
+    answer = subprocess.run([sys.executable, "-c", opened], capture_output=True, text=True, check=True).stdout.split()
+    assert answer == [chosen.split("-")[0], str(chosen == "torch")]  # a recorded engine opens without torch
     info = ModelInfo.load(RunDir(run_copy).model_info)
     info.calibration.temperature *= 1.5  # new calibration: the conversion must follow
     info.save(RunDir(run_copy).model_info)

@@ -5,17 +5,23 @@ A run's weights are converted once to ONNX (and read by OpenVINO from there), ca
 model is checked against PyTorch on the run's validation images (top-1 agreement at least 99.5%), and both
 are timed on them. ``auto`` takes the fastest engine that passed, if it is faster than PyTorch on this machine
 (``python -m benchmarks.engines`` shows why no fixed order would do: the winner changes with the model and the
-size), and says why it skipped the others: a runtime missing, a check failed or not possible.
+size), and says why it skipped the others: a runtime missing, a check failed or not possible. The checks are
+recorded per machine; once they are, a converted engine opens without importing torch (seconds of start-up).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
+import os
+import platform
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -47,14 +53,17 @@ def _digest(run: RunDir) -> str:
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 hasher.update(block)
-    hasher.update(_torch_version().encode())
+    hasher.update(importlib.metadata.version("torch").encode())  # the exporter; read without importing torch
     return hasher.hexdigest()[:16]
 
 
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
+def _machine() -> str:
+    """Names this machine for the speed records: the CPU, its cores, and whether a GPU is attached."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as handle:
+        cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    gpu = any(Path(node).exists() for node in ("/dev/nvidia0", "/dev/kfd"))
+    return f"{cpu}, {os.cpu_count()} cpus{', gpu' if gpu else ''}"
 
 
 def convert_run(model, info: ModelInfo, folder: Path, openvino: bool = False) -> ExportDir:
@@ -95,16 +104,20 @@ def _check(reference: Predictor, candidate: Predictor, run: Path) -> dict:
     return {
         **parity.as_dict(), "passed": parity.top1_agreement >= MIN_AGREEMENT, "min_top1_agreement": MIN_AGREEMENT,
         "images_per_second": images_per_second(candidate, pixels),
-        "torch_images_per_second": images_per_second(reference, pixels),
+        "torch_images_per_second": images_per_second(reference, pixels), "machine": _machine(),
     }  # fmt: skip
 
 
-def _cache(run: Path, reference: Predictor) -> ExportDir:
+#: The run's PyTorch predictor, loaded on first call only: a conversion or a check needs it, a recorded one not.
+Reference = Callable[[], Predictor]
+
+
+def _cache(run: Path, reference: Reference) -> ExportDir:
     """The run's conversion for its current weights, built on first use (earlier weights' are removed)."""
     folder = RunDir(run).engines / _digest(RunDir(run))
     if not ExportDir(folder).preprocess.is_file():
         with building_folder(folder.parent, ".building-") as built:
-            convert_run(reference.engine.model, reference.info, built)
+            convert_run(reference().engine.model, reference().info, built)
             for old in folder.parent.iterdir():  # earlier weights' conversions; not one another process just built
                 if old.is_dir() and not old.name.startswith(".") and old != folder:
                     shutil.rmtree(old, ignore_errors=True)
@@ -121,9 +134,10 @@ def _variants(engine: str) -> list[tuple[str, str | None]]:
     return [("openvino-bf16", "bf16")] * native + [("openvino-f32", "f32")]
 
 
-def _admitted(run: Path, engine: str, reference: Predictor) -> tuple[list[tuple[Predictor, dict]], list[str]]:
+def _admitted(run: Path, engine: str, reference: Reference) -> tuple[list[tuple[Predictor, dict]], list[str]]:
     """Every variant of ``engine`` that passes its check on the run's validation images, with its record, and
-    why the others did not (each checked once per weights; the records stay in the cache's parity.json)."""
+    why the others did not (each checked once per weights and machine; the records stay in the cache's
+    parity.json)."""
     if importlib.util.find_spec(_RUNTIMES[engine]) is None:
         extra = "openvino" if engine == "openvino" else "runtime"
         return [], [f"{engine} needs {_RUNTIMES[engine]}: pip install 'histoclass[{extra}]'"]
@@ -133,8 +147,8 @@ def _admitted(run: Path, engine: str, reference: Predictor) -> tuple[list[tuple[
     for name, precision in _variants(engine):
         opened = ENGINES[engine](cache.root, precision) if precision else ENGINES[engine](cache.root)
         candidate = Predictor(opened, origin=run)
-        if "images_per_second" not in records.get(name, {}):  # not checked yet (or by an older histoclass)
-            records[name] = _check(reference, candidate, run)
+        if records.get(name, {}).get("machine") != _machine():  # not checked here yet (or by an older histoclass)
+            records[name] = _check(reference(), candidate, run)
             write_json(cache.parity, records)
         if records[name]["passed"]:
             admitted.append((candidate, records[name] | {"name": name}))
@@ -148,7 +162,7 @@ def _fastest(admitted: list[tuple[Predictor, dict]]) -> tuple[Predictor, dict]:
     return max(admitted, key=lambda pair: pair[1]["images_per_second"])
 
 
-def _auto(run: Path, reference: Predictor) -> Predictor:
+def _auto(run: Path, reference: Reference) -> Predictor:
     """The fastest engine that passed its check, measured on this machine; PyTorch when none is faster."""
     admitted, reasons = [], []
     for engine in AUTO_ORDER:
@@ -171,7 +185,7 @@ def _auto(run: Path, reference: Predictor) -> Predictor:
             return chosen
         reasons.append(f"the checked engines were not faster than PyTorch here ({speed:.0f} vs {torch_speed:.0f}/s)")
     console.print(f"engine: torch ({'; '.join(reasons)})", style="dim", markup=False, soft_wrap=True)
-    return reference
+    return reference()
 
 
 def open_predictor(model: str | Path, engine: str = "auto", compile: bool = False) -> Predictor:
@@ -184,9 +198,9 @@ def open_predictor(model: str | Path, engine: str = "auto", compile: bool = Fals
         if engine == "torch":
             raise HistoclassError(f"--engine torch needs a run directory, not '{path}'")
         return load(path) if engine == "auto" else Predictor(ENGINES[engine].open(path))
-    reference = load(path, compile)
+    reference = functools.cache(lambda: load(path, compile))
     if engine == "torch" or compile:
-        return reference
+        return reference()
     if engine == "auto":
         return _auto(path, reference)
     admitted, reasons = _admitted(path, engine, reference)

@@ -1,0 +1,109 @@
+"""Requests per second of `histoclass serve` on each engine, against PyTorch's server measured in the same run.
+
+    python -m benchmarks.serve RUN --engines torch,auto --requests 200 --clients 20 --rounds 3
+
+Each engine gets its own server process (one uvicorn worker, as `histoclass serve` starts by default). After a
+warm-up, ``--clients`` threads each send their share of ``--requests`` one-image ``POST /api/predict`` requests
+(real 320x240 blood-cell JPEGs) back to back; the round's requests/s is requests over wall time, and every
+request's latency is kept for the median and 95th percentile. Rounds alternate between the engines (A B A B ...)
+so that a drift of the machine's speed hits both; the median round is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bloodcells" / "test_simple"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start(model: str, engine: str) -> tuple[subprocess.Popen, str]:
+    """A `histoclass serve` process on a free port, once its health check answers."""
+    port = _free_port()
+    command = [sys.executable, "-m", "histoclass", "serve", model, "--port", str(port), "--engine", engine]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.25)
+    process.kill()
+    raise RuntimeError(f"serve --engine {engine} did not start: {process.stderr.read()}")
+
+
+def one_round(url: str, payloads: list[tuple[str, bytes]], requests: int, clients: int) -> dict:
+    """``requests`` requests from ``clients`` threads: requests/s and latency percentiles (ms)."""
+
+    def client(index: int) -> list[float]:
+        latencies = []
+        with httpx.Client(timeout=300) as session:
+            for k in range(index, requests, clients):
+                started = time.perf_counter()
+                response = session.post(f"{url}/api/predict", files=[("files", payloads[k % len(payloads)])])
+                response.raise_for_status()
+                latencies.append(time.perf_counter() - started)
+        return latencies
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        latencies = [s for batch in pool.map(client, range(clients)) for s in batch]
+    elapsed = time.perf_counter() - started
+    return {
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+        "p95_ms": 1000 * float(np.percentile(latencies, 95)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="run directory")
+    parser.add_argument("--engines", default="torch,auto", help="the first is the baseline")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    payloads = [(p.name, p.read_bytes()) for p in sorted(IMAGES.rglob("*.jpeg"))]
+    engines = args.engines.split(",")
+    servers = {engine: start(args.model, engine) for engine in engines}
+    rounds: dict[str, list[dict]] = {engine: [] for engine in engines}
+    try:
+        for _, url in servers.values():
+            one_round(url, payloads, args.clients, args.clients)  # warm-up: first batches, allocator
+        for _ in range(args.rounds):
+            for engine, (_, url) in servers.items():
+                rounds[engine].append(one_round(url, payloads, args.requests, args.clients))
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(timeout=60)
+    median = {engine: sorted(r, key=lambda x: x["requests_per_s"])[len(r) // 2] for engine, r in rounds.items()}
+    baseline = median[engines[0]]["requests_per_s"]
+    print(f"{args.requests} requests from {args.clients} clients, median of {args.rounds} rounds\n")
+    print("| engine | requests/s | vs " + engines[0] + " | p50 latency | p95 latency |")
+    print("|---|---|---|---|---|")
+    for engine, result in median.items():
+        print(
+            f"| {engine} | {result['requests_per_s']:.0f} | {result['requests_per_s'] / baseline:.2f}x | "
+            f"{result['p50_ms']:.0f} ms | {result['p95_ms']:.0f} ms |"
+        )
+
+
+if __name__ == "__main__":
+    main()
