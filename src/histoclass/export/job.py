@@ -33,7 +33,7 @@ __all__ = ["FLOAT_MAX_DIFF", "FLOAT_MIN_AGREEMENT", "INT8_MIN_AGREEMENT", "expor
 
 FLOAT_MIN_AGREEMENT = 0.995
 FLOAT_MAX_DIFF = 1e-3
-INT8_MIN_AGREEMENT = 0.98
+INT8_MIN_AGREEMENT = 0.99
 
 
 def _check_records(run: Path, check_data: str | None, labels: list[str]) -> ImageRecords:
@@ -71,7 +71,8 @@ def _quantize_int8(float_model: Path, out: Path, calibration: np.ndarray, info: 
     """onnxruntime static quantisation (QDQ, per-channel int8 weights) calibrated on real images.
 
     ``reduce_range`` avoids the U8S8 saturation of x86 CPUs without VNNI: on EfficientNet-Lite0 it raised top-1
-    agreement from 51% to 84% on a 2-core x86 machine (see docs/benchmarks.md).
+    agreement from 51% to 84%. OpenVINO's NNCF lands at 86% on the same model, so the rest of the loss is the
+    model's own sensitivity, not the CPU (docs/benchmarks.md); the 99% gate decides.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
