@@ -46,12 +46,12 @@ def train(config: Config, callbacks: list | None = None) -> Path:
     data = config.data
     if not data.path:
         raise HistoclassError("--data is required: a class-folder dataset, a labels CSV, an .npz or medmnist:NAME")
+    source = read_source(data.path, data)  # a wrong --data path is reported before any weights load
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     model = config.model
     backbone = create_backbone(
         model.name, pretrained=model.pretrained, weights=model.weights, drop_path=model.drop_path
     )
-    source = read_source(data.path, data)
     with console.status(f"Checking {sum(len(r) for r in source.splits.values())} images"):
         report = check_source(source)
     _check_classes(report)
