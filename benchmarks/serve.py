@@ -25,17 +25,19 @@ import numpy as np
 IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bloodcells" / "test_simple"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def start(model: str, engine: str) -> tuple[subprocess.Popen, str]:
-    """A `histoclass serve` process on a free port, once its health check answers."""
-    port = _free_port()
-    command = [sys.executable, "-m", "histoclass", "serve", model, "--port", str(port), "--engine", engine]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def start_server(model: str | Path, *options: str) -> tuple[subprocess.Popen, str]:
+    """A `histoclass serve MODEL OPTIONS` process on a free port, once its health check answers."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "histoclass", "serve", str(model), "--port", str(port), *options],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -44,7 +46,7 @@ def start(model: str, engine: str) -> tuple[subprocess.Popen, str]:
         except httpx.TransportError:
             time.sleep(0.25)
     process.kill()
-    raise RuntimeError(f"serve --engine {engine} did not start: {process.stderr.read()}")
+    raise RuntimeError(f"server did not start: {process.stdout.read()}")
 
 
 def one_round(url: str, payloads: list[tuple[str, bytes]], requests: int, clients: int) -> dict:
@@ -81,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     payloads = [(p.name, p.read_bytes()) for p in sorted(IMAGES.rglob("*.jpeg"))]
     engines = args.engines.split(",")
-    servers = {engine: start(args.model, engine) for engine in engines}
+    servers = {engine: start_server(args.model, "--engine", engine) for engine in engines}
     rounds: dict[str, list[dict]] = {engine: [] for engine in engines}
     try:
         for _, url in servers.values():

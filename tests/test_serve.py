@@ -8,7 +8,6 @@ import os
 import socket
 import struct
 import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -18,33 +17,11 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from benchmarks.serve import start_server
 
 from conftest import BLOOD_TEST, CLASSES, run_cli
 
 TEST_IMAGES = sorted(BLOOD_TEST.rglob("*.jpeg"))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_server(model: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "histoclass", "serve", str(model), "--port", str(port), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.25)
-    process.kill()
-    raise RuntimeError(f"server did not start: {process.stdout.read()}")
 
 
 @pytest.fixture(scope="module")

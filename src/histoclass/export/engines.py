@@ -57,6 +57,7 @@ def _digest(run: RunDir) -> str:
     return hasher.hexdigest()[:16]
 
 
+@functools.cache
 def _machine() -> str:
     """Names this machine for the speed records: the CPU, its cores, and whether a GPU is attached."""
     cpu = platform.processor() or platform.machine()
