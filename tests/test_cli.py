@@ -48,7 +48,7 @@ def test_config_file_flags_and_set_override_in_order(tmp_path: Path) -> None:
     config = build_config(apply_overrides(values, ["train.lr=5e-4", "augment.preset=keras", "train.unfreeze_last=all"]))
     assert (config.data.image_size, config.data.batch_size, config.train.lr) == (64, 16, 5e-4)
     assert config.augment.rotation == 20 and config.augment.hflip and not config.augment.vflip
-    assert config.train.unfreeze_last == "all" and config.train.phase1_epochs == 6
+    assert config.train.unfreeze_last == "all" and config.train.phase1_epochs == 1
     with pytest.raises(HistoclassError, match=r"train\.lr: Input should be greater than 0"):
         build_config(apply_overrides({}, ["train.lr=-1"]))
     with pytest.raises(HistoclassError, match="section.key=value"):

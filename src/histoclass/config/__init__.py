@@ -3,6 +3,7 @@
 from histoclass.config.loading import ConfigModel, apply_overrides, load_yaml, option, parse_set, validate
 from histoclass.config.train import (
     AUGMENT_PRESETS,
+    RECIPE_IMAGE_SIZE,
     AugmentConfig,
     Config,
     DataConfig,
@@ -30,6 +31,7 @@ from histoclass.config.verbs import (
 
 __all__ = [
     "AUGMENT_PRESETS",
+    "RECIPE_IMAGE_SIZE",
     "AuditOptions",
     "AugmentConfig",
     "BenchConfig",

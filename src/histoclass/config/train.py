@@ -14,6 +14,7 @@ from histoclass.config.loading import ConfigModel, option, validate
 
 __all__ = [
     "AUGMENT_PRESETS",
+    "RECIPE_IMAGE_SIZE",
     "AugmentConfig",
     "Config",
     "DataConfig",
@@ -22,6 +23,11 @@ __all__ = [
     "TrainConfig",
     "build_config",
 ]
+
+
+#: The input size left open: measured best for CNNs within the CPU budget (docs/benchmarks.md, the recipe
+#: ablation). Models whose weights fix their input (transformers, foundation models) use their own.
+RECIPE_IMAGE_SIZE = 128
 
 
 class DataConfig(ConfigModel):
@@ -41,7 +47,9 @@ class DataConfig(ConfigModel):
         None, "microns per pixel of the training images, so `slide` tiles slides at the same resolution", gt=0
     )
     val_fraction: float = option(0.2, "validation share when the data has no val split", gt=0, lt=1)
-    image_size: int = option(224, "square input size in pixels", ge=16, le=4096)
+    image_size: int | None = option(
+        None, f"square input size in pixels [{RECIPE_IMAGE_SIZE}; a transformer's own size]", ge=16, le=4096
+    )
     batch_size: int = option(32, "images per batch and device", ge=1)
     workers: int | None = option(None, "data loader processes (default: CPUs - 1)", ge=0)
     cache: Literal["none", "ram", "disk"] = option(
@@ -89,7 +97,7 @@ class AugmentConfig(ConfigModel):
     mixup: float = Field(0.0, ge=0, description="MixUp alpha (0: off)")
     cutmix: float = Field(0.0, ge=0, description="CutMix alpha (0: off)")
     mix_prob: float = Field(0.5, ge=0, le=1, description="share of batches mixed when MixUp/CutMix is on")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="share of the target spread over the other classes")
 
     @model_validator(mode="before")
     @classmethod
@@ -105,7 +113,7 @@ class ModelConfig(ConfigModel):
     """Backbone, head and starting weights."""
 
     name: str = option(
-        "mobilenetv2_100",
+        "tf_efficientnet_lite0",
         "timm model name, a foundation model (histoclass models), hf-hub:ORG/NAME, or alexnet",
         flag="model",
     )
@@ -119,19 +127,19 @@ class ModelConfig(ConfigModel):
 class TrainConfig(ConfigModel):
     """The two-phase schedule, optimiser and devices."""
 
-    epochs: int = option(30, "total epochs, both phases", ge=1)
-    phase1_epochs: int | None = option(None, "frozen-backbone epochs (default: epochs/5)", ge=0)
-    unfreeze_last: int | Literal["all"] = option(3, "backbone blocks fine-tuned in phase 2, or all")
-    lr: float = option(1e-3, "head learning rate", gt=0)
-    finetune_lr_scale: float = option(0.1, "backbone learning rate / head learning rate", gt=0, le=1)
+    epochs: int = option(10, "total epochs, both phases", ge=1)
+    phase1_epochs: int | None = option(None, "frozen-backbone epochs (default: epochs/10, at least 1)", ge=0)
+    unfreeze_last: int | Literal["all"] = option("all", "backbone blocks fine-tuned in phase 2, or all")
+    lr: float = option(2e-3, "head learning rate", gt=0)
+    finetune_lr_scale: float = option(0.5, "backbone learning rate / head learning rate", gt=0, le=1)
     optimizer: Literal["adamw", "adam", "sgd"] = option("adamw", "adamw | adam | sgd")
     weight_decay: float = Field(1e-4, ge=0)
-    scheduler: Literal["plateau", "cosine", "none"] = option("plateau", "plateau | cosine (per step) | none")
-    warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up (cosine schedule)")
+    scheduler: Literal["plateau", "cosine", "none"] = option("cosine", "plateau | cosine (per step) | none")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear learning-rate warm-up (cosine schedule)")
     layer_decay: float | None = Field(
-        None, gt=0, le=1, description="layer-wise lr decay: each backbone block's lr is this times the next one's"
+        0.8, gt=0, le=1, description="layer-wise lr decay: each backbone block's lr is this times the next one's"
     )
-    ema: float = Field(0.0, ge=0, lt=1, description="EMA decay of the weights (0: off), e.g. 0.998")
+    ema: float = Field(0.998, ge=0, lt=1, description="EMA decay of the weights (0: off)")
     early_stopping_patience: int = Field(3, ge=1)
     lr_patience: int = Field(2, ge=1)
     lr_factor: float = Field(0.5, gt=0, lt=1)
@@ -168,7 +176,7 @@ class TrainConfig(ConfigModel):
             if self.probe == "knn":  # nothing to fit beyond storing the embeddings: one validating epoch
                 self.epochs = 1
         if self.phase1_epochs is None:
-            self.phase1_epochs = max(1, self.epochs // 5)
+            self.phase1_epochs = max(1, self.epochs // 10)
         if isinstance(self.unfreeze_last, int) and self.unfreeze_last < 0:
             raise ValueError("unfreeze_last must be 'all' or a count >= 0")
         if self.folds > 1 and (self.devices not in ("auto", "1") or self.num_nodes > 1):

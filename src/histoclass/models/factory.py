@@ -50,6 +50,7 @@ class Backbone:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     blocks: list[list[str]]  # parameter names of each block, input side first
+    input_size: int | None = None  # the size its weights need (fixed position embeddings); None: any size
 
 
 BackboneBuilder = Callable[[bool, str | None], Backbone]
@@ -108,12 +109,14 @@ def _timm_parts(module: nn.Module) -> Backbone:
     """A timm model as a backbone: normalisation from its pretrained config, blocks from its group matcher."""
     cfg = module.pretrained_cfg
     groups = timm.models.group_parameters(module, module.group_matcher(coarse=True))
+    fixed = getattr(getattr(module, "patch_embed", None), "strict_img_size", False)
     return Backbone(
         module=module,
         num_features=module.num_features,
         mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
         std=tuple(cfg.get("std", IMAGENET_STD)),
         blocks=[list(names) for names in groups.values()],
+        input_size=cfg["input_size"][-1] if fixed else None,
     )
 
 

@@ -227,6 +227,7 @@ def build_foundation(spec: FoundationModel, pretrained: bool, weights: str | Non
         mean=spec.mean,
         std=spec.std,
         blocks=[[prefix + name for name in names] for names in groups.values()],
+        input_size=spec.image_size,
     )
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import lightning as L
 
-from histoclass.config import Config
+from histoclass.config import RECIPE_IMAGE_SIZE, Config
 from histoclass.console import console
 from histoclass.data.checks import DataReport, check_source
 from histoclass.data.sources import read_source
 from histoclass.errors import HistoclassError
-from histoclass.models.factory import create_backbone
+from histoclass.models.factory import Backbone, create_backbone
 from histoclass.runs import RunDir, claim_run_dir
 from histoclass.runs.config_file import read_run_config
 from histoclass.training.fit import fit_run, write_run_header
@@ -29,6 +29,15 @@ def _check_classes(report: DataReport) -> None:
         raise HistoclassError(
             f"class {', '.join(repr(c) for c in empty)} has no readable image; add images or remove the class"
         )
+
+
+def _with_image_size(config: Config, backbone: Backbone) -> Config:
+    """An input size left open becomes the backbone's own where its weights fix one, else the recipe's; the
+    run's config.yaml records the number."""
+    if config.data.image_size is not None:
+        return config
+    size = backbone.input_size or RECIPE_IMAGE_SIZE
+    return config.model_copy(update={"data": config.data.model_copy(update={"image_size": size})})
 
 
 def train(config: Config, callbacks: list | None = None) -> Path:
@@ -52,6 +61,7 @@ def train(config: Config, callbacks: list | None = None) -> Path:
     backbone = create_backbone(
         model.name, pretrained=model.pretrained, weights=model.weights, drop_path=model.drop_path
     )
+    config = _with_image_size(config, backbone)
     with console.status(f"Checking {sum(len(r) for r in source.splits.values())} images"):
         report = check_source(source)
     _check_classes(report)

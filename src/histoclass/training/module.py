@@ -38,6 +38,15 @@ def validation_metrics(num_classes: int) -> tuple[MetricCollection, MeanMetric]:
     return metrics, MeanMetric()
 
 
+def losses(class_weights: torch.Tensor | None, label_smoothing: float) -> tuple[nn.Module, nn.Module]:
+    """Training and validation cross-entropy. Validation scores the plain log loss: smoothing is a training
+    device, and the checkpoint chosen on validation should be the one whose probabilities fit best."""
+    return (
+        nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing),
+        nn.CrossEntropyLoss(weight=class_weights),
+    )
+
+
 def log_validation(module: L.LightningModule) -> None:
     """Log and reset a module's ``val_metrics`` and ``val_loss`` at the end of a validation epoch."""
     metrics = module.val_metrics.compute()
@@ -77,7 +86,7 @@ class ClassifierModule(L.LightningModule):
             self.model.compile()
         self.register_buffer("mean", torch.tensor(model.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(model.std).view(1, -1, 1, 1), persistent=False)
-        self.criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+        self.criterion, self.val_criterion = losses(class_weights, label_smoothing)
         self.val_metrics, self.val_loss = validation_metrics(model.head[-1].out_features)
 
     @property
@@ -108,7 +117,7 @@ class ClassifierModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels, _ = batch
         logits = self(images)
-        self.val_loss.update(self.criterion(logits, labels), weight=len(labels))
+        self.val_loss.update(self.val_criterion(logits, labels), weight=len(labels))
         self.val_metrics.update(logits, labels)
 
     def on_validation_epoch_end(self) -> None:

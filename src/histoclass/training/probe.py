@@ -11,7 +11,6 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from histoclass.config import Config
@@ -21,7 +20,7 @@ from histoclass.embeddings.extractors import Extractor, backbone_extractor
 from histoclass.errors import HistoclassError
 from histoclass.models.factory import Backbone, Classifier
 from histoclass.models.heads import KNNHead
-from histoclass.training.module import log_validation, validation_metrics
+from histoclass.training.module import log_validation, losses, validation_metrics
 from histoclass.training.optim import create_optimizer, create_scheduler
 
 __all__ = ["EmbeddingDataModule", "ProbeModule", "probe_parts"]
@@ -43,7 +42,7 @@ class ProbeModule(L.LightningModule):
         self.model = model
         self.model.backbone.requires_grad_(False).eval()
         self.train_config = config.train
-        self.criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.augment.label_smoothing)
+        self.criterion, self.val_criterion = losses(class_weights, config.augment.label_smoothing)
         self.val_metrics, self.val_loss = validation_metrics(num_classes)
         self.strict_loading = False  # checkpoints hold the head only
 
@@ -62,7 +61,7 @@ class ProbeModule(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         features, labels, _ = batch
         logits = self.model.head(features)
-        self.val_loss.update(self.criterion(logits, labels), weight=len(labels))
+        self.val_loss.update(self.val_criterion(logits, labels), weight=len(labels))
         self.val_metrics.update(logits, labels)
 
     def on_validation_epoch_end(self) -> None:
