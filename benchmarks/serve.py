@@ -1,6 +1,6 @@
 """Requests per second of `histoclass serve` on each engine, against PyTorch's server measured in the same run.
 
-    python -m benchmarks.serve RUN --engines torch,auto --requests 200 --clients 20 --rounds 3
+    python -m benchmarks.serve RUN --engines torch,auto --requests 200 --clients 20 --rounds 3 [--tta]
 
 Each engine gets its own server process (one uvicorn worker, as `histoclass serve` starts by default). After a
 warm-up, ``--clients`` threads each send their share of ``--requests`` one-image ``POST /api/predict`` requests
@@ -80,10 +80,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tta", action="store_true", help="serve's default 8 views (off: one view per image)")
     args = parser.parse_args()
     payloads = [(p.name, p.read_bytes()) for p in sorted(IMAGES.rglob("*.jpeg"))]
     engines = args.engines.split(",")
-    servers = {engine: start_server(args.model, "--engine", engine) for engine in engines}
+    servers = {
+        engine: start_server(args.model, "--engine", engine, "--tta" if args.tta else "--no-tta") for engine in engines
+    }
     rounds: dict[str, list[dict]] = {engine: [] for engine in engines}
     try:
         for _, url in servers.values():

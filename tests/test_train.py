@@ -63,16 +63,14 @@ def test_resolved_config_reproduces_the_run(trained_run: Path) -> None:
     assert config.train.phase1_epochs == 1 and config.augment.vflip and config.augment.rot90
 
 
-def test_phase1_freezes_backbone_and_phase2_moves_it(trained_run: Path) -> None:
-    """Phase 1 leaves the stem untouched (frozen, BatchNorm in inference mode); the last blocks change."""
+def test_the_default_fine_tunes_every_block(trained_run: Path) -> None:
+    """The recipe trains the whole backbone in phase 2: the stem moves as well as the last block."""
     from histoclass.models.factory import create_backbone
 
-    start = create_backbone("tf_efficientnet_lite0", weights=str(LITE0))
-    start_state = start.module.state_dict()
+    start = create_backbone("tf_efficientnet_lite0", weights=str(LITE0)).module.state_dict()
     final = load_file(str(trained_run / "model.safetensors"))
-    assert torch.equal(final["backbone.conv_stem.weight"], start_state["conv_stem.weight"])
-    assert torch.equal(final["backbone.bn1.running_mean"], start_state["bn1.running_mean"])
-    assert not torch.equal(final["backbone.conv_head.weight"], start_state["conv_head.weight"])
+    for key in ("conv_stem.weight", "conv_head.weight"):
+        assert not torch.equal(final[f"backbone.{key}"], start[key]), key
 
 
 def test_pretrained_beats_scratch(trained_run: Path, scratch_run: Path) -> None:
@@ -98,14 +96,21 @@ def test_existing_run_name_is_never_overwritten(tmp_path: Path) -> None:
     assert second.root.name == "exp-2" and (first.root / "keep.txt").read_text() == "x"
 
 
-def test_with_ema_the_saved_model_holds_the_averaged_weights(blood_subset: Path, tmp_path: Path) -> None:
+def test_unfreeze_last_leaves_the_early_blocks_and_ema_weights_are_saved(blood_subset: Path, tmp_path: Path) -> None:
+    """With --unfreeze-last 3 the stem keeps its ImageNet weights and BatchNorm statistics (frozen, in inference
+    mode) while the last block moves; with EMA on, the saved model is the averaged weights, not the raw ones."""
+    from histoclass.models.factory import create_backbone
     from histoclass.training.callbacks import AtomicCheckpointIO
     from histoclass.training.job import train
 
-    values = small_config(blood_subset, tmp_path, "ema", epochs=2, ema=0.9)
+    values = small_config(blood_subset, tmp_path, "ema", epochs=2, ema=0.9, unfreeze_last=3)
     values["data"]["image_size"] = 32
     run = RunDir(train(build_config(values)))
     saved = load_file(str(run.weights))
+    start = create_backbone("tf_efficientnet_lite0", weights=str(LITE0)).module.state_dict()
+    for key in ("conv_stem.weight", "bn1.running_mean"):
+        assert torch.equal(saved[f"backbone.{key}"], start[key]), key
+    assert not torch.equal(saved["backbone.conv_head.weight"], start["conv_head.weight"])
     state = AtomicCheckpointIO().load_checkpoint(run.best_checkpoint)["state_dict"]
     averaged = {key.removeprefix("ema.module."): value for key, value in state.items() if key.startswith("ema.module.")}
     trained = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}

@@ -205,7 +205,7 @@ def evaluate(config: EvaluateConfig) -> Path:
     split_name, records = source.split(config.split)
     records = relabel_by_name(records, source.classes, predictor.labels)
     name = source.name if split_name == "all" else f"{source.name}-{split_name}"
-    out_dir = RunDir(model_dir).evaluation(f"{name}-tta" if config.tta else name).root
+    out_dir = RunDir(model_dir).evaluation(name if config.tta else f"{name}-no-tta").root
     run = run_behind(model_dir)
     checks = SelfChecks(
         run=run,
