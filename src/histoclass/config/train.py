@@ -55,6 +55,17 @@ class DataConfig(ConfigModel):
     cache: Literal["none", "ram", "disk"] = option(
         "none", "decode and resize every image once: ram (this run) or disk ($HISTOCLASS_CACHE, reused)"
     )
+    stain_normalize: Literal["macenko", "reinhard"] | None = option(
+        None,
+        "map every image's stain colours onto --stain-target's, in training and every later use: macenko | reinhard",
+    )
+    stain_target: str | None = option(None, "reference image for --stain-normalize (a typical, well-stained image)")
+
+    @model_validator(mode="after")
+    def _stain_pair(self) -> DataConfig:
+        if bool(self.stain_normalize) != bool(self.stain_target):
+            raise ValueError("--stain-normalize and --stain-target go together: give both or neither")
+        return self
 
 
 #: Augmentation presets: the seed notebooks' sets. Explicit fields override a preset's values.
@@ -208,6 +219,8 @@ class Config(ConfigModel):
             if not (self.model.pretrained or self.model.weights):
                 raise ValueError("--probe needs a pretrained backbone: drop --no-pretrained or pass --weights")
             self.model.head = self.train.probe
+            if self.data.stain_normalize:
+                raise ValueError("--probe caches embeddings of the images as stored: drop --stain-normalize")
         return self
 
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from histoclass.data.batches import load_pixels
 from histoclass.data.records import ImageRecords
+from histoclass.data.stain_normalize import StainNormalization, stain_normalized
 from histoclass.errors import HistoclassError
 
 __all__ = ["Batch", "ImageDataset", "batch_loader", "default_workers"]
@@ -29,13 +30,20 @@ def default_workers() -> int:
 
 
 class ImageDataset(Dataset):
-    """``records`` at ``image_size`` as whole uint8 batches (:data:`Batch`), from files or a decoded cache.
+    """``records`` at ``image_size`` as whole uint8 batches (:data:`Batch`), from files or a decoded cache,
+    through ``stain`` normalisation when given.
 
     Training data has been checked already, so a file that fails to decode now is an error naming it.
     """
 
-    def __init__(self, records: ImageRecords, image_size: int, cache: np.ndarray | None = None) -> None:
-        self.records, self.image_size, self.cache = records, image_size, cache
+    def __init__(
+        self,
+        records: ImageRecords,
+        image_size: int,
+        cache: np.ndarray | None = None,
+        stain: StainNormalization | None = None,
+    ) -> None:
+        self.records, self.image_size, self.cache, self.stain = records, image_size, cache, stain
         self.labels = np.asarray(records.labels, dtype=np.int64)
 
     def __len__(self) -> int:
@@ -47,7 +55,7 @@ class ImageDataset(Dataset):
             first = next(iter(batch.errors))
             raise HistoclassError(f"'{self.records.ids[first]}' became unreadable during training")
         index = np.asarray(batch.indices, dtype=np.int64)
-        images = torch.from_numpy(batch.pixels).permute(0, 3, 1, 2)
+        images = torch.from_numpy(stain_normalized(batch.pixels, self.stain)).permute(0, 3, 1, 2)
         return images, torch.from_numpy(self.labels[index]), torch.from_numpy(index)
 
     def __getitem__(self, i: int) -> Batch:

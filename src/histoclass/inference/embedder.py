@@ -13,6 +13,7 @@ import numpy as np
 
 from histoclass.data.batches import iter_batches
 from histoclass.data.records import ImageRecords
+from histoclass.data.stain_normalize import stain_normalized
 from histoclass.inference.engines import Engine
 from histoclass.inference.preprocess import DIHEDRAL_VIEWS, dihedral_views
 
@@ -45,6 +46,7 @@ class Embedder:
 
     def embed_pixels(self, pixels: np.ndarray, views: Views = "identity") -> np.ndarray:
         """N x views x D features of uint8 NHWC images at the model's size."""
+        pixels = stain_normalized(pixels, self.engine.info.stain)
         if views == "identity":
             return self.engine.logits(pixels)[:, None, :]
         stacked = np.stack([self.engine.logits(view) for view in dihedral_views(pixels)], axis=1)

@@ -19,6 +19,7 @@ from histoclass.calibration.temperature import calibrated_probabilities
 from histoclass.data.batches import iter_batches
 from histoclass.data.images import array_to_rgb, load_resized, resize_square
 from histoclass.data.records import ImageRecords
+from histoclass.data.stain_normalize import stain_normalized
 from histoclass.errors import HistoclassError
 from histoclass.inference.engines import ENGINES, Engine
 from histoclass.inference.preprocess import dihedral_views
@@ -72,6 +73,7 @@ class Predictor:
 
     def view_logits(self, pixels: np.ndarray, tta: bool = False) -> np.ndarray:
         """Raw logits, N x views x classes, of uint8 NHWC images already at the model's size."""
+        pixels = stain_normalized(pixels, self.info.stain)
         views = dihedral_views(pixels) if tta else [pixels]
         return np.stack([self.engine.logits(view) for view in views], axis=1)
 
@@ -121,7 +123,7 @@ class Predictor:
         """A PNG of one uint8 HxWx3 image at the model's size with its Grad-CAM heatmap, and the predicted label."""
         from histoclass.inference.explain import overlay_png
 
-        heatmap, target = self.engine.saliency(pixels)
+        heatmap, target = self.engine.saliency(stain_normalized(pixels[None], self.info.stain)[0])
         return overlay_png(pixels, heatmap), self.labels[target]
 
 

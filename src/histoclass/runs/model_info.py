@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from histoclass.atomic import write_text
+from histoclass.data.stain_normalize import StainNormalization
 
 __all__ = ["Calibration", "ModelInfo", "read_labels", "write_labels"]
 
@@ -51,6 +52,8 @@ class ModelInfo(BaseModel):
     channels: str = "RGB"
     layout: str = "NCHW"
     input_range: str = "uint8 / 255, then (x - mean) / std"
+    #: Applied to the uint8 images before everything above (None: images as stored).
+    stain: StainNormalization | None = None
     name: str = ""
     parameters: int = 0
     #: Microns per pixel of the training images as stored, and their typical side in pixels: a slide is

@@ -19,9 +19,11 @@ from histoclass.data.cache import decoded_cache
 from histoclass.data.checks import DataReport
 from histoclass.data.dataset import ImageDataset
 from histoclass.data.device_transforms import BatchAugment
-from histoclass.data.images import RESIZE_METHOD
+from histoclass.data.images import RESIZE_METHOD, load_resized
 from histoclass.data.records import ImageRecords
+from histoclass.data.stain_normalize import StainNormalization
 from histoclass.data.transforms import create_batch_mixer
+from histoclass.errors import HistoclassError
 from histoclass.models.factory import Backbone, Classifier
 from histoclass.models.heads import create_head
 from histoclass.models.serialization import count_parameters
@@ -34,7 +36,7 @@ from histoclass.training.module import ClassifierModule
 from histoclass.training.probe import probe_parts
 from histoclass.training.trainer import RunCallbacks, build_trainer
 
-__all__ = ["fit_run", "write_run_header"]
+__all__ = ["fit_run", "fit_stain", "write_run_header"]
 
 
 def _balanced_weights(train: ImageRecords, num_classes: int) -> torch.Tensor:
@@ -59,19 +61,50 @@ def write_run_header(
         console.print(f"[yellow]{len(report.bad)} file(s) left out; listed in {run.skipped}[/]")
 
 
-def _datasets(config: Config, train: ImageRecords, val: ImageRecords) -> tuple[ImageDataset, ImageDataset]:
+def fit_stain(config: Config) -> StainNormalization | None:
+    """The stain normaliser fitted on ``--stain-target``, read at the training size like every image."""
+    data = config.data
+    if not data.stain_normalize:
+        return None
+    try:
+        target = load_resized(data.stain_target, data.image_size)
+    except (OSError, ValueError) as error:
+        raise HistoclassError(f"--stain-target: cannot read '{data.stain_target}' as an image ({error})") from None
+    try:
+        return StainNormalization.fit(data.stain_normalize, target)
+    except ValueError as error:
+        raise HistoclassError(f"--stain-target '{data.stain_target}': {error}; choose a well-stained image") from None
+
+
+def _normalized_cache(pixels: np.ndarray, stain: StainNormalization, chunk: int = 256) -> np.ndarray:
+    """The decoded cache stain-normalised once, into memory (the cache on disk stays as the images are)."""
+    out = np.empty_like(pixels)
+    for start in range(0, len(pixels), chunk):
+        out[start : start + chunk] = stain.apply(pixels[start : start + chunk])
+    return out
+
+
+def _datasets(
+    config: Config, train: ImageRecords, val: ImageRecords, stain: StainNormalization | None
+) -> tuple[ImageDataset, ImageDataset]:
     size, cache = config.data.image_size, config.data.cache
-    if cache == "none":
-        return ImageDataset(train, size), ImageDataset(val, size)
+    if cache == "none":  # normalised batch by batch in the loader processes
+        return ImageDataset(train, size, stain=stain), ImageDataset(val, size, stain=stain)
     with console.status(f"Decoding images into the {cache} cache (once)"):
-        return (
-            ImageDataset(train, size, decoded_cache(train, size, cache)),
-            ImageDataset(val, size, decoded_cache(val, size, cache)),
-        )
+        pixels = [decoded_cache(records, size, cache) for records in (train, val)]
+    if stain is not None:
+        with console.status(f"Normalising the stain of {sum(len(p) for p in pixels)} images ({stain.method}, once)"):
+            pixels = [_normalized_cache(p, stain) for p in pixels]
+    return ImageDataset(train, size, pixels[0]), ImageDataset(val, size, pixels[1])
 
 
 def _build_parts(
-    config: Config, backbone: Backbone, classes: list[str], train_records: ImageRecords, val_records: ImageRecords
+    config: Config,
+    backbone: Backbone,
+    classes: list[str],
+    train_records: ImageRecords,
+    val_records: ImageRecords,
+    stain: StainNormalization | None,
 ) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The module and data the fit runs: images for fine-tuning, cached embeddings for a probe."""
     cfg = config.model
@@ -88,7 +121,7 @@ def _build_parts(
         mixer=create_batch_mixer(config.augment, len(classes)),
         augment=BatchAugment(config.augment, config.train.seed, fill=backbone.mean),
     )
-    train_set, val_set = _datasets(config, train_records, val_records)
+    train_set, val_set = _datasets(config, train_records, val_records, stain)
     data = config.data
     return module, HistoDataModule(train_set, val_set, data.batch_size, data.workers, seed=config.train.seed)
 
@@ -105,7 +138,12 @@ def _typical_side(records: ImageRecords, sample: int = 32) -> int | None:
 
 
 def _model_info(
-    config: Config, module: L.LightningModule, classes: list[str], name: str, train_records: ImageRecords
+    config: Config,
+    module: L.LightningModule,
+    classes: list[str],
+    name: str,
+    train_records: ImageRecords,
+    stain: StainNormalization | None,
 ) -> ModelInfo:
     model = module.model
     return ModelInfo(
@@ -121,6 +159,7 @@ def _model_info(
         parameters=count_parameters(model),
         mpp=config.data.train_mpp,
         tile_pixels=_typical_side(train_records) if config.data.train_mpp else None,
+        stain=stain,
     )
 
 
@@ -137,13 +176,14 @@ def fit_run(
     """Fit ``backbone`` + a new head into ``run`` (from ``checkpoint`` when resuming) and finish the run;
     returns whether it finished (not interrupted, and this process writes the run)."""
     run_callbacks = RunCallbacks(config, run)
-    module, datamodule = _build_parts(config, backbone, classes, train_records, val_records)
+    stain = fit_stain(config)
+    module, datamodule = _build_parts(config, backbone, classes, train_records, val_records, stain)
     trainer = build_trainer(config, run, run_callbacks.all(config, run) + (callbacks or []))
     with _shared_run_dir(run):
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
     finished = trainer.is_global_zero and not trainer.interrupted and not run_callbacks.stop.requested
     if finished:
-        info = _model_info(config, module, classes, run.root.name, train_records)
+        info = _model_info(config, module, classes, run.root.name, train_records, stain)
         finish_run(run, module, info, run_callbacks, config, val_records)
         console.print(f"Done: results in [bold]{run.root}[/]")
     return finished

@@ -14,7 +14,7 @@ from histoclass.errors import HistoclassError
 from histoclass.models.factory import Backbone, create_backbone
 from histoclass.runs import RunDir, claim_run_dir
 from histoclass.runs.config_file import read_run_config
-from histoclass.training.fit import fit_run, write_run_header
+from histoclass.training.fit import fit_run, fit_stain, write_run_header
 from histoclass.training.folds import train_folds
 from histoclass.training.resume import resume_checkpoint
 from histoclass.training.split import print_split, recorded_split, split_for_training
@@ -62,6 +62,7 @@ def train(config: Config, callbacks: list | None = None) -> Path:
         model.name, pretrained=model.pretrained, weights=model.weights, drop_path=model.drop_path
     )
     config = _with_image_size(config, backbone)
+    fit_stain(config)  # a bad --stain-target is reported before a run directory is made
     with console.status(f"Checking {sum(len(r) for r in source.splits.values())} images"):
         report = check_source(source)
     _check_classes(report)
