@@ -61,6 +61,9 @@ ROWS: dict[str, dict] = {
     "128px": AT_128,
     "stain+erasing": AT_128 | {"augment.stain": 0.05, "augment.erasing": 0.25},
     "mixup+cutmix": AT_128 | {"augment.mixup": 0.2, "augment.cutmix": 1.0},
+    # Small data (BreastMNIST: 546 images, 18 steps an epoch): more epochs, or no weight averaging.
+    "128px-20ep": AT_128 | {"train.epochs": 20},
+    "128px-no-ema": AT_128 | {"train.ema": 0.0},
     # Larger images for fewer epochs: at 128 px validation peaked by epoch 5 of 10.
     "160px-6ep": ALL_BLOCKS | {"data.image_size": 160, "train.epochs": 6},
     # Ensembles: the base recipe trained on 3 group-aware folds of the training split, their mean probability.
