@@ -41,16 +41,18 @@ def run_copy(trained_run: Path, tmp_path: Path) -> Path:
 def test_calibrated_sets_cover_new_images_at_the_stated_rate(run_copy: Path, local_halves, tmp_path: Path) -> None:
     first, second = local_halves
     before = ModelInfo.load(RunDir(run_copy).model_info).calibration
-    result = run_cli("calibrate", str(run_copy), "--data", str(first), "--coverage", "0.9")
+    result = run_cli("calibrate", str(run_copy), "--data", str(first), "--coverage", "0.9", "--no-tta")
     assert result.returncode == 0, result.stderr
     assert "coverage" in result.stderr and "ECE" in result.stderr
     after = ModelInfo.load(RunDir(run_copy).model_info).calibration
     assert after.coverage == 0.9 and after.fitted_on and after.images == sum(1 for _ in first.rglob("*.jpeg"))
     history = json.loads(RunDir(run_copy).calibration_history.read_text())
     assert history[-1]["previous"]["temperature"] == before.temperature
-    evaluated = run_cli("evaluate", str(run_copy), "--data", str(second), "--engine", "torch", "--no-overlap-check")
+    evaluated = run_cli(
+        "evaluate", str(run_copy), "--data", str(second), "--engine", "torch", "--no-overlap-check", "--no-tta"
+    )
     assert evaluated.returncode == 0, evaluated.stderr
-    metrics = json.loads((run_copy / "eval" / "b" / "metrics.json").read_text())
+    metrics = json.loads((run_copy / "eval" / "b-no-tta" / "metrics.json").read_text())
     coverage = metrics["calibration"]["coverage"]
     assert abs(coverage - 0.9) <= 0.03, coverage  # 800 images the calibration never saw
     assert 1 <= metrics["calibration"]["mean_set_size"] <= len(CLASSES)
@@ -59,7 +61,7 @@ def test_calibrated_sets_cover_new_images_at_the_stated_rate(run_copy: Path, loc
 
 def test_an_export_carries_the_new_calibration(run_copy: Path, local_halves) -> None:
     first, _ = local_halves
-    assert run_cli("calibrate", str(run_copy), "--data", str(first), "--coverage", "0.8").returncode == 0
+    assert run_cli("calibrate", str(run_copy), "--data", str(first), "--coverage", "0.8", "--no-tta").returncode == 0
     assert run_cli("export", str(run_copy), "--format", "onnx").returncode == 0
     exported = ModelInfo.load(ExportDir(RunDir(run_copy).export.root).preprocess).calibration
     assert exported == ModelInfo.load(RunDir(run_copy).model_info).calibration and exported.coverage == 0.8

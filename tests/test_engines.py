@@ -71,7 +71,7 @@ def test_every_engine_agrees_with_pytorch_on_real_images(run_copy: Path) -> None
 
 
 def predict_auto(run: Path, out: Path) -> str:
-    result = run_cli("predict", str(run), *map(str, IMAGES[:8]), "--out", str(out))
+    result = run_cli("predict", str(run), *map(str, IMAGES[:8]), "--out", str(out), "--no-tta")
     assert result.returncode == 0, result.stderr
     return result.stderr.split("engine: ")[1].split()[0]  # e.g. "openvino-f32", "onnx", "torch"
 
