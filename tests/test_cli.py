@@ -76,7 +76,6 @@ def test_bad_inputs_give_one_clear_line(tmp_path: Path, tiny: Path) -> None:
         (["--data", str(tiny), "--set", "data.val_fraction=2"], ["val_fraction"]),
         (["--data", str(tiny), "--weights", "nope.pth"], ["--weights"]),
         (["--data", str(tiny), "--stain-normalize", "macenko"], ["--stain-target", "both or neither"]),
-        (["--data", str(tiny), "--stain-normalize", "reinhard", "--stain-target", str(labels)], ["--stain-target"]),
     ]
     results = run_cli_all([["train", *args, *common] for args, _ in cases])
     for (_, expected), result in zip(cases, results, strict=True):

@@ -15,6 +15,7 @@ from histoclass.config import build_config
 from histoclass.data.images import load_resized
 from histoclass.data.stain import hed_jitter
 from histoclass.data.stain_normalize import StainNormalization
+from histoclass.errors import HistoclassError
 
 SIZE = 96
 
@@ -99,7 +100,11 @@ def test_a_normalised_run_applies_it_in_prediction_and_its_onnx_export(blood_sub
 
     target_file = sorted((BLOOD / "EOSINOPHIL").iterdir())[0]
     values = small_config(blood_subset, tmp_path, "stain", epochs=2)
-    values["data"] |= {"image_size": 32, "stain_normalize": "macenko", "stain_target": str(target_file)}
+    values["data"] |= {"image_size": 32, "cache": "ram", "stain_normalize": "macenko", "stain_target": str(target_file)}
+    unreadable = {**values, "data": values["data"] | {"stain_target": str(BLOOD.parent / "README.md")}}
+    with pytest.raises(HistoclassError, match="--stain-target: cannot read"):
+        train(build_config(unreadable))
+    assert not (tmp_path / "stain").exists()  # reported before a run directory is made
     run = train(build_config(values))
     info = json.loads((run / "model.json").read_text())
     assert info["stain"]["method"] == "macenko"
