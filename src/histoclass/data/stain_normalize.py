@@ -61,8 +61,10 @@ class StainNormalization(BaseModel):
 
     def apply(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 N x H x W x 3 images, each mapped onto the target's stain (unchanged where it cannot be fitted)."""
-        normalizer = self._fitted()
-        return np.stack([self._one(normalizer, image) for image in pixels]) if len(pixels) else pixels
+        normalizer, out = self._fitted(), np.empty_like(pixels)
+        for i, image in enumerate(pixels):
+            out[i] = self._one(normalizer, image)
+        return out
 
     def _fitted(self):
         normalizer = _normalizer(self.method)

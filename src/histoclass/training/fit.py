@@ -76,14 +76,6 @@ def fit_stain(config: Config) -> StainNormalization | None:
         raise HistoclassError(f"--stain-target '{data.stain_target}': {error}; choose a well-stained image") from None
 
 
-def _normalized_cache(pixels: np.ndarray, stain: StainNormalization, chunk: int = 256) -> np.ndarray:
-    """The decoded cache stain-normalised once, into memory (the cache on disk stays as the images are)."""
-    out = np.empty_like(pixels)
-    for start in range(0, len(pixels), chunk):
-        out[start : start + chunk] = stain.apply(pixels[start : start + chunk])
-    return out
-
-
 def _datasets(
     config: Config, train: ImageRecords, val: ImageRecords, stain: StainNormalization | None
 ) -> tuple[ImageDataset, ImageDataset]:
@@ -94,7 +86,7 @@ def _datasets(
         pixels = [decoded_cache(records, size, cache) for records in (train, val)]
     if stain is not None:
         with console.status(f"Normalising the stain of {sum(len(p) for p in pixels)} images ({stain.method}, once)"):
-            pixels = [_normalized_cache(p, stain) for p in pixels]
+            pixels = [stain.apply(p) for p in pixels]  # into memory: a cache on disk stays as the images are
     return ImageDataset(train, size, pixels[0]), ImageDataset(val, size, pixels[1])
 
 
@@ -170,13 +162,13 @@ def fit_run(
     classes: list[str],
     train_records: ImageRecords,
     val_records: ImageRecords,
+    stain: StainNormalization | None,
     checkpoint: Path | None = None,
     callbacks: list | None = None,
 ) -> bool:
     """Fit ``backbone`` + a new head into ``run`` (from ``checkpoint`` when resuming) and finish the run;
     returns whether it finished (not interrupted, and this process writes the run)."""
     run_callbacks = RunCallbacks(config, run)
-    stain = fit_stain(config)
     module, datamodule = _build_parts(config, backbone, classes, train_records, val_records, stain)
     trainer = build_trainer(config, run, run_callbacks.all(config, run) + (callbacks or []))
     with _shared_run_dir(run):

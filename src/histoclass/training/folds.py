@@ -24,6 +24,7 @@ from histoclass.console import console
 from histoclass.data.checks import DataReport
 from histoclass.data.records import ImageRecords
 from histoclass.data.splits import fold_numbers
+from histoclass.data.stain_normalize import StainNormalization
 from histoclass.evaluation.metrics import compute_metrics
 from histoclass.models.ensemble import Ensemble
 from histoclass.models.factory import Backbone
@@ -67,6 +68,7 @@ def train_folds(
     run: RunDir,
     config: Config,
     backbone: Backbone,
+    stain: StainNormalization | None,
     report: DataReport,
     pool: ImageRecords,
     held_out: ImageRecords,
@@ -88,7 +90,7 @@ def train_folds(
         console.rule(f"fold {k} of {folds}: {len(train_records)} training images, {len(val_records)} validating")
         L.seed_everything(fold_config.train.seed, workers=True, verbose=False)
         fresh = copy.deepcopy(backbone)  # every fold starts from the same weights
-        if not fit_run(fold, fold_config, fresh, classes, train_records, val_records, checkpoint, callbacks):
+        if not fit_run(fold, fold_config, fresh, classes, train_records, val_records, stain, checkpoint, callbacks):
             return
     _finish_ensemble(run, config, held_out)
 

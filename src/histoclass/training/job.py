@@ -62,7 +62,7 @@ def train(config: Config, callbacks: list | None = None) -> Path:
         model.name, pretrained=model.pretrained, weights=model.weights, drop_path=model.drop_path
     )
     config = _with_image_size(config, backbone)
-    fit_stain(config)  # a bad --stain-target is reported before a run directory is made
+    stain = fit_stain(config)  # a bad --stain-target is reported before a run directory is made
     with console.status(f"Checking {sum(len(r) for r in source.splits.values())} images"):
         report = check_source(source)
     _check_classes(report)
@@ -77,7 +77,7 @@ def train(config: Config, callbacks: list | None = None) -> Path:
     else:
         train_records, val_records = recorded_split(report, run)
     if config.train.folds > 1:
-        train_folds(run, config, backbone, report, train_records, val_records, callbacks)
+        train_folds(run, config, backbone, stain, report, train_records, val_records, callbacks)
     else:
-        fit_run(run, config, backbone, source.classes, train_records, val_records, checkpoint, callbacks)
+        fit_run(run, config, backbone, source.classes, train_records, val_records, stain, checkpoint, callbacks)
     return run.root
