@@ -7,10 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
-from conftest import BLOOD, LITE0, blood_files, link_class_folders, run_cli, run_cli_all
+from conftest import LITE0, blood_files, link_class_folders, run_cli, run_cli_all
 from histoclass.config import apply_overrides, build_config, load_yaml
 from histoclass.errors import HistoclassError
+from histoclass.models.factory import create_backbone
+from histoclass.runs import RunDir
 
 
 def assert_one_line_error(result, *fragments: str) -> None:
@@ -99,9 +102,12 @@ def test_cli_train_end_to_end_with_weights_file(tmp_path: Path, tiny: Path) -> N
         "--name", "cli", "--runs-dir", str(tmp_path / "runs"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert (tmp_path / "runs" / "cli" / "model.safetensors").is_file()
     assert "Split (images per class)" in result.stderr
-    assert BLOOD.is_dir()
+    # The default recipe trains the whole backbone in phase 2: the stem moves as well as the last block.
+    start = create_backbone("tf_efficientnet_lite0", weights=str(LITE0)).module.state_dict()
+    last = torch.load(RunDir(tmp_path / "runs" / "cli").last_checkpoint, weights_only=True)["state_dict"]
+    for key in ("conv_stem.weight", "conv_head.weight"):
+        assert not torch.equal(last[f"model.backbone.{key}"], start[key]), key
 
 
 def test_every_verb_takes_config_and_set_and_shows_its_defaults(tmp_path: Path) -> None:

@@ -86,7 +86,8 @@ def _command(name: str, verb: Verb) -> click.Command:
             flags[dest]: list(value) if isinstance(value, tuple) else value
             for dest, value in given.items() if value is not None and value != ()
         })  # fmt: skip
-        verb.function()(validate(verb.config, apply_overrides(values, list(set_))))
+        settings = validate(verb.config, apply_overrides(values, list(set_)))  # before the job's imports
+        verb.function()(settings)
 
     params = [_parameter(key, field, cli) for key, field, cli in fields]
     params += [

@@ -99,4 +99,5 @@ VERBS: dict[str, Verb] = {
 def run_verb(name: str, config: BaseModel | None = None, **values: Any) -> Any:
     """Run verb ``name`` with ``config``, or with ``values`` validated into its config (nested for train)."""
     verb = VERBS[name]
-    return verb.function()(config if config is not None else validate(verb.config, values))
+    settings = config if config is not None else validate(verb.config, values)
+    return verb.function()(settings)
