@@ -2,13 +2,18 @@
 
     python -m benchmarks.quality blood --rows baseline,recipe [--results docs/quality.json]
     python -m benchmarks.quality breast --rows baseline,recipe --seeds 0,1,2
+    python -m benchmarks.quality blood --rows 128px,128px-last3 --per-class 150   # a small training set
+    python -m benchmarks.quality blood --rows 128px,128px-last3 --per-class 150 --source-size 28   # and low-res
 
 Blood cells: each row trains on ``../shared/data/bloodcells/train`` with ``--group-by auto`` (validation from
 other source cells than training), is evaluated on ``test_simple`` (71 unseen cells) and on *test-like*: 620
 augmented copies per class of those same cells (benchmarks/copies.py), the way the dataset's TEST split is made.
-Checkpoints and every setting are chosen on validation only. BreastMNIST: official splits, one run per seed,
-the test split scored once per run. Each row is a recipe: overrides of the shared base settings. Results are
-appended to a JSON file so that rows can run in separate sessions; ``--table`` prints them as Markdown.
+``--per-class N`` trains on N images a class drawn at random from the training folder (a small dataset; the
+test sets stay whole); ``--source-size S`` first shrinks the training and test images to S x S pixels, as
+MedMNIST's sources are (the model still trains at its own size: upscaled). Checkpoints and every setting are
+chosen on validation only. BreastMNIST: official splits, one run per seed, the test split scored once per run.
+Each row is a recipe: overrides of the shared base settings. Results are appended to a JSON file so that rows
+can run in separate sessions.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.copies import make_copies
+from PIL import Image
 
 from histoclass.config import EvaluateConfig, apply_overrides, build_config
 from histoclass.evaluation.job import evaluate
@@ -64,6 +71,7 @@ ROWS: dict[str, dict] = {
     # Small data (BreastMNIST: 546 images, 18 steps an epoch): more epochs, or no weight averaging.
     "128px-20ep": AT_128 | {"train.epochs": 20},
     "128px-no-ema": AT_128 | {"train.ema": 0.0},
+    "128px-last3": AT_128 | {"train.unfreeze_last": 3},
     # Larger images for fewer epochs: at 128 px validation peaked by epoch 5 of 10.
     "160px-6ep": ALL_BLOCKS | {"data.image_size": 160, "train.epochs": 6},
     # Ensembles: the base recipe trained on 3 group-aware folds of the training split, their mean probability.
@@ -89,8 +97,36 @@ def _scores(run: Path, data: str, tta: bool, split: str | None = None) -> dict:
     return {key: metrics[key] for key in keys} | {"ece": calibration["ece"], "ece_raw": calibration["ece_uncalibrated"]}
 
 
-def run_row(dataset: str, name: str, seed: int, runs: Path, test_like: Path | None) -> dict:
-    overrides = ROWS[name]
+def _subset(folder: Path, per_class: int) -> Path:
+    """``per_class`` random training images a class, as a class-folder tree of links."""
+    rng = random.Random(0)
+    for source in sorted(p for p in (BLOOD / "train").iterdir() if p.is_dir()):
+        (folder / source.name).mkdir(parents=True)
+        for image in rng.sample(sorted(source.iterdir()), per_class):
+            (folder / source.name / image.name).symlink_to(image)
+    return folder
+
+
+def _shrunk(source: Path, folder: Path, size: int) -> Path:
+    """Every image of a class-folder tree at ``size`` x ``size`` pixels, as PNG."""
+    for image in sorted(source.rglob("*.jpeg")):
+        target = folder / image.parent.name / f"{image.stem}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(image).convert("RGB").resize((size, size), Image.Resampling.BOX).save(target)
+    return folder
+
+
+def _blood_sets(folder: Path, per_class: int | None, source_size: int | None) -> dict[str, Path]:
+    """The training folder and the two unseen test sets, subsampled and shrunk as asked."""
+    sets = {"train": _subset(folder / "subset", per_class) if per_class else BLOOD / "train",
+            "test_simple": BLOOD / "test_simple", "test_like": _test_like(folder)}  # fmt: skip
+    if source_size:
+        sets = {name: _shrunk(path, folder / f"{name}-{source_size}px", source_size) for name, path in sets.items()}
+    return sets
+
+
+def run_row(dataset: str, name: str, seed: int, runs: Path, blood: dict[str, Path] | None) -> dict:
+    overrides = ROWS[name] | ({"data.path": str(blood["train"])} if blood else {})
     values = apply_overrides(BASE[dataset], {**overrides, "train.seed": seed, "run.runs_dir": str(runs),
                                              "run.name": f"{dataset}-{name}-{seed}"})  # fmt: skip
     started = time.perf_counter()
@@ -98,13 +134,14 @@ def run_row(dataset: str, name: str, seed: int, runs: Path, test_like: Path | No
     minutes = (time.perf_counter() - started) / 60
     trained = json.loads((run / "metrics.json").read_text())
     result = {"dataset": dataset, "row": name, "seed": seed, "train_minutes": round(minutes, 1),
+              "training_images": (run / "split.csv").read_text().count(",train,"),
               "val_accuracy": trained["val_accuracy"], "best_epoch": trained.get("best_epoch"),
               "val_ece": [trained["calibration"]["ece_before"], trained["calibration"]["ece_after"]]}  # fmt: skip
     for tta in (False, True):
         suffix = "+tta" if tta else ""
         if dataset == "blood":
-            result["test_simple" + suffix] = _scores(run, str(BLOOD / "test_simple"), tta)
-            result["test_like" + suffix] = _scores(run, str(test_like), tta)
+            result["test_simple" + suffix] = _scores(run, str(blood["test_simple"]), tta)
+            result["test_like" + suffix] = _scores(run, str(blood["test_like"]), tta)
         else:
             result["test" + suffix] = _scores(run, values["data"]["path"], tta, split="test")
     return result
@@ -117,15 +154,18 @@ def main() -> None:
     parser.add_argument("--seeds", default="42")
     parser.add_argument("--results", default="quality.json", help="JSON file the rows are appended to")
     parser.add_argument("--runs", help="where the runs go [a temporary folder]")
+    parser.add_argument("--per-class", type=int, help="blood: train on this many random images a class")
+    parser.add_argument("--source-size", type=int, help="blood: shrink every image to this many pixels first")
     args = parser.parse_args()
     os.environ.setdefault("HISTOCLASS_CACHE", str(Path(tempfile.gettempdir()) / "histoclass-quality-cache"))
     results = Path(args.results)
     with tempfile.TemporaryDirectory() as folder:
         runs = Path(args.runs or folder)
-        test_like = _test_like(Path(folder)) if args.dataset == "blood" else None
+        blood = _blood_sets(Path(folder), args.per_class, args.source_size) if args.dataset == "blood" else None
         for name in args.rows.split(","):
             for seed in [int(s) for s in args.seeds.split(",")]:
-                result = run_row(args.dataset, name, seed, runs, test_like)
+                result = run_row(args.dataset, name, seed, runs, blood)
+                result |= {"per_class": args.per_class, "source_size": args.source_size}
                 print(json.dumps(result), flush=True)
                 previous = json.loads(results.read_text()) if results.is_file() else []
                 results.write_text(json.dumps([*previous, result], indent=1) + "\n")
