@@ -9,27 +9,37 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from histoclass.atomic import write_json, write_text
+from histoclass.benchmark.engine_stages import ENGINE_STAGES, REFERENCE_STAGE, EngineBench, StageSkipped
 from histoclass.benchmark.monitor import UsageMonitor
 from histoclass.benchmark.stages import bench_device, ceiling, naive, ours_predict, ours_train, temporary_runs
-from histoclass.config import BenchConfig
+from histoclass.config import BenchConfig, DataConfig
 from histoclass.console import console
+from histoclass.data.cache import decoded_cache
+from histoclass.data.sources import read_source
 from histoclass.errors import HistoclassError
 
 __all__ = ["RATIOS", "STAGES", "bench"]
 
-#: Stage name -> what it measures, in the order they run.
+#: Stage name -> what it measures, in the order they run: training before any inference engine is loaded (a
+#: DataLoader worker forked after ONNX Runtime and OpenVINO have both run in the process crashed here).
 STAGES = {
     "ceiling_train": "training steps on a batch already on the device (no data loading)",
     "ceiling_infer": "inference on a batch already on the device",
     "naive_loader": "ImageFolder + PIL + torchvision transforms, all cores, loader alone",
     "naive_train": "the naive loader feeding the same training step",
     "ours_train": "histoclass train (files)",
-    "ours_predict": "histoclass predict (files)",
     "ours_train_cache": "histoclass train --cache",
+    "ours_predict": "histoclass predict (files)",
     "ours_predict_cache": "histoclass predict from the decoded cache",
+    "engine_torch_fp32": "CPU engine: PyTorch fp32, channels-last, on decoded batches",
+    "engine_torch_bf16": "CPU engine: PyTorch bf16 autocast",
+    "engine_onnx": "CPU engine: ONNX Runtime",
+    "engine_openvino_f32": "CPU engine: OpenVINO f32",
+    "engine_openvino_bf16": "CPU engine: OpenVINO bf16",
 }
 #: Ratio name -> (numerator stage, denominator stage).
 RATIOS = {
@@ -40,6 +50,7 @@ RATIOS = {
     "predict / ceiling": ("ours_predict", "ceiling_infer"),
     "predict cached / ceiling": ("ours_predict_cache", "ceiling_infer"),
     "naive train / ceiling": ("naive_train", "ceiling_train"),
+    **{f"{name.removeprefix('engine_')} / torch_fp32": (name, REFERENCE_STAGE) for name in list(ENGINE_STAGES)[1:]},
 }
 
 
@@ -62,9 +73,16 @@ def _num_classes(data: Path) -> int:
     return len(classes)
 
 
-def _runners(settings: BenchConfig, num_classes: int, runs: Path) -> dict[str, Callable[[UsageMonitor], float]]:
-    """Each stage as a function of its monitor; predict stages use the model the train stage just wrote."""
+def _decoded(settings: BenchConfig) -> np.ndarray:
+    """The folder's images decoded once at the benchmark's size (uint8), for the engine stages."""
+    records = read_source(settings.data, DataConfig(path=settings.data)).splits["all"]
+    return decoded_cache(records, settings.image_size, "ram")
+
+
+def _runners(settings: BenchConfig, num_classes: int, runs: Path) -> dict[str, Callable[[UsageMonitor], float | dict]]:
+    """Each stage as a function of its monitor; predict and engine stages use the model the train stage wrote."""
     trained: dict[str, Path] = {}
+    engines: list[EngineBench] = []
 
     def train(cache: str) -> Callable[[UsageMonitor], float]:
         def run(monitor: UsageMonitor) -> float:
@@ -73,12 +91,20 @@ def _runners(settings: BenchConfig, num_classes: int, runs: Path) -> dict[str, C
 
         return run
 
+    def model() -> Path:
+        found = trained.get("none") or trained.get(settings.cache)
+        if found is None:
+            raise HistoclassError("--stages: predict and engine stages need ours_train or ours_train_cache before them")
+        return found
+
     def predict(cache: str) -> Callable[[UsageMonitor], float]:
-        def run(monitor: UsageMonitor) -> float:
-            model = trained.get("none") or trained.get(settings.cache)
-            if model is None:
-                raise HistoclassError("--stages: a predict stage needs ours_train or ours_train_cache before it")
-            return ours_predict(settings, model, monitor, cache)
+        return lambda monitor: ours_predict(settings, model(), monitor, cache)
+
+    def engine(name: str) -> Callable[[UsageMonitor], dict]:
+        def run(monitor: UsageMonitor) -> dict:
+            if not engines:
+                engines.append(EngineBench(model(), runs / "engines", _decoded(settings)))
+            return engines[0].stage(name, settings, monitor)
 
         return run
 
@@ -91,6 +117,7 @@ def _runners(settings: BenchConfig, num_classes: int, runs: Path) -> dict[str, C
         "ours_predict": predict("none"),
         "ours_train_cache": train(settings.cache),
         "ours_predict_cache": predict(settings.cache),
+        **{name: engine(name) for name in ENGINE_STAGES},
     }
 
 
@@ -101,13 +128,19 @@ def _markdown(result: dict) -> str:
         f"augment {s['augment']}, cache {s['cache']} · {result['environment']['device']}, "
         f"{result['environment']['cpus']} CPUs, torch {result['environment']['torch']}",
         "",
-        "| stage | images/s | GPU busy | peak host MiB | peak device MiB |",
-        "|---|---:|---:|---:|---:|",
+        "| stage | images/s | top-1 vs torch fp32 | GPU busy | peak host MiB | peak device MiB |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, row in result["stages"].items():
+        if "skipped" in row:
+            lines.append(f"| {name} | skipped: {row['skipped']} | | | | |")
+            continue
         util = "–" if row["gpu_util"] is None else f"{row['gpu_util']:.0f}%"
         device = "–" if row["device_peak_mib"] is None else f"{row['device_peak_mib']:,.0f}"
-        lines.append(f"| {name} | {row['images_per_s']:,.0f} | {util} | {row['host_peak_mib']:,.0f} | {device} |")
+        agreement = f"{row['top1_agreement']:.2%}" if "top1_agreement" in row else "–"
+        lines.append(
+            f"| {name} | {row['images_per_s']:,.0f} | {agreement} | {util} | {row['host_peak_mib']:,.0f} | {device} |"
+        )
     lines += ["", "| ratio | value |", "|---|---:|"]
     lines += [f"| {name} | {value:.2f} |" for name, value in result["ratios"].items()]
     return "\n".join(lines) + "\n"
@@ -127,7 +160,9 @@ def _resolved(config: BenchConfig) -> BenchConfig:
 def bench(config: BenchConfig) -> dict:
     """Run the chosen stages (names from :data:`STAGES`) and write ``bench.json`` and ``bench.md``."""
     settings = _resolved(config)
-    stages = [s.strip() for s in settings.stages.split(",")] if settings.stages else list(STAGES)
+    on_gpu = bench_device().type == "cuda"  # the engine stages are CPU engines: on a GPU, only when named
+    everything = [s for s in STAGES if not (on_gpu and s in ENGINE_STAGES)]
+    stages = [s.strip() for s in settings.stages.split(",")] if settings.stages else everything
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise HistoclassError(f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)}")
@@ -139,10 +174,16 @@ def bench(config: BenchConfig) -> dict:
         runners = _runners(settings, num_classes, Path(runs))
         for name in [s for s in STAGES if s in stages]:
             console.print(f"[bold]{name}[/]: {STAGES[name]}")
-            with UsageMonitor() as monitor:
-                rate = runners[name](monitor)
-            result["stages"][name] = {"images_per_s": round(rate, 1), **asdict(monitor.usage())}
-            console.print(f"  {rate:,.0f} images/s")
+            try:
+                with UsageMonitor() as monitor:
+                    value = runners[name](monitor)
+            except StageSkipped as why:
+                result["stages"][name] = {"skipped": str(why)}
+                console.print(f"  skipped: {why}")
+                continue
+            row = value if isinstance(value, dict) else {"images_per_s": value}
+            result["stages"][name] = {**row, "images_per_s": round(row["images_per_s"], 1), **asdict(monitor.usage())}
+            console.print(f"  {row['images_per_s']:,.0f} images/s")
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -150,7 +191,7 @@ def bench(config: BenchConfig) -> dict:
     result["ratios"] = {
         name: round(measured[a]["images_per_s"] / measured[b]["images_per_s"], 3)
         for name, (a, b) in RATIOS.items()
-        if a in measured and b in measured
+        if "images_per_s" in measured.get(a, {}) and "images_per_s" in measured.get(b, {})
     }
     write_json(out / "bench.json", result)
     table = _markdown(result)

@@ -22,7 +22,7 @@ from histoclass.config import AugmentConfig, BenchConfig, build_config
 from histoclass.inference.preprocess import normalize_torch
 from histoclass.models.factory import Classifier, create_model
 
-__all__ = ["bench_device", "ceiling", "naive", "ours_predict", "ours_train"]
+__all__ = ["bench_device", "ceiling", "naive", "ours_predict", "ours_train", "timed"]
 
 
 def bench_device() -> torch.device:
@@ -50,7 +50,7 @@ def _train_step(model: Classifier, optimizer: torch.optim.Optimizer, inputs: tor
     optimizer.step()
 
 
-def _timed(batches: Iterable, warmup: int, steps: int, monitor: UsageMonitor, work=None) -> float:
+def timed(batches: Iterable, warmup: int, steps: int, monitor: UsageMonitor, work=None) -> float:
     """Run ``work`` on each batch; images/s over the ``steps`` batches after ``warmup`` (fewer if data ends).
 
     Without ``work`` the iterator itself does the work, so a batch counts once it arrives after the start.
@@ -86,14 +86,14 @@ def ceiling(settings: BenchConfig, num_classes: int, monitor: UsageMonitor, trai
     if train:
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        return _timed(batches, settings.warmup, settings.steps, monitor, lambda b: _train_step(model, optimizer, *b))
+        return timed(batches, settings.warmup, settings.steps, monitor, lambda b: _train_step(model, optimizer, *b))
     model.eval()
 
     def infer(batch) -> None:
         with torch.inference_mode(), _autocast(device):
             model(batch[0])
 
-    return _timed(batches, settings.warmup, settings.steps, monitor, infer)
+    return timed(batches, settings.warmup, settings.steps, monitor, infer)
 
 
 def _naive_loader(settings: BenchConfig, mean: tuple, std: tuple) -> torch.utils.data.DataLoader:
@@ -129,7 +129,7 @@ def naive(settings: BenchConfig, num_classes: int, monitor: UsageMonitor, with_m
     model = _model(settings, num_classes)
     loader = _naive_loader(settings, model.mean, model.std)
     if not with_model:
-        return _timed(loader, settings.warmup, settings.steps, monitor)
+        return timed(loader, settings.warmup, settings.steps, monitor)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     device = bench_device()
 
@@ -137,7 +137,7 @@ def naive(settings: BenchConfig, num_classes: int, monitor: UsageMonitor, with_m
         inputs = batch[0].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         _train_step(model, optimizer, inputs, batch[1].to(device, non_blocking=True))
 
-    return _timed(loader, settings.warmup, settings.steps, monitor, step)
+    return timed(loader, settings.warmup, settings.steps, monitor, step)
 
 
 class _BatchTimer(L.Callback):
@@ -189,18 +189,19 @@ def ours_train(settings: BenchConfig, monitor: UsageMonitor, runs_dir: Path, cac
 
 
 def ours_predict(settings: BenchConfig, run: Path, monitor: UsageMonitor, cache: str) -> float:
-    """``Predictor.predict_records`` over the whole folder (what ``histoclass predict``/``evaluate`` call)."""
+    """``Predictor.predict_records`` over the whole folder on ``--engine`` (what ``histoclass predict`` and
+    ``evaluate`` run)."""
     from histoclass.config import DataConfig
     from histoclass.data.cache import decoded_cache
     from histoclass.data.sources import read_source
-    from histoclass.inference.predictor import load
+    from histoclass.export.engines import open_predictor
 
-    predictor = load(run, compile=settings.compile)
+    predictor = open_predictor(run, settings.engine, compile=settings.compile)
     records = read_source(str(settings.data), DataConfig(path=str(settings.data))).splits["all"]
     pixels = decoded_cache(records, settings.image_size, cache)  # type: ignore[arg-type]
     results = predictor.predict_records(records, settings.batch_size, threads=settings.workers, cache=pixels)
     batches = ((None, result.indices) for result in results)
-    return _timed(batches, settings.warmup, len(records), monitor)
+    return timed(batches, settings.warmup, len(records), monitor)
 
 
 def temporary_runs() -> tempfile.TemporaryDirectory:

@@ -186,7 +186,8 @@ class BenchConfig(ConfigModel):
         "keras", "augmentation of both pipelines (preset)"
     )
     workers: int | None = option(None, "histoclass's loader processes [CPUs - 1]", ge=0)
-    stages: str | None = option(None, "comma-separated subset of the stages [all]")
+    stages: str | None = option(None, "comma-separated subset of the stages [all; on a GPU all but the CPU engines]")
+    engine: Engine = option("auto", "engine of the ours_predict stages: auto | torch | onnx | openvino")
     out: str | None = option(None, "folder for bench.json and bench.md [runs/bench/MODEL-SIZE]")
 
     @field_validator("cache")
