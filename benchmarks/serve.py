@@ -5,9 +5,10 @@
 Each engine gets its own server process (one uvicorn worker, as `histoclass serve` starts by default). After a
 warm-up, ``--clients`` threads each send their share of ``--requests`` one-image ``POST /api/predict`` requests
 (real 320x240 blood-cell JPEGs, multipart bodies encoded beforehand) back to back on kept-alive connections, so
-that the load generator, which shares the machine, takes under a tenth of a core; the round's requests/s is requests over wall time, and every
-request's latency is kept for the median and 95th percentile. Rounds alternate between the engines (A B A B ...)
-so that a drift of the machine's speed hits both; the median round is reported.
+that the load generator, which shares the machine, takes under a tenth of a core; the round's requests/s is
+requests over wall time, and every request's latency is kept for the median and 95th percentile. Rounds
+alternate between the engines (A B A B ...) so that a drift of the machine's speed hits both; the median round
+is reported.
 """
 
 from __future__ import annotations
