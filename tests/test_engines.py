@@ -41,10 +41,11 @@ OPENVINO_CHECK = """
 import json, sys
 from pathlib import Path
 import numpy as np
-from histoclass.inference.engines.openvino_engine import OpenVinoEngine
+from histoclass.inference.engines.openvino_engine import OpenVinoEngine, openvino_core
 from histoclass.inference.predictor import Predictor
 images = [Path(p) for p in json.loads(sys.argv[2])]
 out = {p: Predictor(OpenVinoEngine(Path(sys.argv[1]), precision=p)).predict(images).tolist() for p in ("f32", "bf16")}
+out["native_bf16"] = "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 print(json.dumps(out))
 """
 
@@ -52,7 +53,7 @@ print(json.dumps(out))
 def openvino_probabilities(model: Path) -> dict[str, np.ndarray]:
     command = [sys.executable, "-c", OPENVINO_CHECK, str(model), json.dumps([str(p) for p in IMAGES])]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return {k: np.array(v) for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
+    return {k: np.array(v) for k, v in json.loads(result.stdout.splitlines()[-1]).items()}  # native_bf16: 0-d
 
 
 def test_every_engine_agrees_with_pytorch_on_real_images(run_copy: Path) -> None:
@@ -64,8 +65,11 @@ def test_every_engine_agrees_with_pytorch_on_real_images(run_copy: Path) -> None
     expected = torch_predictor.predict(IMAGES)
     openvino = openvino_probabilities(cache.root)
     assert np.abs(openvino["f32"] - expected).max() < 1e-3
-    # reduced precision: `auto` admits it only past 99.5% agreement on the validation images
-    assert (openvino["bf16"].argmax(1) == expected.argmax(1)).mean() >= 0.9
+    # bf16 with its near ties computed again in f32: those rows are f32's exactly, and the top-1 answers hold
+    rechecked = np.abs(openvino["bf16"] - openvino["f32"]).max(axis=1) == 0
+    if openvino["native_bf16"]:  # else the bf16 hint runs f32
+        assert 0 < rechecked.sum() < len(IMAGES), rechecked.sum()
+    assert (openvino["bf16"].argmax(1) == expected.argmax(1)).mean() >= 0.98
     records = json.loads(cache.parity.read_text())
     assert records["onnx"]["passed"] and records["onnx"]["images"] > 0
 
