@@ -52,7 +52,7 @@ def test_a_missing_engine_runtime_is_a_skipped_stage(tmp_path: Path, monkeypatch
 
     found = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else found(name, *a))
-    with pytest.raises(StageSkipped, match=r"openvino is not installed: pip install 'histoclass\[openvino\]'"):
+    with pytest.raises(StageSkipped, match=r"openvino needs openvino: pip install 'histoclass\[openvino\]'"):
         EngineBench(tmp_path, tmp_path, np.zeros((1, 8, 8, 3), np.uint8)).stage("engine_openvino_f32", None, None)
 
 

@@ -8,7 +8,7 @@ is not installed, or bf16 on a CPU without native bf16, is a skipped stage with 
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import torch
 from histoclass.benchmark.monitor import UsageMonitor
 from histoclass.benchmark.stages import timed
 from histoclass.config import BenchConfig
-from histoclass.export.engines import convert_run
+from histoclass.export.engines import convert_run, missing_runtime
 from histoclass.inference.engines.onnx_engine import OnnxEngine
 from histoclass.inference.engines.openvino_engine import OpenVinoEngine
 from histoclass.inference.engines.torch_engine import TorchEngine, native_bf16
@@ -28,16 +28,15 @@ from histoclass.runs import ExportDir
 
 __all__ = ["ENGINE_STAGES", "REFERENCE_STAGE", "EngineBench", "StageSkipped"]
 
-#: Stage name -> (engine, precision), PyTorch fp32 first: the reference the others are compared with.
+#: Stage name -> (engine, precision, what it is), PyTorch fp32 first: the reference the others are compared with.
 ENGINE_STAGES = {
-    "engine_torch_fp32": ("torch", "fp32"),
-    "engine_torch_bf16": ("torch", "bf16"),
-    "engine_onnx": ("onnx", "fp32"),
-    "engine_openvino_f32": ("openvino", "f32"),
-    "engine_openvino_bf16": ("openvino", "bf16"),
+    "engine_torch_fp32": ("torch", "fp32", "PyTorch fp32, channels-last, on decoded batches"),
+    "engine_torch_bf16": ("torch", "bf16", "PyTorch bf16 autocast"),
+    "engine_onnx": ("onnx", "fp32", "ONNX Runtime"),
+    "engine_openvino_f32": ("openvino", "f32", "OpenVINO f32"),
+    "engine_openvino_bf16": ("openvino", "bf16", "OpenVINO bf16 (near ties again in f32)"),
 }
 REFERENCE_STAGE = "engine_torch_fp32"
-_RUNTIMES = {"onnx": ("onnxruntime", "runtime"), "openvino": ("openvino", "openvino")}
 
 
 class StageSkipped(Exception):
@@ -53,22 +52,28 @@ class EngineBench:
     pixels: np.ndarray
     reference: np.ndarray | None = field(default=None, init=False)
 
+    @functools.cached_property
+    def _model(self) -> tuple:
+        """The run's model and info, loaded once for every stage."""
+        return load_model(self.run)
+
+    @functools.cached_property
+    def _conversion(self) -> ExportDir:
+        """One ONNX conversion, read by ONNX Runtime and by OpenVINO alike."""
+        return convert_run(*self._model, self.folder / "conversion")
+
     def _predictor(self, engine: str, precision: str) -> Predictor:
-        if engine in _RUNTIMES and importlib.util.find_spec(_RUNTIMES[engine][0]) is None:
-            raise StageSkipped(
-                f"{_RUNTIMES[engine][0]} is not installed: pip install 'histoclass[{_RUNTIMES[engine][1]}]'"
-            )
+        missing = missing_runtime(engine) if engine != "torch" else None
+        if missing:
+            raise StageSkipped(missing)
         if precision == "bf16" and not native_bf16(torch.device("cpu")):
             raise StageSkipped("this CPU computes no bf16 natively")
-        model, info = load_model(self.run)
         if engine == "torch":
+            model, info = self._model
             return Predictor(TorchEngine(model, info, self.run, "cpu", bf16=precision == "bf16"))
-        export = ExportDir(self.folder / "conversion")
-        if not export.model("openvino").is_file():
-            convert_run(model, info, export.root, openvino=engine == "openvino")
         if engine == "onnx":
-            return Predictor(OnnxEngine(export.root, providers=["CPUExecutionProvider"]))
-        return Predictor(OpenVinoEngine(export.root, precision=precision))
+            return Predictor(OnnxEngine(self._conversion.root, providers=["CPUExecutionProvider"]))
+        return Predictor(OpenVinoEngine(self._conversion.root, precision=precision))
 
     def _answers(self, predictor: Predictor, batch: int) -> np.ndarray:
         return np.concatenate(
@@ -78,13 +83,13 @@ class EngineBench:
     def stage(self, name: str, settings: BenchConfig, monitor: UsageMonitor) -> dict:
         """Images/s of stage ``name`` over ``settings.steps`` batches (after ``warmup``), and its top-1
         agreement with PyTorch fp32 on every image."""
-        predictor = self._predictor(*ENGINE_STAGES[name])
+        predictor = self._predictor(*ENGINE_STAGES[name][:2])
         batch, images = settings.batch_size, len(self.pixels)
         starts = ((k * batch) % max(1, images - batch + 1) for k in range(settings.warmup + settings.steps))
         batches = ((self.pixels[s : s + batch], range(s, min(s + batch, images))) for s in starts)
         rate = timed(batches, settings.warmup, settings.steps, monitor, lambda b: predictor.predict_pixels(b[0]))
         if self.reference is None:
-            torch_fp32 = predictor if name == REFERENCE_STAGE else self._predictor(*ENGINE_STAGES[REFERENCE_STAGE])
+            torch_fp32 = predictor if name == REFERENCE_STAGE else self._predictor(*ENGINE_STAGES[REFERENCE_STAGE][:2])
             self.reference = self._answers(torch_fp32, batch)
         agreement = float((self._answers(predictor, batch) == self.reference).mean())
         return {"images_per_s": rate, "top1_agreement": round(agreement, 4)}

@@ -35,11 +35,7 @@ STAGES = {
     "ours_train_cache": "histoclass train --cache",
     "ours_predict": "histoclass predict (files)",
     "ours_predict_cache": "histoclass predict from the decoded cache",
-    "engine_torch_fp32": "CPU engine: PyTorch fp32, channels-last, on decoded batches",
-    "engine_torch_bf16": "CPU engine: PyTorch bf16 autocast",
-    "engine_onnx": "CPU engine: ONNX Runtime",
-    "engine_openvino_f32": "CPU engine: OpenVINO f32",
-    "engine_openvino_bf16": "CPU engine: OpenVINO bf16",
+    **{name: f"CPU engine: {what}" for name, (_, _, what) in ENGINE_STAGES.items()},
 }
 #: Ratio name -> (numerator stage, denominator stage).
 RATIOS = {

@@ -36,7 +36,15 @@ from histoclass.inference.engines.torch_engine import TorchEngine
 from histoclass.inference.predictor import Predictor, load
 from histoclass.runs import ExportDir, ModelInfo, RunDir, write_labels
 
-__all__ = ["AUTO_ORDER", "ENGINE_CHOICES", "MIN_AGREEMENT", "convert_run", "images_per_second", "open_predictor"]
+__all__ = [
+    "AUTO_ORDER",
+    "ENGINE_CHOICES",
+    "MIN_AGREEMENT",
+    "convert_run",
+    "images_per_second",
+    "missing_runtime",
+    "open_predictor",
+]
 
 ENGINE_CHOICES = ("auto", "torch", "onnx", "openvino")
 #: The engines ``auto`` checks on a run directory; it takes the fastest that passes, measured during the check.
@@ -139,13 +147,21 @@ def _variants(engine: str) -> list[tuple[str, str | None]]:
     return [("openvino-bf16", "bf16")] * native + [("openvino-f32", "f32")]
 
 
+def missing_runtime(engine: str) -> str | None:
+    """Why ``engine`` (onnx, openvino) cannot run here, naming the extra to install; None when it can."""
+    if importlib.util.find_spec(_RUNTIMES[engine]) is not None:
+        return None
+    extra = "openvino" if engine == "openvino" else "runtime"
+    return f"{engine} needs {_RUNTIMES[engine]}: pip install 'histoclass[{extra}]'"
+
+
 def _admitted(run: Path, engine: str, reference: Reference) -> tuple[list[tuple[Predictor, dict]], list[str]]:
     """Every variant of ``engine`` that passes its check on the run's validation images, with its record, and
     why the others did not (each checked once per weights and machine; the records stay in the cache's
     parity.json)."""
-    if importlib.util.find_spec(_RUNTIMES[engine]) is None:
-        extra = "openvino" if engine == "openvino" else "runtime"
-        return [], [f"{engine} needs {_RUNTIMES[engine]}: pip install 'histoclass[{extra}]'"]
+    missing = missing_runtime(engine)
+    if missing:
+        return [], [missing]
     cache = _cache(run, reference)
     records = json.loads(cache.parity.read_text()) if cache.parity.is_file() else {}
     admitted, reasons = [], []
