@@ -66,9 +66,39 @@ def test_both_readers_see_the_same_pyramid_and_pixels(slides: dict[str, Path], m
         assert via_openslide.level_downsamples == via_tiffslide.level_downsamples == [1.0, 4.0, 16.0]
         assert via_openslide.mpp == via_tiffslide.mpp == MPP
         for level in (0, 1):
-            a = via_openslide.read(512, 256, level, 100, 80)
-            b = via_tiffslide.read(512, 256, level, 100, 80)
+            a = via_openslide.read_through_reader(512, 256, level, 100, 80)
+            b = via_tiffslide.read_through_reader(512, 256, level, 100, 80)
             assert a.shape == (80, 100, 3) and np.array_equal(a, b)
+
+
+def test_tiles_decoded_straight_from_the_tiff_equal_the_readers(slides: dict[str, Path], monkeypatch) -> None:
+    rng = np.random.default_rng(0)
+    for name in ("svs", "tiff"):
+        for reader in ("openslide", "tiffslide"):
+            if reader == "tiffslide":
+                monkeypatch.setattr(readers, "_openslide", lambda path: None)
+            slide = open_slide(slides[name])
+            monkeypatch.undo()
+            assert slide.reader == reader and slide.chunks is not None and sorted(slide.chunks.levels) == [0, 1, 2]
+            for level, downsample in enumerate(slide.level_downsamples):
+                width, height = slide.level_dimensions[level]
+                for _ in range(25):  # inside, across tile edges, and past the slide's edges
+                    x, y = (int(rng.integers(-40, side + 40) * downsample) for side in (width, height))
+                    w, h = (int(v) for v in rng.integers(1, 300, 2))
+                    assert np.array_equal(slide.read(x, y, level, w, h), slide.read_through_reader(x, y, level, w, h))
+            slide.close()
+
+
+def test_the_tissue_closing_is_scipys_binary_closing(slides: dict[str, Path]) -> None:
+    from scipy import ndimage
+
+    from histoclass.slides.tissue import _closed, _saturation
+
+    thumbnail = open_slide(slides["svs"]).thumbnail(700)
+    for mask in (_saturation(thumbnail) > 20, thumbnail.mean(axis=2) < 200):
+        for side in (3, 7, 21):
+            expected = ndimage.binary_closing(mask, structure=np.ones((side, side)), border_value=0)
+            assert np.array_equal(_closed(mask, side), expected)
 
 
 def test_background_is_left_out_and_tiles_land_on_the_right_cells(mapped: Path, layout) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import os
 import shutil
@@ -21,7 +20,16 @@ from typing import Any
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
-__all__ = ["atomic_path", "building_folder", "replace_folder", "write_bytes", "write_csv", "write_json", "write_text"]
+__all__ = [
+    "atomic_path",
+    "building_folder",
+    "replace_folder",
+    "write_bytes",
+    "write_csv",
+    "write_json",
+    "write_pieces",
+    "write_text",
+]
 
 
 @contextlib.contextmanager
@@ -60,13 +68,20 @@ def write_json(target: str | Path, data: Any) -> Path:
     return write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def write_pieces(target: str | Path, pieces: Iterable[str]) -> Path:
+    """Write text pieces (UTF-8) to ``target`` atomically as they come: a large output is never one string."""
+    with atomic_path(target) as tmp, tmp.open("w", encoding="utf-8", newline="") as handle:
+        handle.writelines(pieces)
+    return Path(target)
+
+
 def write_csv(target: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
-    """Write a header and rows as CSV (quoted where needed) to ``target`` atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return write_text(target, buffer.getvalue())
+    """Write a header and rows as CSV (quoted where needed) to ``target`` atomically, row by row."""
+    with atomic_path(target) as tmp, tmp.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return Path(target)
 
 
 def _alive(pid: int) -> bool:

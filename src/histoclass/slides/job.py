@@ -19,7 +19,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
 
-from histoclass.atomic import write_bytes, write_csv, write_json, write_text
+from histoclass.atomic import write_bytes, write_csv, write_json, write_pieces, write_text
 from histoclass.config import SlideConfig
 from histoclass.console import console
 from histoclass.data.batches import iter_batches
@@ -154,7 +154,7 @@ def _write_outputs(
         write_bytes(
             out.class_heatmap(label), png_bytes(class_heatmap(thumbnail, boxes, probabilities[:, k], label, scale))
         )
-    write_json(out.geojson, geojson(boxes, probabilities, labels))
+    write_pieces(out.geojson, geojson(boxes, probabilities, labels))
     shown = [(key, value) for key, value in facts.items() if key != "geometry"]
     html = _environment().get_template("slide.html.j2").render(
         title=f"{slide.name}: tissue map", subtitle=f"{len(rows)} tissue tiles · model {facts['model']}",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
 
 import matplotlib
 import numpy as np
@@ -17,6 +18,7 @@ _TABLEAU = [
     (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
 ]  # fmt: skip
 _ALPHA = 0.5
+_BAND = 256  # thumbnail rows blended at once
 
 
 def class_colours(labels: Sequence[str]) -> list[tuple[int, int, int]]:
@@ -41,15 +43,19 @@ def _tile_pixels(boxes: np.ndarray, scale: float, shape: tuple[int, int]) -> lis
 
 
 def _paint(thumbnail: np.ndarray, boxes: np.ndarray, colours: np.ndarray, scale: float) -> np.ndarray:
-    """The thumbnail with each tile blended with its colour (N x 3 uint8)."""
-    layer = thumbnail.astype(np.float32)
+    """The thumbnail with each tile blended with its colour (N x 3 uint8), a band of rows at a time: a 16k
+    thumbnail would need gigabytes as one float image."""
+    colour = np.zeros_like(thumbnail)
     painted = np.zeros(thumbnail.shape[:2], bool)
-    colour = np.zeros_like(layer)
     for (x0, y0, x1, y1), c in zip(_tile_pixels(boxes, scale, thumbnail.shape[:2]), colours, strict=True):
         colour[y0:y1, x0:x1] = c
         painted[y0:y1, x0:x1] = True
-    layer[painted] = (1 - _ALPHA) * layer[painted] + _ALPHA * colour[painted]
-    return layer.round().astype(np.uint8)
+    out = thumbnail.copy()
+    for top in range(0, out.shape[0], _BAND):
+        rows, mask = out[top : top + _BAND], painted[top : top + _BAND]
+        blended = (1 - _ALPHA) * rows[mask].astype(np.float32) + _ALPHA * colour[top : top + _BAND][mask]
+        rows[mask] = blended.round().astype(np.uint8)
+    return out
 
 
 def _with_legend(image: np.ndarray, entries: list[tuple[str, tuple[int, int, int]]]) -> Image.Image:
@@ -81,7 +87,7 @@ def class_heatmap(
     thumbnail: np.ndarray, boxes: np.ndarray, probability: np.ndarray, label: str, scale: float
 ) -> Image.Image:
     """Each tile coloured by P(``label``) (viridis, 0 to 1) over a greyed thumbnail, with a legend."""
-    grey = np.repeat(thumbnail.mean(axis=2, keepdims=True), 3, axis=2).astype(np.uint8)
+    grey = np.repeat((thumbnail.sum(axis=2, dtype=np.uint16, keepdims=True) // 3).astype(np.uint8), 3, axis=2)
     cmap = matplotlib.colormaps["viridis"]
     colours = (np.asarray(cmap(probability))[:, :3] * 255).round().astype(np.uint8)
     stops = [(f"P({label}) = {v:.1f}", tuple(int(255 * c) for c in cmap(v)[:3])) for v in (0.0, 0.5, 1.0)]
@@ -91,18 +97,19 @@ def class_heatmap(
 def png_bytes(image: Image.Image | np.ndarray) -> bytes:
     image = image if isinstance(image, Image.Image) else Image.fromarray(image)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=1)  # a slide's maps are large: encode fast
     return buffer.getvalue()
 
 
-def geojson(boxes: np.ndarray, probabilities: np.ndarray, labels: Sequence[str]) -> dict:
-    """A FeatureCollection of tile polygons in level-0 pixels, classified and measured as QuPath imports them."""
+def geojson(boxes: np.ndarray, probabilities: np.ndarray, labels: Sequence[str]) -> Iterator[str]:
+    """A FeatureCollection of tile polygons in level-0 pixels, classified and measured as QuPath imports them,
+    as text one feature a line: a slide's hundred thousand tiles never sit in memory as one document."""
     colours = class_colours(labels)
-    features = []
-    for (x, y, w, h), probs in zip(boxes.tolist(), probabilities, strict=True):
+    yield '{"type": "FeatureCollection", "features": [\n'
+    for i, ((x, y, w, h), probs) in enumerate(zip(boxes.tolist(), probabilities, strict=True)):
         k = int(np.argmax(probs))
         ring = [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]
-        features.append({
+        feature = {
             "type": "Feature",
             "geometry": {"type": "Polygon", "coordinates": [ring]},
             "properties": {
@@ -110,8 +117,9 @@ def geojson(boxes: np.ndarray, probabilities: np.ndarray, labels: Sequence[str])
                 "classification": {"name": labels[k], "color": list(colours[k])},
                 "measurements": {f"prob_{label}": round(float(p), 6) for label, p in zip(labels, probs, strict=True)},
             },
-        })  # fmt: skip
-    return {"type": "FeatureCollection", "features": features}
+        }
+        yield ("," if i else "") + json.dumps(feature) + "\n"
+    yield "]}\n"
 
 
 def summarise(
