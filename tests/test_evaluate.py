@@ -14,7 +14,7 @@ from sklearn import metrics as skm
 
 import histoclass
 from conftest import BLOOD, BLOOD_TEST, BREAST, CLASSES, run_cli
-from histoclass.evaluation.metrics import METRIC_KEYS, expected_calibration_error
+from histoclass.evaluation.metrics import METRIC_KEYS, ece_of_perfect_calibration, expected_calibration_error
 
 EVAL_FILES = [
     "metrics.json",
@@ -86,6 +86,20 @@ def test_ece_agrees_with_torchmetrics_on_real_predictions(evaluated: Path) -> No
     reference = MulticlassCalibrationError(num_classes=4, n_bins=15, norm="l1")
     expected = float(reference(torch.from_numpy(probs).float(), torch.from_numpy(y_true)))
     assert expected_calibration_error(y_true, probs) == pytest.approx(expected, abs=1e-5)
+
+
+def test_the_ece_of_perfect_calibration_shrinks_with_images_and_exposes_overconfidence(evaluated: Path) -> None:
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    rows = read_rows(evaluated / "predictions.csv")
+    y_true = np.array([CLASSES.index(r["true_label"]) for r in rows])
+    probs = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
+    perfect = metrics["calibration"]["ece_if_perfect"]
+    assert (perfect["mean"], perfect["p95"]) == pytest.approx(ece_of_perfect_calibration(probs), abs=1e-6)
+    assert 0 < perfect["mean"] < perfect["p95"]
+    many, _ = ece_of_perfect_calibration(np.concatenate([probs] * 16))
+    assert many < perfect["mean"] / 2.5  # sampling noise: about 1/sqrt(16) of it on 16 times the images
+    overconfident = np.eye(4)[probs.argmax(axis=1)] * 0.97 + 0.01  # 97% sure of answers right ~60% of the time
+    assert expected_calibration_error(y_true, overconfident) > 2 * ece_of_perfect_calibration(overconfident)[1]
 
 
 def test_report_html_renders_every_section_in_chromium(evaluated: Path, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 
 from histoclass.calibration.conformal import prediction_sets, set_coverage
 from histoclass.calibration.temperature import calibrated_probabilities, negative_log_likelihood
-from histoclass.evaluation.metrics import expected_calibration_error
+from histoclass.evaluation.metrics import ece_of_perfect_calibration, expected_calibration_error
 from histoclass.runs import Calibration
 
 __all__ = ["calibration_figures"]
@@ -25,6 +25,7 @@ def calibration_figures(
         "fitted_on": calibration.fitted_on,
         "ece_uncalibrated": expected_calibration_error(y_true, raw),
         "ece": expected_calibration_error(y_true, calibrated),
+        "ece_if_perfect": dict(zip(("mean", "p95"), ece_of_perfect_calibration(calibrated), strict=True)),
         "log_loss_uncalibrated": negative_log_likelihood(view_logits, y_true, 1.0),
         "log_loss": negative_log_likelihood(view_logits, y_true, calibration.temperature),
         "coverage_target": calibration.coverage,

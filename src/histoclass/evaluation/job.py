@@ -153,9 +153,11 @@ def print_metrics(metrics: dict) -> None:
     intervals = [f"{k} [{v[0]:.3f}, {v[1]:.3f}]" for k, v in metrics["ci95"].items() if v is not None]
     console.print(f"95% intervals (bootstrap over {resampled}): " + ", ".join(intervals))
     calibration = metrics["calibration"]
+    perfect = calibration["ece_if_perfect"]
     console.print(
         f"calibration: temperature {calibration['temperature']:.2f}; ECE {calibration['ece_uncalibrated']:.3f} "
-        f"-> {calibration['ece']:.3f}; log loss {calibration['log_loss_uncalibrated']:.3f} "
+        f"-> {calibration['ece']:.3f} (a perfectly calibrated model would show {perfect['mean']:.3f}, up to "
+        f"{perfect['p95']:.3f}, on {metrics['n']} images); log loss {calibration['log_loss_uncalibrated']:.3f} "
         f"-> {calibration['log_loss']:.3f}"
     )
     if calibration["coverage"] is not None:

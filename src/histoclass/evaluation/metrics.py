@@ -11,6 +11,7 @@ __all__ = [
     "METRIC_KEYS",
     "calibration_bins",
     "compute_metrics",
+    "ece_of_perfect_calibration",
     "expected_calibration_error",
     "most_confused",
 ]
@@ -63,6 +64,21 @@ def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bi
     _, accuracy, confidence, counts = calibration_bins(y_true, probabilities, bins)
     filled = counts > 0
     return float(np.sum(counts[filled] * np.abs(accuracy[filled] - confidence[filled])) / counts.sum())
+
+
+def ece_of_perfect_calibration(
+    probabilities: np.ndarray, bins: int = 15, draws: int = 200, seed: int = 0
+) -> tuple[float, float]:
+    """Mean and 95th percentile of the ECE that a perfectly calibrated model with these probabilities would show
+    on this many images: labels drawn from the probabilities themselves (consistency resampling, Bröcker & Smith
+    2007). ECE is biased upwards on few images; a measured ECE inside this range cannot be told from perfect."""
+    rng = np.random.default_rng(seed)
+    cumulative = probabilities.cumsum(axis=1)
+    scores = []
+    for _ in range(draws):
+        drawn = (rng.random((len(probabilities), 1)) > cumulative).sum(axis=1).clip(0, probabilities.shape[1] - 1)
+        scores.append(expected_calibration_error(drawn, probabilities, bins))
+    return float(np.mean(scores)), float(np.percentile(scores, 95))
 
 
 def _auc(y_true: np.ndarray, scores: np.ndarray) -> float | None:

@@ -125,6 +125,7 @@ def render_report(
         roc=_b64(out_dir.roc),
         reliability=_b64(out_dir.reliability),
         ece=fmt(metrics["ece"]),
+        ece_if_perfect=(metrics.get("calibration") or {}).get("ece_if_perfect"),
         confused=confused[:10],
         gallery=gallery,
     )
