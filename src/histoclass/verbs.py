@@ -96,7 +96,7 @@ VERBS: dict[str, Verb] = {
 }
 
 
-def run_verb(name: str, config: BaseModel | None = None, **values: Any) -> Any:
+def run_verb(name: str, config: BaseModel | None = None, /, **values: Any) -> Any:
     """Run verb ``name`` with ``config``, or with ``values`` validated into its config (nested for train)."""
     verb = VERBS[name]
     settings = config if config is not None else validate(verb.config, values)
