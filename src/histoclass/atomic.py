@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -68,16 +68,24 @@ def write_json(target: str | Path, data: Any) -> Path:
     return write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def write_pieces(target: str | Path, pieces: Iterable[str]) -> Path:
-    """Write text pieces (UTF-8) to ``target`` atomically as they come: a large output is never one string."""
+@contextlib.contextmanager
+def _text_file(target: str | Path) -> Iterator[TextIO]:
+    """A UTF-8 text file written as it goes and renamed onto ``target`` at the end: a large output is never one
+    string in memory."""
     with atomic_path(target) as tmp, tmp.open("w", encoding="utf-8", newline="") as handle:
+        yield handle
+
+
+def write_pieces(target: str | Path, pieces: Iterable[str]) -> Path:
+    """Write text pieces to ``target`` atomically as they come."""
+    with _text_file(target) as handle:
         handle.writelines(pieces)
     return Path(target)
 
 
 def write_csv(target: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
     """Write a header and rows as CSV (quoted where needed) to ``target`` atomically, row by row."""
-    with atomic_path(target) as tmp, tmp.open("w", encoding="utf-8", newline="") as handle:
+    with _text_file(target) as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)

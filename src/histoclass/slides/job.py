@@ -268,7 +268,7 @@ def map_slides(config: SlideConfig) -> Path:
     """Map every slide of ``config.slides`` with ``config.model`` into ``config.out``."""
     paths = find_slides(config.slides)
     for path in paths:  # every slide is checked before the model loads: a bad one stops nothing half-way
-        slide = open_slide(path)
+        slide = open_slide(path, fast_reads=False)
         try:
             require_resolution(slide, config.mpp if config.level is None else None)
         finally:

@@ -113,7 +113,7 @@ def _pyramid(path: Path, module: Any, cls: str, prefix: str) -> Slide | None:
     if not opener.detect_format(str(path)):
         return None
     handle = opener(str(path))
-    slide = Slide(
+    return Slide(
         path,
         handle,
         prefix,
@@ -121,8 +121,6 @@ def _pyramid(path: Path, module: Any, cls: str, prefix: str) -> Slide | None:
         [float(d) for d in handle.level_downsamples],
         _mpp(handle.properties, prefix),
     )
-    slide.chunks = open_chunks(path, slide.level_dimensions, slide.level_downsamples, slide.read_through_reader)
-    return slide
 
 
 def _openslide(path: Path) -> Slide | None:
@@ -188,8 +186,10 @@ def _tiff_mpp(image: Image.Image) -> float | None:
     return None
 
 
-def open_slide(path: str | Path) -> Slide:
-    """The slide at ``path`` through OpenSlide, else tiffslide, else as a plain image; one line when none can."""
+def open_slide(path: str | Path, fast_reads: bool = True) -> Slide:
+    """The slide at ``path`` through OpenSlide, else tiffslide, else as a plain image; one line when none can.
+    ``fast_reads``: check the TIFF's tiles against the reader for direct reads (about 20 ms; not needed to look
+    at the metadata)."""
     path = Path(path)
     if not path.is_file():
         raise HistoclassError(f"no such slide '{path}'; pass slide files or folders of slides")
@@ -199,6 +199,8 @@ def open_slide(path: str | Path) -> Slide:
         raise HistoclassError(f"'{path.name}' is not a slide format histoclass reads ({known})")
     slide = _openslide(path) or _tiffslide(path) or _plain(path)
     if slide is not None:
+        if fast_reads and slide.reader != "image":
+            slide.chunks = open_chunks(path, slide.level_dimensions, slide.level_downsamples, slide.read_through_reader)
         return slide
     if suffix in SLIDE_SUFFIXES - PLAIN_SUFFIXES and not _has_reader():
         raise HistoclassError(f"reading {suffix} slides needs OpenSlide or tiffslide: {_EXTRA}")
