@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-__all__ = ["copy_augmentation", "make_copies", "read_truth"]
+__all__ = ["TRUTH", "copy_augmentation", "make_copies", "read_truth"]
 
 TRUTH = "truth.csv"
 

@@ -4,6 +4,7 @@
     python -m benchmarks.quality breast --rows baseline,recipe --seeds 0,1,2
     python -m benchmarks.quality blood --rows 128px,128px-last3 --per-class 150   # a small training set
     python -m benchmarks.quality blood --rows 128px,128px-last3 --per-class 150 --source-size 28   # and low-res
+    python -m benchmarks.quality blood --ceiling --results docs/quality.json   # cells no row gets right
 
 Blood cells: each row trains on ``../shared/data/bloodcells/train`` with ``--group-by auto`` (validation from
 other source cells than training), is evaluated on ``test_simple`` (71 unseen cells) and on *test-like*: 620
@@ -11,14 +12,16 @@ augmented copies per class of those same cells (benchmarks/copies.py), the way t
 ``--per-class N`` trains on N images a class drawn at random from the training folder (a small dataset; the
 test sets stay whole); ``--source-size S`` first shrinks the training and test images to S x S pixels, as
 MedMNIST's sources are (the model still trains at its own size: upscaled). Checkpoints and every setting are
-chosen on validation only. BreastMNIST: official splits, one run per seed, the test split scored once per run.
-Each row is a recipe: overrides of the shared base settings. Results are appended to a JSON file so that rows
-can run in separate sessions.
+chosen on validation only. Each blood row also records, per unseen cell, how many of its test-like copies are
+right; ``--ceiling`` reads those over every row so far. BreastMNIST: official splits, one run per seed, the test
+split scored once per run. Each row is a recipe: overrides of the shared base settings. Results are appended to a
+JSON file so that rows can run in separate sessions.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import random
@@ -26,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.copies import make_copies
+from benchmarks.copies import TRUTH, make_copies, read_truth
 from PIL import Image
 
 from histoclass.config import EvaluateConfig, apply_overrides, build_config
@@ -72,6 +75,9 @@ ROWS: dict[str, dict] = {
     "128px-20ep": AT_128 | {"train.epochs": 20},
     "128px-no-ema": AT_128 | {"train.ema": 0.0},
     "128px-last3": AT_128 | {"train.unfreeze_last": 3},
+    "128px-last3-balanced": AT_128 | {"train.unfreeze_last": 3, "train.class_weights": "balanced"},
+    "224px-last3": AT_128 | {"train.unfreeze_last": 3, "data.image_size": 224},
+    "128px-last3-folds-3": AT_128 | {"train.unfreeze_last": 3, "train.folds": 3},
     # Larger images for fewer epochs: at 128 px validation peaked by epoch 5 of 10.
     "160px-6ep": ALL_BLOCKS | {"data.image_size": 160, "train.epochs": 6},
     # Ensembles: the base recipe trained on 3 group-aware folds of the training split, their mean probability.
@@ -84,9 +90,12 @@ ROWS: dict[str, dict] = {
 }
 
 
+def _test_simple() -> list[Path]:
+    return sorted(p for p in (BLOOD / "test_simple").rglob("*.jpeg"))
+
+
 def _test_like(folder: Path) -> Path:
-    sources = sorted(p for p in (BLOOD / "test_simple").rglob("*.jpeg"))
-    return make_copies(sources, folder / "test-like", seed=7, per_class=620)
+    return make_copies(_test_simple(), folder / "test-like", seed=7, per_class=620)
 
 
 def _scores(run: Path, data: str, tta: bool, split: str | None = None) -> dict:
@@ -94,7 +103,42 @@ def _scores(run: Path, data: str, tta: bool, split: str | None = None) -> dict:
     metrics = json.loads((out / "metrics.json").read_text())
     keys = ("accuracy", "balanced_accuracy", "roc_auc", "macro_f1")
     calibration = metrics["calibration"]
-    return {key: metrics[key] for key in keys} | {"ece": calibration["ece"], "ece_raw": calibration["ece_uncalibrated"]}
+    scores = {key: metrics[key] for key in keys}
+    scores |= {"ece": calibration["ece"], "ece_raw": calibration["ece_uncalibrated"]}
+    truth = Path(data) / TRUTH
+    return scores | ({"cells": cell_scores(out / "predictions.csv", truth)} if truth.is_file() else {})
+
+
+def cell_scores(predictions: Path, truth: Path) -> dict[str, list[int]]:
+    """Test-like copies right and in all, per unseen source cell (``CLASS/file`` of ``test_simple``)."""
+    names = [f"{p.parent.name}/{p.name}" for p in _test_simple()]
+    source = read_truth(truth.parent)
+    cells: dict[str, list[int]] = {}
+    with open(predictions, newline="") as handle:
+        for row in csv.DictReader(handle):
+            tally = cells.setdefault(names[source[row["id"]]], [0, 0])
+            tally[0] += row["label"] == row["true_label"]
+            tally[1] += 1
+    return cells
+
+
+def ceiling(results: list[dict]) -> None:
+    """Per unseen cell, the best any blood row (with or without TTA) does: the cells no recipe gets right."""
+    best: dict[str, float] = {}
+    copies: dict[str, int] = {}
+    rows = [r for r in results if r["dataset"] == "blood" and not r.get("per_class") and not r.get("source_size")]
+    for scores in (r[key] for r in rows for key in ("test_like", "test_like+tta") if "cells" in r.get(key, {})):
+        for cell, (right, total) in scores["cells"].items():
+            best[cell], copies[cell] = max(best.get(cell, 0.0), right / total), total
+    if not best:
+        raise SystemExit("no blood rows with per-cell scores in the results file: run some rows first")
+    never = sorted(cell for cell, accuracy in best.items() if accuracy < 0.5)
+    oracle = sum(best[c] * copies[c] for c in best) / sum(copies.values())
+    print(f"{len(rows)} blood rows, {len(best)} unseen source cells, {sum(copies.values())} test-like copies")
+    for cell in never:
+        print(f"  no row gets it right: {cell} (best {best[cell]:.2f} of its {copies[cell]} copies)")
+    print(f"those {len(never)} cells hold {sum(copies[c] for c in never) / sum(copies.values()):.1%} of test-like")
+    print(f"best row per cell (an oracle no single model is): test-like accuracy {oracle:.3f}")
 
 
 def _subset(folder: Path, per_class: int) -> Path:
@@ -156,7 +200,10 @@ def main() -> None:
     parser.add_argument("--runs", help="where the runs go [a temporary folder]")
     parser.add_argument("--per-class", type=int, help="blood: train on this many random images a class")
     parser.add_argument("--source-size", type=int, help="blood: shrink every image to this many pixels first")
+    parser.add_argument("--ceiling", action="store_true", help="blood: per unseen cell, the best of the rows so far")
     args = parser.parse_args()
+    if args.ceiling:
+        return ceiling(json.loads(Path(args.results).read_text()))
     os.environ.setdefault("HISTOCLASS_CACHE", str(Path(tempfile.gettempdir()) / "histoclass-quality-cache"))
     results = Path(args.results)
     with tempfile.TemporaryDirectory() as folder:

@@ -102,6 +102,19 @@ def test_the_ece_of_perfect_calibration_shrinks_with_images_and_exposes_overconf
     assert expected_calibration_error(y_true, overconfident) > 2 * ece_of_perfect_calibration(overconfident)[1]
 
 
+def test_quality_benchmark_counts_each_unseen_cell_from_evaluate_predictions(evaluated: Path, tmp_path: Path) -> None:
+    from benchmarks.quality import cell_scores
+
+    sources = sorted(BLOOD_TEST.rglob("*.jpeg"))  # each test_simple image as its own single copy
+    rows = [(f"{s.parent.name}/{s.name}", number, s.name) for number, s in enumerate(sources)]
+    with open(tmp_path / "truth.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([("id", "source", "source_file"), *rows])
+    cells = cell_scores(evaluated / "predictions.csv", tmp_path / "truth.csv")
+    assert sorted(cells) == sorted(row[0] for row in rows) and all(total == 1 for _, total in cells.values())
+    accuracy = json.loads((evaluated / "metrics.json").read_text())["accuracy"]
+    assert sum(right for right, _ in cells.values()) / len(cells) == pytest.approx(accuracy)
+
+
 def test_report_html_renders_every_section_in_chromium(evaluated: Path, tmp_path: Path) -> None:
     html = (evaluated / "report.html").read_text()
     assert 'src="http' not in html and html.count("data:image/png;base64,") >= 4
