@@ -71,7 +71,10 @@ class StainNormalization(BaseModel):
         if self.method == "macenko":
             normalizer.HERef, normalizer.maxCRef = np.array(self.reference), np.array(self.scale)
         else:
-            normalizer.target_means, normalizer.target_stds = np.array(self.reference[0]), np.array(self.scale)
+            # float32, as torchstain's fit leaves them: float64 statistics would lift the LAB arithmetic to float64
+            # (numpy 2's promotion) and move some pixels by one level from what the fitted normaliser gives.
+            means, stds = np.array(self.reference[0], np.float32), np.array(self.scale, np.float32)
+            normalizer.target_means, normalizer.target_stds = means, stds
         return normalizer
 
     def _one(self, normalizer, image: np.ndarray) -> np.ndarray:
