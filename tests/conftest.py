@@ -19,6 +19,9 @@ SHARED = ROOT.parent / "shared"
 BLOOD = SHARED / "data" / "bloodcells" / "train"
 BLOOD_TEST = SHARED / "data" / "bloodcells" / "test_simple"
 BREAST = SHARED / "data" / "breastmnist.npz"
+#: Another lab's white blood cells (other stain, microscope, framing): the new-source development set.
+TECOM = SHARED / "data" / "wbc_tecom"
+SLIDE = SHARED / "data" / "slides" / "small_HE.svs"
 LITE0 = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
 CLASSES = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
 #: Class + source image: the augmented copies of one blood-cell photo form one group.

@@ -71,7 +71,7 @@ LIMIT = 0.06
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("preset", ["keras", "histology", "tfdata", "stain+erasing"])
+@pytest.mark.parametrize("preset", ["keras", "histology", "tfdata", "robust", "stain+erasing"])
 def test_batched_augmentation_matches_torchvision(cell: torch.Tensor, preset: str, device: str) -> None:
     augment = (
         AugmentConfig(preset="none", stain=0.1, erasing=0.5)

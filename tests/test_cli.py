@@ -133,3 +133,23 @@ def test_config_file_works_for_other_verbs(tmp_path: Path, tiny: Path) -> None:
     (tmp_path / "serve.yaml").write_text("port: 70000\n")
     assert_one_line_error(run_cli("serve", "model", "--config", str(tmp_path / "serve.yaml")), "port")
     assert_one_line_error(run_cli("predict", "m", "x", "--batch-size", "0"), "batch_size")
+
+
+def test_a_split_that_leaves_a_class_without_training_images_is_refused(tmp_path: Path) -> None:
+    """20 classes of one real image each beside two full ones: some single images land in validation only."""
+    files = blood_files(20)
+    singles = {f"single_{i}": [files["MONOCYTE"][i]] for i in range(20)}
+    data = link_class_folders(tmp_path / "data", {"EOSINOPHIL": files["EOSINOPHIL"], **singles})
+    result = run_cli(
+        "train",
+        "--data",
+        str(data),
+        "--weights",
+        str(LITE0),
+        "--image-size",
+        "32",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    )
+    assert result.returncode == 2 and "without a training image" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()

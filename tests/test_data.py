@@ -14,6 +14,7 @@ from conftest import BLOOD, BLOOD_GROUPS, BREAST, CLASSES, blood_files, link_cla
 from histoclass.config import DataConfig
 from histoclass.data.checks import check_source
 from histoclass.data.images import open_rgb, resize_square
+from histoclass.data.inputs import list_images
 from histoclass.data.sources import read_source
 from histoclass.data.splits import groups_from_pattern, split_train_val
 from histoclass.errors import HistoclassError
@@ -138,3 +139,36 @@ def test_missing_and_empty_inputs_raise_clear_errors(tmp_path: Path) -> None:
     shutil.copy(next((BLOOD / "MONOCYTE").iterdir()), tmp_path / "a" / "x.jpeg")
     with pytest.raises(HistoclassError, match="class folder '.*/b' has no images"):
         read_source(str(tmp_path))
+
+
+@pytest.mark.parametrize(("dtype", "scale"), [(np.int64, 1), (np.int32, 1), (np.uint16, 16)])
+def test_wide_integer_npz_images_are_read_at_their_real_range(tmp_path: Path, dtype, scale: int) -> None:
+    """0-255 stored as int64/int32, and 12-bit data in uint16, are not divided by the type's maximum (black)."""
+    with np.load(BREAST) as data:
+        images, labels = data["train_images"][:40], data["train_labels"][:40]
+    np.savez(tmp_path / "wide.npz", images=images.astype(dtype) * scale, labels=labels)
+    read = read_source(str(tmp_path / "wide.npz")).splits["all"].array
+    assert read.dtype == np.uint8
+    assert np.abs(read.astype(int) - images.astype(int)).max() <= 1
+
+
+def test_exif_orientation_is_applied_on_decoding(tmp_path: Path) -> None:
+    """A camera's JPEG stored unturned with orientation 6 is decoded as it is meant to be seen (turned 90°)."""
+    image = Image.open(sorted((BLOOD / "MONOCYTE").iterdir())[0]).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    image.save(tmp_path / "turned.jpg", exif=exif, quality=95)
+    decoded = open_rgb(tmp_path / "turned.jpg")
+    assert decoded.size == (image.height, image.width)
+    expected = np.asarray(image.transpose(Image.Transpose.ROTATE_270), dtype=float)
+    assert np.abs(np.asarray(decoded, dtype=float) - expected).mean() < 4
+
+
+def test_webp_and_gif_are_found_in_folders_and_read(tmp_path: Path) -> None:
+    image = Image.open(sorted((BLOOD / "LYMPHOCYTE").iterdir())[0]).convert("RGB")
+    image.save(tmp_path / "cell.webp")
+    image.save(tmp_path / "cell.gif")
+    found = sorted(p.name for p in list_images(tmp_path))
+    assert found == ["cell.gif", "cell.webp"]
+    for name in found:
+        assert resize_square(open_rgb(tmp_path / name), 32).shape == (32, 32, 3)

@@ -110,8 +110,11 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(uneven: Path, tmp_path: 
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
     assert "saving a checkpoint" in output
+    assert process.returncode == 130 and f"histoclass train --resume {run}" in output
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert not (run / "model.safetensors").exists()
+    unfinished = run_cli("predict", str(run), str(uneven), "--out", str(tmp_path / "p.csv"))
+    assert unfinished.returncode == 2 and "unfinished run" in unfinished.stderr and "--resume" in unfinished.stderr
     resumed = run_cli("train", "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     history = read_history(run / "history.csv")

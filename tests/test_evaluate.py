@@ -186,3 +186,16 @@ def test_compare_two_runs(trained_run: Path, scratch_run: Path, tmp_path: Path) 
     assert float(rows[0]["accuracy"]) > float(rows[1]["accuracy"])
     assert float(rows[0]["parameters_m"]) > 3 and rows[0]["best_epoch"]
     assert (out / "compare.png").stat().st_size > 10_000 and "| run |" in (out / "compare.md").read_text()
+
+
+def test_predict_never_writes_over_an_input_or_into_a_folder(trained_run: Path, tmp_path: Path) -> None:
+    image = tmp_path / "cell.jpeg"
+    shutil.copy(sorted((BLOOD / "MONOCYTE").iterdir())[0], image)
+    before = image.read_bytes()
+    same, folder = (
+        run_cli("predict", str(trained_run), str(image), "--out", str(image)),
+        run_cli("predict", str(trained_run), str(image), "--out", str(tmp_path)),
+    )
+    assert same.returncode == 2 and "is one of the input images" in same.stderr, same.stderr[-1000:]
+    assert folder.returncode == 2 and "is a folder" in folder.stderr and "Traceback" not in folder.stderr
+    assert image.read_bytes() == before

@@ -96,6 +96,22 @@ def test_a_transformers_dinov2_checkpoint_converts_exactly(tmp_path) -> None:
         build_foundation(FOUNDATION_MODELS["hibou-b"], pretrained=False, weights=str(tmp_path))
 
 
+def test_a_dinobloom_training_checkpoint_loads_by_name_from_a_folder(tmp_path) -> None:
+    """DinoBloom publishes DINOv2 training checkpoints (``teacher`` weights with DINO/iBOT heads) as
+    ``DinoBloom-S.pth``: a folder holding one builds ``dinobloom-s`` with exactly those weights."""
+    spec = FOUNDATION_MODELS["dinobloom-s"]
+    torch.manual_seed(0)
+    source = create_backbone(spec.name, pretrained=False).module.eval()
+    teacher = {f"backbone.{key}": value for key, value in source.state_dict().items()}
+    teacher |= {"backbone.mask_token": torch.zeros(1, spec.dim), "dino_head.last_layer.weight": torch.rand(8, 4)}
+    torch.save({"teacher": teacher, "iteration": 1}, tmp_path / "DinoBloom-S.pth")
+    loaded = build_foundation(spec, pretrained=False, weights=str(tmp_path)).module.eval()
+    images = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(source(images), loaded(images))
+    assert spec.domain == "haematology" and spec.files == ("DinoBloom-S.pth",)
+
+
 def test_models_lists_the_registry(tmp_path) -> None:
     result = run_cli("models", "--out", str(tmp_path / "models.csv"))
     assert result.returncode == 0, result.stderr

@@ -19,7 +19,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from histoclass.config import apply_overrides, load_yaml, validate
-from histoclass.errors import HistoclassError
+from histoclass.errors import HistoclassError, Interrupted
 from histoclass.verbs import VERBS, Verb
 
 __all__ = ["app", "main"]
@@ -110,6 +110,9 @@ def main() -> None:
     """Entry point: user errors become one line on stderr and exit status 2."""
     try:
         status = app.main(prog_name="histoclass", standalone_mode=False)
+    except Interrupted as error:
+        print(f"histoclass: interrupted: {error}", file=sys.stderr)
+        sys.exit(130)
     except HistoclassError as error:
         print(f"histoclass: error: {error}", file=sys.stderr)
         sys.exit(2)

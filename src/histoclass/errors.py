@@ -1,6 +1,6 @@
 """The one exception type that reaches users as a single line instead of a traceback."""
 
-__all__ = ["HistoclassError"]
+__all__ = ["HistoclassError", "Interrupted"]
 
 
 class HistoclassError(Exception):
@@ -8,3 +8,7 @@ class HistoclassError(Exception):
 
     Anything else that escapes is a bug and keeps its traceback.
     """
+
+
+class Interrupted(HistoclassError):
+    """The user stopped a job (Ctrl-C, SIGTERM) and it kept what it had: exit status 130, how to go on."""

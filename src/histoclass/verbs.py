@@ -63,6 +63,11 @@ VERBS: dict[str, Verb] = {
         "histoclass.evaluation.calibrate:calibrate",
         "Re-calibrate a run on local labelled images: temperature and prediction sets, checked on a held-out half.",
     ),
+    "adapt": Verb(
+        configs.AdaptConfig,
+        "histoclass.adaptation.job:adapt",
+        "Adapt a run to a new source: BatchNorm statistics from its unlabelled images, or fine-tuning on --shots.",
+    ),
     "models": Verb(
         configs.ModelsConfig,
         "histoclass.models.catalogue:list_models",

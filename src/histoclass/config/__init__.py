@@ -13,6 +13,7 @@ from histoclass.config.train import (
     build_config,
 )
 from histoclass.config.verbs import (
+    AdaptConfig,
     AuditOptions,
     BenchConfig,
     CalibrateConfig,
@@ -32,6 +33,7 @@ from histoclass.config.verbs import (
 __all__ = [
     "AUGMENT_PRESETS",
     "RECIPE_IMAGE_SIZE",
+    "AdaptConfig",
     "AuditOptions",
     "AugmentConfig",
     "BenchConfig",

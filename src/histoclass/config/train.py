@@ -82,14 +82,28 @@ AUGMENT_PRESETS: dict[str, dict[str, Any]] = {
         "saturation": 0.1,
         "hue": 0.02,
     },
+    # Another lab's images: other stain and camera (strong colour, stain and grey), other magnification and
+    # framing (objects 1/3 to 3x the size). Measured on a new lab's cells: docs/benchmarks.md, robustness.
+    "robust": {
+        "hflip": True,
+        "vflip": True,
+        "rot90": True,
+        "magnify": (0.33, 3.0),
+        "brightness": 0.3,
+        "contrast": 0.3,
+        "saturation": 0.5,
+        "hue": 0.15,
+        "stain": 0.15,
+        "grayscale": 0.2,
+    },
 }
 
 
 class AugmentConfig(ConfigModel):
     """Training-time augmentation; validation and test data are only resized and normalised."""
 
-    preset: Literal["none", "keras", "tfdata", "histology"] = option(
-        "histology", "augmentation preset: histology | keras | tfdata | none", flag="augment"
+    preset: Literal["none", "keras", "tfdata", "histology", "robust"] = option(
+        "histology", "augmentation preset: histology | robust (other labs) | keras | tfdata | none", flag="augment"
     )
     rotation: float = Field(0.0, ge=0, le=180, description="random rotation range, degrees (±)")
     shift: float = Field(0.0, ge=0, lt=1, description="random shift, fraction of the size (±)")
@@ -103,12 +117,23 @@ class AugmentConfig(ConfigModel):
     saturation: float = Field(0.0, ge=0, le=1)
     hue: float = Field(0.0, ge=0, le=0.5)
     crop_scale: float | None = Field(None, gt=0, le=1, description="random crop of this min area, resized")
+    magnify: tuple[float, float] | None = Field(
+        None, description="zoom drawn log-uniformly from (low, high): <1 zooms out (reflected border), >1 in"
+    )
+    magnify_offset: float = Field(0.1, ge=0, le=0.5, description="magnify: the centre moves by up to this share")
+    grayscale: float = Field(0.0, ge=0, le=1, description="probability of turning an image grey")
     stain: float = Field(0.0, ge=0, le=1, description="HED stain jitter: each stain scaled by 1±s and shifted by ±s")
     erasing: float = Field(0.0, ge=0, le=1, description="probability of erasing a random rectangle (2-33% of the area)")
     mixup: float = Field(0.0, ge=0, description="MixUp alpha (0: off)")
     cutmix: float = Field(0.0, ge=0, description="CutMix alpha (0: off)")
     mix_prob: float = Field(0.5, ge=0, le=1, description="share of batches mixed when MixUp/CutMix is on")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="share of the target spread over the other classes")
+
+    @model_validator(mode="after")
+    def _magnify_range(self) -> AugmentConfig:
+        if self.magnify is not None and not 0 < self.magnify[0] <= self.magnify[1] <= 10:
+            raise ValueError("magnify must be (low, high) with 0 < low <= high <= 10")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from pydantic import field_validator
 from histoclass.config.loading import ConfigModel, option
 
 __all__ = [
+    "AdaptConfig",
     "AuditOptions",
     "BenchConfig",
     "CalibrateConfig",
@@ -121,6 +122,22 @@ class CalibrateConfig(InferenceOptions, LabelledData):
     coverage: float = option(0.9, "prediction sets hold the true class this often", gt=0, lt=1)
     mondrian: bool = option(False, "one set threshold per class, so coverage holds for each class")
     seed: int = option(0, "seed of the two halves the before/after check uses")
+
+
+class AdaptConfig(LabelledData):
+    """``histoclass adapt``: a run adapted to a new source (another lab, scanner, stain), as a new run directory."""
+
+    run: str = option(..., "run directory (runs/NAME) to adapt; it is never changed", argument=True)
+    data: str = option(..., "the new source's images: any folder (labels unused), or labelled data with --shots")
+    shots: int | None = option(
+        None, "labelled images per class to fine-tune on (the rest of --data scores the result)", ge=1
+    )
+    epochs: int = option(30, "--shots: fine-tuning epochs over the labelled images", ge=1)
+    lr: float = option(2e-4, "--shots: learning rate of the whole network", gt=0)
+    name: str | None = option(None, "name of the adapted run [NAME-adapted]")
+    runs_dir: str | None = option(None, "parent folder of the adapted run [the run's own parent]")
+    batch_size: int = option(32, "images per batch", ge=1)
+    seed: int = option(0, "seed of the labelled draw and the fine-tuning")
 
 
 class CompareConfig(ConfigModel):

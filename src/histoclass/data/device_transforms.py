@@ -29,7 +29,9 @@ _CROP_TRIES = 10  # as torchvision's RandomResizedCrop and RandomErasing
 #: Where each transform's uniforms sit in an image's draw (new transforms append, so old draws never change).
 _HED = slice(16 + 2 * _CROP_TRIES, 22 + 2 * _CROP_TRIES)
 _ERASE = slice(_HED.stop, _HED.stop + 3 + 2 * _CROP_TRIES)
-_DRAWS = _ERASE.stop
+_MAGNIFY = slice(_ERASE.stop, _ERASE.stop + 3)  # log-magnification, then the centre's offset
+_GREY = _MAGNIFY.stop
+_DRAWS = _GREY + 1
 #: torchvision's RandomErasing defaults.
 _ERASE_SCALE, _ERASE_RATIO = (0.02, 0.33), (0.3, 3.3)
 
@@ -112,14 +114,23 @@ def _homogeneous(linear: torch.Tensor, offset: torch.Tensor | None = None) -> to
     return out
 
 
+def _magnification(u: torch.Tensor, low: float, high: float, offset: float) -> torch.Tensor:
+    """Zoom by a factor drawn log-uniformly from [low, high] about a centre moved by up to ``offset`` of the
+    side: above 1 the output shows the middle of the image enlarged, below 1 the whole image smaller, framed by
+    its own reflection (a wider field of the same smear or tissue rather than a black border)."""
+    factor = torch.exp(_between(u[:, 0], math.log(low), math.log(high)))
+    eye = torch.eye(2, device=u.device).expand(u.shape[0], 2, 2)
+    return _homogeneous(eye / factor[:, None, None], _between(u[:, 1:3], -2 * offset, 2 * offset))
+
+
 class BatchAugment(nn.Module):
     """Augment a float NCHW batch in [0, 1] of square images, each with its own random parameters.
 
     Geometry (random resized crop, rotation, shift, shear, zoom, flips, 90-degree turns) is composed into one
     sampling matrix per image and applied by a single bilinear ``grid_sample`` (zeros outside, as
-    ``RandomAffine``); colour jitter follows ``ColorJitter`` (its factors, its order drawn at random); then HED
-    stain jitter (:mod:`histoclass.data.stain`) and random erasing (as ``RandomErasing``, filled with ``fill``,
-    the backbone's mean colour, which is zero once standardised).
+    ``RandomAffine``; a reflected border with ``magnify``); colour jitter follows ``ColorJitter`` (its factors,
+    its order drawn at random); then HED stain jitter (:mod:`histoclass.data.stain`), random grey, and random
+    erasing (as ``RandomErasing``, filled with ``fill``, the backbone's mean colour, zero once standardised).
     """
 
     def __init__(self, augment: AugmentConfig, seed: int = 0, fill: tuple[float, ...] = (0.5, 0.5, 0.5)) -> None:
@@ -128,7 +139,8 @@ class BatchAugment(nn.Module):
         self.register_buffer("fill", torch.tensor(fill).view(1, -1, 1, 1), persistent=False)
         a = augment
         self.geometric = bool(
-            (a.crop_scale is not None and a.crop_scale < 1)
+            a.magnify is not None
+            or (a.crop_scale is not None and a.crop_scale < 1)
             or a.rotation
             or a.shift
             or a.shear
@@ -141,20 +153,25 @@ class BatchAugment(nn.Module):
 
     @property
     def active(self) -> bool:
-        return self.geometric or bool(self.colour) or bool(self.augment.stain) or bool(self.augment.erasing)
+        a = self.augment
+        return self.geometric or bool(self.colour) or bool(a.stain) or bool(a.erasing) or bool(a.grayscale)
 
     def forward(self, images: torch.Tensor, index: torch.Tensor, epoch: int, step: int = 0) -> torch.Tensor:
         """``index``: each image's dataset index (on any device); ``step``: the batch's number in the epoch."""
         u = hashed_uniforms(self.seed, epoch, index, _DRAWS)
         if self.geometric:
             grid = F.affine_grid(self._sampling(u, images.shape[-1]), list(images.shape), align_corners=False)
-            images = F.grid_sample(images, grid.to(images.dtype), "bilinear", "zeros", align_corners=False)
+            border = "reflection" if self.augment.magnify is not None else "zeros"
+            images = F.grid_sample(images, grid.to(images.dtype), "bilinear", border, align_corners=False)
         if self.colour:
             images = self._jitter(images, u[:, 12:16], epoch, step)
         if self.augment.stain:
             s = self.augment.stain
             hed = u[:, _HED].to(images.dtype)
             images = hed_jitter(images, _between(hed[:, :3], 1 - s, 1 + s), _between(hed[:, 3:], -s, s))
+        if self.augment.grayscale:
+            grey = (u[:, _GREY] < self.augment.grayscale).view(-1, 1, 1, 1)
+            images = torch.where(grey, _gray(images).expand_as(images), images)
         if self.augment.erasing:
             images = torch.where(self._erased(u[:, _ERASE], images.shape[-1]), self.fill.to(images.dtype), images)
         return images
@@ -183,6 +200,8 @@ class BatchAugment(nn.Module):
         matrix = self._crop(u, size) if a.crop_scale is not None and a.crop_scale < 1 else _homogeneous(eye)
         if a.rotation or a.shift or a.shear or a.zoom:
             matrix = matrix @ self._inverse_affine(u[:, 4:9], size)
+        if a.magnify is not None:
+            matrix = _magnification(u[:, _MAGNIFY], *a.magnify, a.magnify_offset) @ matrix
         signs = torch.ones(n, 2, device=device)
         if a.hflip:
             signs[:, 0] = torch.where(u[:, 9] < 0.5, -1.0, 1.0)

@@ -9,7 +9,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -22,7 +22,9 @@ __all__ = [
     "unreadable_reason",
 ]
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
+#: EXIF's orientation tag: phones and some microscope cameras store pixels turned and say so here.
+_ORIENTATION = 0x0112
 #: How every path resizes: Pillow bilinear straight to size x size (no crop), after JPEG DCT scaling.
 RESIZE_METHOD = "pillow-bilinear-stretch"
 
@@ -90,6 +92,8 @@ def open_rgb(source: str | Path | bytes, size_hint: int | None = None) -> Image.
     if size_hint and image.format == "JPEG":
         image.draft("RGB", (size_hint, size_hint))
     image.load()
+    if image.getexif().get(_ORIENTATION, 1) != 1:  # the pixels as the camera meant them to be seen
+        image = ImageOps.exif_transpose(image)
     return _pil_to_rgb(image)
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from histoclass.config import DataConfig
+from histoclass.console import console
 from histoclass.data.inputs import find_image, index_images, list_images, read_csv_rows
 from histoclass.data.records import DataSource, ImageRecords
 from histoclass.errors import HistoclassError
@@ -195,6 +197,30 @@ def _npz_split(data: np.lib.npyio.NpzFile, prefix: str, path: Path) -> tuple[Ima
     return (records.subset(np.flatnonzero(valid)) if rejected else records), rejected
 
 
+def _eight_bit(splits: dict[str, ImageRecords], path: Path) -> dict[str, ImageRecords]:
+    """Integer images wider than uint8 as 8-bit, scaled by the bit depth their values use (0-255 stored as
+    int64 stay as they are; 12-bit data in uint16 is scaled from 0-4095), never by the type's full range, which
+    turns them black. Said on the console; negative values are refused."""
+    arrays = [r.array for r in splits.values() if r.array is not None and len(r)]
+    if all(a.dtype == np.uint8 or not np.issubdtype(a.dtype, np.integer) for a in arrays):
+        return splits
+    low, peak = min(int(a.min()) for a in arrays), max(int(a.max()) for a in arrays)
+    if low < 0:
+        raise HistoclassError(f"--data: '{path}': images hold negative values ({low}); save unsigned pixel values")
+    bits = max(8, peak.bit_length())
+    full = (1 << bits) - 1
+    console.print(
+        f"[yellow]{path.name}: images stored as {arrays[0].dtype} with values 0-{peak}: read as {bits}-bit "
+        f"(0-{full} scaled to 0-255)[/]"
+    )
+    return {
+        name: replace(records, array=(records.array.astype(np.float64) * (255.0 / full)).round().astype(np.uint8))
+        if records.array is not None
+        else records
+        for name, records in splits.items()
+    }
+
+
 def read_npz_file(path: Path, flag: str | None = None) -> DataSource:
     """Read a MedMNIST-style archive: ``{train,val,test}_images`` and ``_labels``, or ``images``/``labels``."""
     try:
@@ -211,7 +237,7 @@ def read_npz_file(path: Path, flag: str | None = None) -> DataSource:
                 f"it has {', '.join(data.files)}"
             )
         read = {(p.rstrip("_") or "all"): _npz_split(data, p, path) for p in prefixes}
-    splits = {name: records for name, (records, _) in read.items()}
+    splits = _eight_bit({name: records for name, (records, _) in read.items()}, path)
     rejected = [item for _, bad in read.values() for item in bad]
     if not any(len(r) for r in splits.values()):
         raise HistoclassError(f"--data: '{path}' has no image with a valid label")

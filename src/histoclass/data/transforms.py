@@ -6,12 +6,15 @@ pixels; normalisation happens on the device, batched, inside the training module
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch.nn import functional as F
 from torchvision.transforms import v2
 
 from histoclass.config import AugmentConfig
 
-__all__ = ["RandomHEDJitter", "RandomRot90", "create_batch_mixer", "create_train_transform"]
+__all__ = ["RandomHEDJitter", "RandomMagnify", "RandomRot90", "create_batch_mixer", "create_train_transform"]
 
 
 class RandomRot90(v2.Transform):
@@ -22,6 +25,26 @@ class RandomRot90(v2.Transform):
 
     def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
         return torch.rot90(inpt, params["k"], dims=(-2, -1)) if params["k"] else inpt
+
+
+class RandomMagnify(v2.Transform):
+    """Zoom one float CxHxW image by a log-uniform factor in [low, high] about a centre moved by up to
+    ``offset`` of the side, the border filled by reflection (torchvision's affine has only constant fills)."""
+
+    def __init__(self, low: float, high: float, offset: float) -> None:
+        super().__init__()
+        self.low, self.high, self.offset = low, high, offset
+
+    def make_params(self, flat_inputs: list) -> dict:
+        log_factor = torch.empty(()).uniform_(math.log(self.low), math.log(self.high))
+        return {"factor": float(torch.exp(log_factor)), "centre": (torch.rand(2) * 2 - 1) * 2 * self.offset}
+
+    def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
+        theta = torch.zeros(1, 2, 3)
+        theta[0, 0, 0] = theta[0, 1, 1] = 1 / params["factor"]
+        theta[0, :, 2] = params["centre"]
+        grid = F.affine_grid(theta, [1, *inpt.shape], align_corners=False)
+        return F.grid_sample(inpt[None], grid, "bilinear", "reflection", align_corners=False)[0]
 
 
 class RandomHEDJitter(v2.Transform):
@@ -47,6 +70,8 @@ def create_train_transform(
     """The per-image training transform for ``augment`` at ``image_size`` (float images in [0, 1]): the
     reference the batched device augmentation is tested against."""
     steps: list[v2.Transform] = []
+    if augment.magnify is not None:  # first: the batched path composes it on the input side of the geometry
+        steps.append(RandomMagnify(*augment.magnify, augment.magnify_offset))
     if augment.crop_scale is not None and augment.crop_scale < 1:
         steps.append(v2.RandomResizedCrop(image_size, scale=(augment.crop_scale, 1.0), antialias=True))
     if augment.rotation or augment.shift or augment.shear or augment.zoom:
@@ -76,6 +101,8 @@ def create_train_transform(
         )
     if augment.stain:
         steps.append(RandomHEDJitter(augment.stain))
+    if augment.grayscale:
+        steps.append(v2.RandomGrayscale(augment.grayscale))
     if augment.erasing:
         steps.append(v2.RandomErasing(p=augment.erasing, value=list(fill)))
     return v2.Compose(steps)

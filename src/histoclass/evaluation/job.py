@@ -31,10 +31,11 @@ from histoclass.evaluation.metrics import METRIC_KEYS, compute_metrics, most_con
 from histoclass.evaluation.plots import plot_confusion, plot_reliability, plot_roc
 from histoclass.evaluation.report import gallery_items, render_report
 from histoclass.export.engines import open_predictor
-from histoclass.inference.job import report_errors, run_predictions, write_predictions_csv
+from histoclass.inference.job import Predictions, report_errors, report_shift, run_predictions, write_predictions_csv
 from histoclass.inference.predictor import Predictor
 from histoclass.runs import EvalDir, RunDir
 from histoclass.runs.config_file import read_run_config
+from histoclass.shift.verdict import unlike_share
 
 __all__ = ["SelfChecks", "evaluate", "evaluate_predictor", "print_metrics"]
 
@@ -101,6 +102,19 @@ def _judged(metrics: dict, y_true, probabilities, labels: list[str], rows: np.nd
     return metrics
 
 
+def _shift_summary(predictions: Predictions, predictor: Predictor, rows: np.ndarray) -> dict | None:
+    """The share of images unlike the training data, its verdict (printed) and the mean shift score."""
+    if predictions.shift is None:
+        return None
+    verdict = report_shift(predictions, predictor)
+    return {
+        "unlike_training": unlike_share(predictions.unlike[rows]),
+        "mean_score": float(np.mean(predictions.shift[rows])),
+        "threshold": predictor.shift.reference.threshold,
+        "verdict": verdict,
+    }
+
+
 def evaluate_predictor(
     predictor: Predictor,
     records: ImageRecords,
@@ -125,6 +139,7 @@ def evaluate_predictor(
     metrics = compute_metrics(y_true, probabilities, labels)
     metrics["calibration"] = calibration_figures(view_logits, y_true, labels, predictor.info.calibration)
     metrics = _judged(metrics, y_true, probabilities, labels, rows, checks or SelfChecks())
+    metrics["shift"] = _shift_summary(predictions, predictor, rows)
     with building_folder(out_dir.parent, f".{out_dir.name}.") as folder:
         building = EvalDir(folder)
         true_names = [labels[k] for k in records.labels]

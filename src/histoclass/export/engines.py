@@ -212,7 +212,17 @@ def _auto(run: Path, reference: Reference) -> Predictor:
 
 def open_predictor(model: str | Path, engine: str = "auto", compile: bool = False) -> Predictor:
     """A predictor for ``model`` on ``engine``: exports run on their own runtime (OpenVINO reads ONNX too);
-    a run directory on the fastest checked engine for ``auto`` (PyTorch with ``compile``)."""
+    a run directory on the fastest checked engine for ``auto`` (PyTorch with ``compile``), scoring each image's
+    shift from the training data when the run has a reference."""
+    predictor = _open_engine(model, engine, compile)
+    if TorchEngine.accepts(Path(model)):
+        from histoclass.shift.scorer import open_scorer
+
+        predictor = Predictor(predictor.engine, Path(model), open_scorer(model))
+    return predictor
+
+
+def _open_engine(model: str | Path, engine: str, compile: bool) -> Predictor:
     if engine not in ENGINE_CHOICES:
         raise HistoclassError(f"--engine: unknown engine '{engine}'; choose one of {', '.join(ENGINE_CHOICES)}")
     path = Path(model)

@@ -19,12 +19,14 @@ from histoclass.data.records import ImageRecords
 from histoclass.errors import HistoclassError
 from histoclass.export.engines import open_predictor
 from histoclass.inference.predictor import Predictor
+from histoclass.shift.verdict import shift_verdict
 
 __all__ = [
     "Predictions",
     "decide",
     "predict",
     "report_errors",
+    "report_shift",
     "resolve_threshold",
     "run_predictions",
     "write_predictions_csv",
@@ -41,6 +43,9 @@ class Predictions:
     view_logits: np.ndarray | None = None
     sets: np.ndarray | None = None
     decisions: np.ndarray | None = None
+    #: Each image's shift score and whether it lies above the run's threshold (None: no reference).
+    shift: np.ndarray | None = None
+    unlike: np.ndarray | None = None
 
     @property
     def labels_index(self) -> np.ndarray:
@@ -89,16 +94,31 @@ def run_predictions(
     probabilities = np.full((len(records), classes), np.nan)
     view_logits = np.full((len(records), 8 if tta else 1, classes), np.nan, np.float32)
     errors = dict(missing or {})
+    shift = np.full(len(records), np.nan, np.float32) if predictor.shift is not None else None
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("Predicting", total=len(records))
         for result in predictor.predict_records(records, batch_size=batch_size, tta=tta):
             probabilities[result.indices] = result.probabilities
             view_logits[result.indices] = result.view_logits
+            if shift is not None and result.shift is not None:
+                shift[result.indices] = result.shift
             for index, reason in result.errors.items():
                 errors.setdefault(index, reason)
             progress.advance(task, len(result.indices) + len(result.errors))
     sets = predictor.prediction_sets(np.nan_to_num(probabilities))
-    return Predictions(records.ids, probabilities, errors, view_logits, sets)
+    unlike = None if shift is None else predictor.shift.reference.unlike(np.nan_to_num(shift))
+    return Predictions(records.ids, probabilities, errors, view_logits, sets, shift=shift, unlike=unlike)
+
+
+def report_shift(predictions: Predictions, predictor: Predictor) -> str | None:
+    """Print and return the batch verdict on the readable images' shift scores (None: no warning)."""
+    if predictions.unlike is None:
+        return None
+    readable = np.asarray([i not in predictions.errors for i in range(len(predictions.ids))], dtype=bool)
+    verdict = shift_verdict(predictions.unlike[readable], predictor.shift.reference.quantile, str(predictor.origin))
+    if verdict:
+        console.print(f"[yellow]Warning:[/] {verdict}")
+    return verdict
 
 
 def write_predictions_csv(
@@ -116,6 +136,7 @@ def write_predictions_csv(
         "confidence",
         *(f"prob_{c}" for c in labels),
         *(["prediction_set", "set_size"] if predictions.sets is not None else []),
+        *(["shift_score", "unlike_training"] if predictions.shift is not None else []),
     ]
     chosen = columns or header
     unknown = [c for c in chosen if c not in header]
@@ -130,6 +151,7 @@ def write_predictions_csv(
         probs = predictions.probabilities[i]
         if i in predictions.errors:
             row |= {"label": "", "confidence": "", "prediction_set": "", "set_size": ""}
+            row |= {"shift_score": "", "unlike_training": ""}
             row |= {f"prob_{c}": "" for c in labels}
         else:
             best = int(chosen_labels[i])
@@ -138,6 +160,8 @@ def write_predictions_csv(
             if predictions.sets is not None:
                 members = [c for c, inside in zip(labels, predictions.sets[i], strict=True) if inside]
                 row |= {"prediction_set": "|".join(members), "set_size": len(members)}
+            if predictions.shift is not None:
+                row |= {"shift_score": f"{predictions.shift[i]:.4f}", "unlike_training": int(predictions.unlike[i])}
         rows.append([row[c] for c in chosen])
     return write_csv(out, chosen, rows)
 
@@ -148,17 +172,27 @@ def report_errors(predictions: Predictions) -> None:
         console.print(f"[yellow]skipped[/] {predictions.ids[i]}: {reason}")
 
 
+def _check_out(out: Path, inputs: list[Path | None]) -> None:
+    """The CSV never lands on an input image or a folder."""
+    if out.is_dir():
+        raise HistoclassError(f"--out '{out}' is a folder; name a CSV file, such as {out / 'predictions.csv'}")
+    if out.exists() and any(p is not None and p.exists() and p.samefile(out) for p in inputs):
+        raise HistoclassError(f"--out '{out}' is one of the input images; write the CSV elsewhere (predictions.csv)")
+
+
 def predict(config: PredictConfig) -> Path:
     """Predict every input image with ``config.model`` and write the CSV ``config.out``."""
     predictor = open_predictor(config.model, config.engine, config.compile)
     threshold = resolve_threshold(predictor, config.threshold)
     ids, paths = collect_inputs(config.inputs, config.image_dir, config.id_column)
+    _check_out(Path(config.out), paths)
     columns = [c.strip() for c in config.columns.split(",")] if config.columns else None
     missing = {i: "no image file for this id" for i, p in enumerate(paths) if p is None}
     records = ImageRecords(ids=ids, labels=np.full(len(ids), -1), paths=[p or Path("/nonexistent") for p in paths])
     predictions = run_predictions(predictor, records, config.batch_size, config.tta, missing)
     predictions.decisions = decide(predictions.probabilities, threshold)
     report_errors(predictions)
+    report_shift(predictions, predictor)
     path = write_predictions_csv(config.out, predictions, predictor.labels, columns)
     console.print(f"{len(ids) - len(predictions.errors)} of {len(ids)} images predicted -> [bold]{path}[/]")
     return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -23,28 +24,39 @@ from histoclass.data.stain_normalize import stain_normalized
 from histoclass.errors import HistoclassError
 from histoclass.inference.engines import ENGINES, Engine
 from histoclass.inference.preprocess import dihedral_views
-from histoclass.runs import ModelInfo
+from histoclass.runs import ModelInfo, RunDir
 
-__all__ = ["BatchResult", "Predictor", "load"]
+__all__ = ["BatchResult", "Predictor", "ShiftScores", "load"]
 
 
 @dataclass
 class BatchResult:
     """Probabilities (and the raw logits of each test-time view, N x V x C) for the readable images of a batch;
-    ``errors`` maps record index -> reason."""
+    ``errors`` maps record index -> reason; ``shift``: each image's shift score, when the model has a reference."""
 
     indices: list[int]
     probabilities: np.ndarray
     errors: dict[int, str]
     view_logits: np.ndarray
+    shift: np.ndarray | None = None
+
+
+class ShiftScores(Protocol):
+    """What scores images against a model's training data (:class:`histoclass.shift.scorer.ShiftScorer`)."""
+
+    reference: Any
+
+    def score(self, pixels: np.ndarray) -> np.ndarray: ...
 
 
 class Predictor:
-    """A model behind an engine, answering with probabilities in :attr:`labels` order."""
+    """A model behind an engine, answering with probabilities in :attr:`labels` order; with a ``shift`` scorer,
+    also with each image's distance from the training data."""
 
-    def __init__(self, engine: Engine, origin: Path | None = None) -> None:
+    def __init__(self, engine: Engine, origin: Path | None = None, shift: ShiftScores | None = None) -> None:
         self.engine = engine
         self._origin = origin
+        self.shift = shift
 
     @property
     def origin(self) -> Path:
@@ -90,6 +102,10 @@ class Predictor:
         calibration = self.info.calibration
         return prediction_sets(probabilities, calibration.thresholds) if calibration.has_sets else None
 
+    def shift_scores(self, pixels: np.ndarray) -> np.ndarray | None:
+        """Shift scores of uint8 NHWC images at the model's size (None without a scorer)."""
+        return None if self.shift is None else self.shift.score(pixels)
+
     def predict(
         self, images: Sequence[str | Path | Image.Image | np.ndarray], batch_size: int = 64, tta: bool = False
     ) -> np.ndarray:
@@ -115,7 +131,8 @@ class Predictor:
         for batch in iter_batches(records, size, batch_size, threads, cache):
             if batch.indices:
                 logits = self.view_logits(batch.pixels, tta)
-                yield BatchResult(batch.indices, self.probabilities(logits), batch.errors, logits)
+                shift = self.shift_scores(batch.pixels)
+                yield BatchResult(batch.indices, self.probabilities(logits), batch.errors, logits, shift)
             else:
                 yield BatchResult([], np.zeros((0, classes)), batch.errors, np.zeros((0, 1, classes), np.float32))
 
@@ -144,6 +161,11 @@ def load(path: str | Path, compile: bool = False) -> Predictor:
     if not path.exists():
         raise HistoclassError(f"no such model or run directory '{path}'; pass runs/NAME or a model.onnx file")
     engine_class = next((ENGINES[name] for name in ENGINES if ENGINES[name].accepts(path)), None)
+    if engine_class is None and RunDir(path).config.is_file():
+        raise HistoclassError(
+            f"'{path}' is an unfinished run (no {RunDir(path).weights.name}): finish it with "
+            f"histoclass train --resume {path}"
+        )
     if engine_class is None:
         raise HistoclassError(
             f"'{path}' is not a model: pass a run directory (with its weights), model.onnx, model.tflite or model.pt"

@@ -14,12 +14,12 @@ from histoclass.models.foundation import FOUNDATION_MODELS, FoundationModel
 
 __all__ = ["list_models", "registry_rows"]
 
-COLUMNS = ("name", "hub", "parameters (M)", "embedding", "input", "licence", "gated")
+COLUMNS = ("name", "domain", "hub", "parameters (M)", "embedding", "input", "licence", "gated")
 
 
 def _row(spec: FoundationModel) -> tuple[str, ...]:
     embedding = f"{spec.dim} ({spec.embedding})"
-    return (spec.name, spec.repo, f"{spec.parameters_m:.0f}", embedding, f"{spec.image_size}",
+    return (spec.name, spec.domain, spec.repo, f"{spec.parameters_m:.0f}", embedding, f"{spec.image_size}",
             spec.licence, "yes" if spec.gated else "no")  # fmt: skip
 
 

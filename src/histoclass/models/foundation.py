@@ -28,7 +28,14 @@ from histoclass.models.hub import (
     timm_model_args,
 )
 
-__all__ = ["FOUNDATION_MODELS", "ClsMeanPool", "FoundationModel", "build_foundation", "dinov2_to_timm"]
+__all__ = [
+    "FOUNDATION_MODELS",
+    "ClsMeanPool",
+    "FoundationModel",
+    "build_foundation",
+    "dinov2_teacher_to_timm",
+    "dinov2_to_timm",
+]
 
 HOPTIMUS_MEAN, HOPTIMUS_STD = (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517)
 HIBOU_MEAN, HIBOU_STD = (0.7068, 0.5755, 0.722), (0.195, 0.2316, 0.1816)
@@ -50,8 +57,11 @@ class FoundationModel:
     std: tuple[float, ...] = IMAGENET_STD
     licence: str = ""
     gated: bool = True
-    checkpoint: Literal["timm", "dinov2-hf"] = "timm"
+    checkpoint: Literal["timm", "dinov2-hf", "dinov2-teacher"] = "timm"
     image_size: int = 224
+    #: The weight files the hub repository publishes, in order of preference.
+    files: tuple[str, ...] = WEIGHT_FILES
+    domain: str = "pathology"
 
     @property
     def page(self) -> str:
@@ -101,6 +111,16 @@ FOUNDATION_MODELS: dict[str, FoundationModel] = {
         FoundationModel("kaiko-vits16", "1aurent/vit_small_patch16_224.kaiko_ai_towards_large_pathology_fms",
                         "vit_small_patch16_224", {}, dim=384, parameters_m=21.7, mean=HALF, std=HALF,
                         licence="other (kaiko.ai)", gated=False),
+        # DinoBloom (Koch et al., MICCAI 2024): DINOv2 fine-tuned on 13 blood and bone-marrow cell datasets.
+        *(
+            FoundationModel(f"dinobloom-{size.lower()}", "MarrLab/DinoBloom", f"vit_{arch}_patch14_dinov2", {},
+                            dim=dim, parameters_m=params, licence="Apache-2.0", gated=False,
+                            checkpoint="dinov2-teacher", files=(f"DinoBloom-{size}.pth",), domain="haematology")
+            for size, arch, dim, params in (
+                ("S", "small", 384, 21.6), ("B", "base", 768, 85.7), ("L", "large", 1024, 303.2),
+                ("G", "giant", 1536, 1134.8),
+            )
+        ),
         FoundationModel("kaiko-vitb16", "1aurent/vit_base_patch16_224.kaiko_ai_towards_large_pathology_fms",
                         "vit_base_patch16_224", {}, dim=768, parameters_m=85.8, mean=HALF, std=HALF,
                         licence="other (kaiko.ai)", gated=False),
@@ -183,6 +203,18 @@ def dinov2_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def dinov2_teacher_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A DINOv2 training checkpoint (``teacher`` weights, as DinoBloom publishes) -> the backbone's entries in
+    DINOv2's own names, which timm's checkpoint filter converts (``mask_token`` kept: it marks them as DINOv2)."""
+    state = state.get("teacher", state)
+    heads = ("dino_head.", "ibot_head.")
+    return {
+        key.removeprefix("backbone."): value
+        for key, value in state.items()
+        if not key.startswith(heads) and not key.removeprefix("backbone.").startswith(heads)
+    }
+
+
 def _strip_prefix(key: str) -> str:
     """``dinov2.encoder.layer.0...`` -> ``encoder.layer.0...`` (checkpoints saved from task models)."""
     for start in ("embeddings.", "encoder.", "layernorm."):
@@ -197,6 +229,8 @@ def _load_weights(vit: nn.Module, spec: FoundationModel, path: str) -> None:
     state = read_state_dict(path)
     if spec.checkpoint == "dinov2-hf":
         state = dinov2_to_timm(state)
+    elif spec.checkpoint == "dinov2-teacher":
+        state = dinov2_teacher_to_timm(state)
     if not any(key.startswith("head.") for key in vit.state_dict()):  # headless here: a published head is unused
         state = {key: value for key, value in state.items() if not key.startswith("head.")}
     state = checkpoint_filter_fn(state, vit)  # resamples position embeddings to the built grid
@@ -211,9 +245,9 @@ def build_foundation(spec: FoundationModel, pretrained: bool, weights: str | Non
     """``spec`` as a backbone: random weights, or the hub's (cached or downloaded), or a local file or folder."""
     path = None  # found (or downloaded) before building: a missing file fails in a second, not after 1B weights
     if weights:
-        path = resolve_weights_path(weights)
+        path = resolve_weights_path(weights, tuple(dict.fromkeys((*spec.files, *WEIGHT_FILES))))
     elif pretrained:
-        path = download_weights(spec.repo, WEIGHT_FILES, spec.name, spec.gated)
+        path = download_weights(spec.repo, spec.files, spec.name, spec.gated)
     published = timm_model_args(path) if path and spec.checkpoint == "timm" else {}
     vit = timm.create_model(spec.architecture, pretrained=False, **spec.timm_kwargs(published))
     if path:

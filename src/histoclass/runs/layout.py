@@ -201,6 +201,16 @@ class RunDir:
         return self.root / "model.json"
 
     @property
+    def shift_reference(self) -> Path:
+        """Training images' features and the threshold of the shift score."""
+        return self.root / "shift_reference.npz"
+
+    @property
+    def adaptation(self) -> Path:
+        """How ``adapt`` made this run from its parent, and what it scored."""
+        return self.root / "adaptation.json"
+
+    @property
     def calibration_history(self) -> Path:
         return self.root / "calibration_history.json"
 

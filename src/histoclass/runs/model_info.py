@@ -62,6 +62,8 @@ class ModelInfo(BaseModel):
     tile_pixels: int | None = None
     #: Classifiers averaged into this model (``train --folds K``): their mean probability is its answer.
     members: int = 1
+    #: The run this one was adapted from (``histoclass adapt``), as its path was given then.
+    parent: str | None = None
     calibration: Calibration = Calibration()
 
     @property

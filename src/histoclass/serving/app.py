@@ -187,14 +187,22 @@ def create_app(settings: ServeConfig) -> FastAPI:
 
         ``prediction_set`` holds the true class with the model's stated coverage (``/api/model``); when it has
         more than one class, ``uncertain`` is true: the model cannot tell those classes apart on this image.
+        ``shift_score`` (run directories) is the image's distance from the training images; ``unlike_training``
+        is true above the threshold 95% of unseen same-source images stay under: expect lower accuracy.
         """
         images = await read_images(files)
-        probabilities = await batcher.predict(np.stack([pixels for _, pixels in images]))
+        pixels = np.stack([image for _, image in images])
+        probabilities = await batcher.predict(pixels)
         sets = predictor.prediction_sets(probabilities)
         results = [
             _result(name, probs, None if sets is None else sets[i], predictor.labels)
             for i, ((name, _), probs) in enumerate(zip(images, probabilities, strict=True))
         ]
+        if predictor.shift is not None:  # on the inference thread, like every model call
+            scores = await batcher.call(predictor.shift_scores, pixels)
+            for result, score in zip(results, scores, strict=True):
+                unlike = bool(predictor.shift.reference.unlike(np.asarray([score]))[0])
+                result |= {"shift_score": float(score), "unlike_training": unlike}
         return {"results": results}
 
     @app.post("/api/explain", response_class=Response)

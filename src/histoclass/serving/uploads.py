@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from histoclass.data.images import open_rgb
+from histoclass.data.images import IMAGE_EXTENSIONS, open_rgb
 
 __all__ = ["UploadRejected", "decode_upload", "kept_name"]
 
@@ -60,7 +60,8 @@ def decode_upload(
     except (Image.UnidentifiedImageError, OSError):
         if data.startswith(_SIGNATURES):
             raise UploadRejected(422, filename, "damaged image (its header is cut off or corrupt)") from None
-        raise UploadRejected(415, filename, "not an image this server reads (jpeg, png, tif, bmp)") from None
+        readable = ", ".join(sorted(extension[1:] for extension in IMAGE_EXTENSIONS))
+        raise UploadRejected(415, filename, f"not an image this server reads ({readable})") from None
     if width * height > max_pixels:
         raise UploadRejected(
             413, filename, f"image is {width}x{height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels"

@@ -18,6 +18,7 @@ from histoclass.inference.predictor import Predictor
 from histoclass.models.serialization import save_model
 from histoclass.runs import ModelInfo, RunDir
 from histoclass.runs.history import read_history
+from histoclass.shift.scorer import build_reference
 from histoclass.training.callbacks import AtomicCheckpointIO
 from histoclass.training.module import ClassifierModule
 from histoclass.training.trainer import RunCallbacks
@@ -80,9 +81,11 @@ def finish_run(
     info: ModelInfo,
     callbacks: RunCallbacks,
     config: Config,
+    train_records: ImageRecords,
     val_records: ImageRecords,
 ) -> None:
-    """Best weights -> the run's model files (calibrated), best epoch -> metrics.json, history -> curves."""
+    """Best weights -> the run's model files (calibrated, with the shift score's reference), best epoch ->
+    metrics.json, history -> curves."""
     if run.best_checkpoint.is_file():
         # Read through the trainer's own checkpoint IO (weights only). ``trainer.validate(ckpt_path=...)`` would
         # load it too, but runs on every DDP process while this runs on rank 0 alone, after the fit.
@@ -95,6 +98,9 @@ def finish_run(
     stopped = _stop_summary(callbacks, rows, config)
     metrics |= {"best_epoch": int(best_row["epoch"]), "epochs_run": len(rows), **stopped}
     metrics["calibration"] = calibrate_on_validation(run, info, *validation_logits(run, val_records), config)
+    reference = build_reference(run, train_records, val_records, config.train.seed)
+    if reference is not None:
+        metrics["shift_threshold"] = reference.threshold
     metrics["train_seconds"] = round(callbacks.clock.seconds, 1)
     write_json(run.metrics, metrics)
     plot_curves(rows, run.curves)

@@ -23,7 +23,7 @@ from histoclass.data.images import RESIZE_METHOD, load_resized
 from histoclass.data.records import ImageRecords
 from histoclass.data.stain_normalize import StainNormalization
 from histoclass.data.transforms import create_batch_mixer
-from histoclass.errors import HistoclassError
+from histoclass.errors import HistoclassError, Interrupted
 from histoclass.models.factory import Backbone, Classifier
 from histoclass.models.heads import create_head
 from histoclass.models.serialization import count_parameters
@@ -173,10 +173,12 @@ def fit_run(
     trainer = build_trainer(config, run, run_callbacks.all(config, run) + (callbacks or []))
     with _shared_run_dir(run):
         trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
-    finished = trainer.is_global_zero and not trainer.interrupted and not run_callbacks.stop.requested
+    if trainer.interrupted or run_callbacks.stop.requested:
+        raise Interrupted(f"the last checkpoint is saved; continue with histoclass train --resume {run.root}")
+    finished = trainer.is_global_zero
     if finished:
         info = _model_info(config, module, classes, run.root.name, train_records, stain)
-        finish_run(run, module, info, run_callbacks, config, val_records)
+        finish_run(run, module, info, run_callbacks, config, train_records, val_records)
         console.print(f"Done: results in [bold]{run.root}[/]")
     return finished
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 
-from histoclass.atomic import write_json
+from histoclass.atomic import write_bytes, write_json
 from histoclass.calibration.temperature import calibrated_probabilities
 from histoclass.config import Config
 from histoclass.console import console
@@ -25,6 +25,7 @@ from histoclass.data.checks import DataReport
 from histoclass.data.records import ImageRecords
 from histoclass.data.splits import fold_numbers
 from histoclass.data.stain_normalize import StainNormalization
+from histoclass.errors import Interrupted
 from histoclass.evaluation.metrics import compute_metrics
 from histoclass.models.ensemble import Ensemble
 from histoclass.models.factory import Backbone
@@ -90,7 +91,15 @@ def train_folds(
         console.rule(f"fold {k} of {folds}: {len(train_records)} training images, {len(val_records)} validating")
         L.seed_everything(fold_config.train.seed, workers=True, verbose=False)
         fresh = copy.deepcopy(backbone)  # every fold starts from the same weights
-        if not fit_run(fold, fold_config, fresh, classes, train_records, val_records, stain, checkpoint, callbacks):
+        try:
+            finished = fit_run(
+                fold, fold_config, fresh, classes, train_records, val_records, stain, checkpoint, callbacks
+            )
+        except Interrupted:  # the folds resume together, from the ensemble's run directory
+            raise Interrupted(
+                f"the last checkpoint is saved; continue with histoclass train --resume {run.root}"
+            ) from None
+        if not finished:
             return
     _finish_ensemble(run, config, held_out)
 
@@ -114,6 +123,8 @@ def _finish_ensemble(run: RunDir, config: Config, held_out: ImageRecords) -> Non
     update = {"members": folds, "name": run.root.name, "parameters": count_parameters(ensemble)}
     info = ModelInfo.load(run.fold(1).model_info).model_copy(update={**update, "calibration": Calibration()})
     save_model(ensemble, info, run.root)
+    if run.fold(1).shift_reference.is_file():  # the ensemble's shift score is its first member's
+        write_bytes(run.shift_reference, run.fold(1).shift_reference.read_bytes())
     logits, labels = validation_logits(run, held_out)
     calibration = calibrate_on_validation(run, info, logits, labels, config)
     scores = compute_metrics(labels, calibrated_probabilities(logits), info.labels)

@@ -89,3 +89,22 @@ def print_split(classes: list[str], train: ImageRecords, val: ImageRecords) -> N
         table.add_row(name, str(n_train), str(n_val))
     table.add_row("total", str(len(train)), str(len(val)), style="bold")
     console.print(table)
+    _check_sides(classes, train_counts, val_counts)
+
+
+def _check_sides(classes: list[str], train_counts, val_counts) -> None:
+    """A class with no training image cannot be learnt: refused. One with no validation image is unscored: said."""
+    untrained = [name for name, n in zip(classes, train_counts, strict=True) if n == 0]
+    if untrained:
+        listed = ", ".join(untrained[:5]) + (f" and {len(untrained) - 5} more" if len(untrained) > 5 else "")
+        raise HistoclassError(
+            f"the split leaves {len(untrained)} class(es) without a training image ({listed}): "
+            "add images to them, merge or drop them, or lower --val-fraction"
+        )
+    unscored = [name for name, n in zip(classes, val_counts, strict=True) if n == 0]
+    if unscored:
+        listed = ", ".join(unscored[:5]) + (f" and {len(unscored) - 5} more" if len(unscored) > 5 else "")
+        console.print(
+            f"[yellow]warning:[/] {len(unscored)} class(es) have no validation image ({listed}): "
+            "their accuracy is not measured"
+        )

@@ -54,10 +54,11 @@ function resultCard(file) {
   const title = document.createElement("h3"); title.textContent = "…";
   const name = document.createElement("div"); name.className = "name"; name.textContent = file.name;
   const uncertain = document.createElement("div"); uncertain.className = "uncertain";
+  const shift = document.createElement("div"); shift.className = "shift";
   const bars = document.createElement("div"); bars.className = "bars";
-  card.append(frame, title, uncertain, name, bars);
+  card.append(frame, title, uncertain, shift, name, bars);
   $("results").append(card);
-  return { card, image, heat, title, uncertain, bars };
+  return { card, image, heat, title, uncertain, shift, bars };
 }
 
 function drawBars(view, result) {
@@ -85,6 +86,7 @@ async function classify(file) {
     view.title.textContent = `${result.label} (${(result.confidence * 100).toFixed(1)}%)`;
     view.card.dataset.label = result.label;
     showSet(view, result);
+    showShift(view, result);
     drawBars(view, result);
     state.rows.push({ id: file.name, ...result });
     $("download").disabled = false;
@@ -95,6 +97,13 @@ async function classify(file) {
     view.bars.textContent = String(error.message || error);
     state.rows.push({ id: file.name, error: String(error.message || error) });
   }
+}
+
+function showShift(view, result) {
+  // Above the run's threshold the image is unlike the training images: its answer deserves less trust.
+  if (!result.unlike_training) return;
+  view.shift.textContent = `unlike the training images (shift ${result.shift_score.toFixed(3)}): expect lower accuracy`;
+  view.card.classList.add("is-unlike");
 }
 
 function showSet(view, result) {

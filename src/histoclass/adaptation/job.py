@@ -1,0 +1,154 @@
+"""The adapt job: a run adapted to a new source, written as a new run directory beside it.
+
+Without labels: BatchNorm statistics re-estimated on the new images (:mod:`.batchnorm`). With ``--shots K``: the
+same, then every layer fine-tuned on K labelled images per class (:mod:`.shots`), the calibration re-fitted on
+half of the remaining labelled images and the result scored on the other half. The shift score's reference
+becomes the new source's images. The parent run is only read; the new run is built in a hidden folder and
+appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from histoclass.adaptation.batchnorm import batchnorm_layers, reestimate_batchnorm
+from histoclass.adaptation.shots import draw_shots, fine_tune
+from histoclass.atomic import building_folder, replace_folder, write_bytes, write_json
+from histoclass.calibration.fit import fit_calibration
+from histoclass.config import AdaptConfig, AugmentConfig, DataConfig
+from histoclass.console import console
+from histoclass.data.batches import iter_batches
+from histoclass.data.inputs import collect_inputs
+from histoclass.data.records import ImageRecords, relabel_by_name
+from histoclass.data.sources import read_source
+from histoclass.data.stain_normalize import stain_normalized
+from histoclass.errors import HistoclassError
+from histoclass.evaluation.metrics import compute_metrics
+from histoclass.inference.engines.torch_engine import TorchEngine
+from histoclass.inference.job import run_predictions
+from histoclass.inference.predictor import Predictor
+from histoclass.models.ensemble import Ensemble
+from histoclass.models.serialization import load_model, save_model
+from histoclass.runs import ModelInfo, RunDir, create_run_dir, write_labels
+from histoclass.runs.config_file import read_run_config
+from histoclass.shift.scorer import build_reference
+
+__all__ = ["adapt"]
+
+#: Fewer new-source images than this give BatchNorm statistics too noisy to replace the training ones.
+MIN_IMAGES = 16
+
+
+def _unlabelled(data: str) -> ImageRecords:
+    """Every readable-looking image under ``data`` (a folder, files, or a CSV of ids), labels unused."""
+    if not Path(data).exists():
+        raise HistoclassError(f"--data: no such file or folder '{data}'; pass the new source's images")
+    ids, paths = collect_inputs([data])
+    found = [(i, p) for i, p in zip(ids, paths, strict=True) if p is not None]
+    return ImageRecords(ids=[i for i, _ in found], labels=np.full(len(found), -1), paths=[p for _, p in found])
+
+
+def _labelled(config: AdaptConfig, labels: list[str]) -> ImageRecords:
+    given = {key: getattr(config, key) for key in ("image_dir", "id_column", "label_column") if getattr(config, key)}
+    source = read_source(config.data, DataConfig(path=config.data, **given))
+    if not set(source.classes) <= set(labels):
+        extra = ", ".join(sorted(set(source.classes) - set(labels)))
+        raise HistoclassError(f"--data has classes the model does not know ({extra}); its classes: {', '.join(labels)}")
+    records = ImageRecords.concatenate(list(source.splits.values()))
+    return relabel_by_name(records, source.classes, labels)
+
+
+def _pixel_batches(records: ImageRecords, info: ModelInfo, batch_size: int):
+    for batch in iter_batches(records, info.image_size, batch_size):
+        if batch.indices:
+            yield stain_normalized(batch.pixels, info.stain)
+
+
+def _score(run: RunDir, records: ImageRecords, batch_size: int) -> dict:
+    """Accuracy, balanced accuracy and the rest on labelled ``records`` with the run's model (8 views)."""
+    predictions = run_predictions(Predictor(TorchEngine.open(run.root)), records, batch_size, tta=True)
+    rows = np.asarray([i for i in range(len(records)) if i not in predictions.errors], dtype=np.int64)
+    info = ModelInfo.load(run.model_info)
+    return compute_metrics(records.labels[rows], predictions.probabilities[rows], info.labels)
+
+
+def _recalibrate(run: RunDir, records: ImageRecords, coverage: float, seed: int) -> tuple[ImageRecords, dict]:
+    """Fit temperature and sets on half of ``records`` (stratified); return the other half and the fit's figures."""
+    info = ModelInfo.load(run.model_info)
+    strata = records.labels if np.bincount(records.labels).min(initial=2) >= 2 else None
+    fit_half, check_half = train_test_split(np.arange(len(records)), test_size=0.5, random_state=seed, stratify=strata)
+    fit_records = records.subset(fit_half)
+    logits = run_predictions(Predictor(TorchEngine.open(run.root)), fit_records, tta=True).view_logits
+    calibration = fit_calibration(logits, fit_records.labels, coverage, False, "adapt --shots")
+    info.model_copy(update={"calibration": calibration}).save(run.model_info)
+    figures = {"images": len(fit_half), "temperature": calibration.temperature}
+    return records.subset(check_half), figures
+
+
+def _copy_run_files(parent: RunDir, built: RunDir) -> None:
+    """What makes the new folder a run like any other: its config (the parent's training) and split."""
+    for name in ("config", "split", "labels"):
+        source = getattr(parent, name)
+        if source.is_file():
+            write_bytes(getattr(built, name), source.read_bytes())
+
+
+def adapt(config: AdaptConfig) -> RunDir:
+    """Adapt ``config.run`` to ``config.data``; returns the new run directory."""
+    parent = RunDir(Path(config.run))
+    if not parent.is_trained():
+        raise HistoclassError(f"'{config.run}' is not a finished run directory; pass runs/NAME")
+    model, info = load_model(parent.root)
+    if not batchnorm_layers(model):
+        raise HistoclassError(f"'{info.architecture}' has no BatchNorm layers to adapt; try --shots K instead")
+    if config.shots and isinstance(model, Ensemble):
+        raise HistoclassError("--shots fine-tunes one model; adapt a fold of this ensemble (runs/NAME/folds/1)")
+    records = _labelled(config, info.labels) if config.shots else _unlabelled(config.data)
+    if len(records) < MIN_IMAGES:
+        raise HistoclassError(f"--data: {len(records)} images; adapting needs at least {MIN_IMAGES} of the new source")
+    seen = reestimate_batchnorm(model, _pixel_batches(records, info, config.batch_size), info.mean, info.std)
+    console.print(f"BatchNorm statistics re-estimated on {seen} images of {config.data} (labels unused)")
+    record: dict = {"parent": str(parent.root.resolve()), "data": config.data, "images": seen, "batchnorm": True}
+    shots = rest = None
+    if config.shots:
+        shots, rest = draw_shots(records, config.shots, info.num_classes, config.seed)
+        augment = read_run_config(parent).augment if parent.config.is_file() else AugmentConfig()
+        model = fine_tune(
+            model, records.subset(shots), info.image_size, augment, config.epochs, config.lr, config.seed, info.stain
+        )
+        record |= {"shots": config.shots, "labelled_images": len(shots), "epochs": config.epochs, "lr": config.lr}
+    runs_dir = Path(config.runs_dir) if config.runs_dir else parent.root.parent
+    name = config.name or f"{parent.root.name}-{f'{config.shots}shot' if config.shots else 'adapted'}"
+    new_info = info.model_copy(update={"name": name, "parent": str(parent.root.resolve())})
+    with building_folder(runs_dir, ".adapt-") as folder:
+        built = RunDir(folder)
+        save_model(model, new_info, built.root)
+        _copy_run_files(parent, built)
+        write_labels(built.labels, info.labels)
+        halves = np.random.default_rng(config.seed).permutation(len(records))
+        middle = len(records) // 2  # the new source's images, labels unused: half as reference, half held out
+        reference, held = records.subset(np.sort(halves[:middle])), records.subset(np.sort(halves[middle:]))
+        build_reference(built, reference, held, config.seed, fitted_on="adapted")
+        if rest is not None and len(rest) >= 2 * info.num_classes:
+            scored, calibration = _recalibrate(built, records.subset(rest), 0.9, config.seed)
+            record["calibration"] = calibration
+            record["rest"] = {"images": len(rest), **_score(built, records.subset(rest), config.batch_size)}
+            record["held_out_half"] = {"images": len(scored), **_score(built, scored, config.batch_size)}
+        write_json(built.adaptation, record)
+        target = create_run_dir(runs_dir, name)
+        replace_folder(built.root, target.root)
+    _report(target, record)
+    return target
+
+
+def _report(run: RunDir, record: dict) -> None:
+    rest = record.get("rest")
+    if rest:
+        console.print(
+            f"On the {rest['images']} labelled images not used to fine-tune: accuracy {rest['accuracy']:.3f}, "
+            f"balanced accuracy {rest['balanced_accuracy']:.3f}"
+        )
+    console.print(f"Adapted run: [bold]{run.root}[/] (parent {record['parent']}, unchanged)")
