@@ -82,6 +82,8 @@ ROWS: dict[str, dict] = {
     "160px-6ep": ALL_BLOCKS | {"data.image_size": 160, "train.epochs": 6},
     # An ensemble of three folds of today's defaults, 5 epochs each (aimed at the 30-minute budget: it took 44).
     "128px-folds-3-5ep": AT_128 | {"train.folds": 3, "train.epochs": 5},
+    # Another lab's cells (benchmarks/robustness.py): strong colour, stain and grey; objects 1/3 to 3x the size.
+    "128px-robust": AT_128 | {"augment.preset": "robust"},
     # Ensembles: the base recipe trained on 3 group-aware folds of the training split, their mean probability.
     "folds-3": {"train.folds": 3},
     "schedule+folds-3": SCHEDULE | {"train.folds": 3},
@@ -171,12 +173,17 @@ def _blood_sets(folder: Path, per_class: int | None, source_size: int | None) ->
     return sets
 
 
-def run_row(dataset: str, name: str, seed: int, runs: Path, blood: dict[str, Path] | None) -> dict:
-    overrides = ROWS[name] | ({"data.path": str(blood["train"])} if blood else {})
+def train_row(dataset: str, name: str, seed: int, runs: Path, train_path: Path | None = None) -> tuple[Path, dict]:
+    """Train row ``name`` (on ``train_path`` instead of the base's data when given): its run and its values."""
+    overrides = ROWS[name] | ({"data.path": str(train_path)} if train_path else {})
     values = apply_overrides(BASE[dataset], {**overrides, "train.seed": seed, "run.runs_dir": str(runs),
                                              "run.name": f"{dataset}-{name}-{seed}"})  # fmt: skip
+    return train(build_config(values)), values
+
+
+def run_row(dataset: str, name: str, seed: int, runs: Path, blood: dict[str, Path] | None) -> dict:
     started = time.perf_counter()
-    run = train(build_config(values))
+    run, values = train_row(dataset, name, seed, runs, blood["train"] if blood else None)
     minutes = (time.perf_counter() - started) / 60
     trained = json.loads((run / "metrics.json").read_text())
     result = {"dataset": dataset, "row": name, "seed": seed, "train_minutes": round(minutes, 1),

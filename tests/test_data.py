@@ -172,3 +172,14 @@ def test_webp_and_gif_are_found_in_folders_and_read(tmp_path: Path) -> None:
     assert found == ["cell.gif", "cell.webp"]
     for name in found:
         assert resize_square(open_rgb(tmp_path / name), 32).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_a_csv_with_another_separator_is_read(tmp_path: Path, separator: str) -> None:
+    """A European spreadsheet's ``;`` (or a tab) separates the columns: read as such, not as one column."""
+    images = link_class_folders(tmp_path / "images", blood_files(3))
+    lines = ["id;label".replace(";", separator)]
+    lines += [f"{label}/{p.name}{separator}{label}" for label, paths in blood_files(3).items() for p in paths]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    source = read_source(str(tmp_path / "labels.csv"), DataConfig(image_dir=str(images)))
+    assert source.classes == CLASSES and len(source.splits["all"]) == 12

@@ -165,3 +165,33 @@ def test_interrupted_jobs_leave_nothing_behind_and_outputs_follow_the_umask(trai
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
     for path in (run / "eval" / "test_simple", run / "export"):
         assert path.stat().st_mode & 0o777 == 0o777 & ~umask, path
+
+
+def test_damaged_sidecars_and_records_are_one_line(trained_run: Path, onnx_model: Path, tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    shutil.copytree(onnx_model.parent, export)
+    image = str(sorted(BLOOD_TEST.rglob("*.jpeg"))[0])
+    labels = (export / "labels.txt").read_text().splitlines()
+    (export / "labels.txt").write_text("\n".join(labels[:-1]) + "\n")
+    wrong_count = run_cli("predict", str(export / "model.onnx"), image, "--out", str(tmp_path / "a.csv"))
+    (export / "labels.txt").write_text("\n".join(labels) + "\n")
+    preprocess = (export / "preprocess.json").read_text()
+    (export / "preprocess.json").write_text(preprocess[: len(preprocess) // 2])
+    truncated = run_cli("predict", str(export / "model.onnx"), image, "--out", str(tmp_path / "b.csv"))
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.json", "model.safetensors", "config.yaml", "labels.txt"):
+        (run / name).write_bytes((trained_run / name).read_bytes())
+    (run / "metrics.json").write_text('{"val_accuracy": 0.9')
+    compared = run_cli("compare", str(run), str(trained_run), "--out", str(tmp_path / "cmp"))
+    (run / "model.json").write_text('{"architecture": "tf_efficientnet_lite0", "labels": 3}')
+    bad_info = run_cli("predict", str(run), image, "--out", str(tmp_path / "c.csv"), "--engine", "torch")
+    expected = {
+        "names 3 classes": wrong_count,
+        "preprocess.json' is damaged": truncated,
+        "metrics.json' is damaged": compared,
+        "model.json' is damaged": bad_info,
+    }
+    for message, result in expected.items():
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-1500:]
+        assert len(result.stderr.strip().splitlines()) == 1

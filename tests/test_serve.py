@@ -286,3 +286,23 @@ def test_memory_stays_flat_over_5000_requests(trained_run: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_docs_never_reflect_the_key_as_markup_and_answers_carry_the_shift_score(server) -> None:
+    _, url = server
+    attack = "</script><script>alert(1)</script>"
+    docs = httpx.get(f"{url}/docs", params={"api_key": attack})
+    assert docs.status_code == 200 and "<script>alert(1)" not in docs.text
+    result = upload(url, [(TEST_IMAGES[0].name, TEST_IMAGES[0].read_bytes())]).json()["results"][0]
+    assert result["shift_score"] >= 0 and isinstance(result["unlike_training"], bool)
+
+
+def test_a_non_ascii_api_key_matches_its_utf8_header(trained_run: Path) -> None:
+    process, url = start_server(trained_run, "--api-key", "clé-ünï")
+    try:
+        image = [(TEST_IMAGES[0].name, TEST_IMAGES[0].read_bytes())]
+        assert upload(url, image, headers={"X-API-Key": "clé-ünï".encode()}).status_code == 200
+        assert upload(url, image, headers={"X-API-Key": "cle-uni"}).status_code == 401
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -65,7 +65,10 @@ def test_the_verdict_is_printed_for_another_lab_only(trained_run: Path, tmp_path
     ]
     other, same = run_cli_all(calls)
     assert other.returncode == 0 and same.returncode == 0, other.stderr[-2000:] + same.stderr[-2000:]
-    assert VERDICT in " ".join(other.stdout.split()) and VERDICT not in " ".join(same.stdout.split())
+    said = {
+        name: " ".join((result.stdout + result.stderr).split()) for name, result in (("other", other), ("same", same))
+    }
+    assert VERDICT in said["other"] and VERDICT not in said["same"]
     with open(tmp_path / "tecom.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 299 and {"shift_score", "unlike_training"} <= set(rows[0])
@@ -73,11 +76,17 @@ def test_the_verdict_is_printed_for_another_lab_only(trained_run: Path, tmp_path
 
 
 def test_a_reference_round_trips_and_its_threshold_is_the_held_out_quantile(tmp_path: Path, rng) -> None:
-    reference, held_out = rng.normal(size=(300, 16)), rng.normal(size=(200, 16))
+    """Features of four sources (clusters) as reference and held out; a fifth source lies beyond the threshold."""
+    centres = rng.normal(scale=3.0, size=(5, 16))
+
+    def draw(sources: list[int], n: int) -> np.ndarray:
+        return centres[rng.choice(sources, n)] + rng.normal(scale=0.7, size=(n, 16))
+
+    reference, held_out = draw([0, 1, 2, 3], 400), draw([0, 1, 2, 3], 200)
     fitted = fit_reference(reference, held_out, k=5, quantile=0.9)
     assert np.mean(fitted.score(held_out) <= fitted.threshold) == pytest.approx(0.9, abs=0.01)
     fitted.save(tmp_path / "shift.npz")
     loaded = ShiftReference.load(tmp_path / "shift.npz")
     assert loaded.threshold == fitted.threshold and loaded.k == 5
     np.testing.assert_allclose(loaded.score(held_out), fitted.score(held_out), atol=2e-3)  # float16 storage
-    assert np.mean(fitted.unlike(fitted.score(held_out + 3.0))) > 0.9  # a shifted source lies beyond it
+    assert np.mean(fitted.unlike(fitted.score(draw([4], 100)))) > 0.9

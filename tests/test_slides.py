@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from benchmarks.slides import TILE, cell_layout, write_slide
 from PIL import Image
 
-from conftest import BLOOD_TEST, run_cli
+from conftest import BLOOD_TEST, SLIDE, run_cli
 from histoclass.config import SlideConfig
 from histoclass.slides import job, readers
 from histoclass.slides.readers import open_slide
@@ -230,3 +231,13 @@ def test_two_slides_with_one_name_are_refused(trained_run: Path, slides, tmp_pat
 
     result = run_cli("slide", str(trained_run), str(slides["svs"]), str(slides["tiff"]), "--out", str(tmp_path))
     assert_one_line_error(result, "cells.svs", "cells.tif")
+
+
+def test_an_aperio_slide_under_a_tif_name_keeps_its_resolution(tmp_path: Path) -> None:
+    renamed = tmp_path / "small_HE.tif"
+    shutil.copy(SLIDE, renamed)
+    slide = open_slide(renamed)
+    try:
+        assert slide.mpp == pytest.approx(0.499, abs=1e-3)
+    finally:
+        slide.close()

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from histoclass.errors import HistoclassError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -24,6 +26,7 @@ __all__ = [
     "atomic_path",
     "building_folder",
     "replace_folder",
+    "require_writable",
     "write_bytes",
     "write_csv",
     "write_json",
@@ -133,3 +136,13 @@ def replace_folder(built: Path, target: Path) -> None:
         target.rename(old)
     built.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def require_writable(folder: str | Path, writes: str) -> None:
+    """One line, before any work, when ``folder`` (a run directory on read-only storage) cannot take ``writes``."""
+    folder = Path(folder)
+    if folder.is_dir() and not os.access(folder, os.W_OK):
+        raise HistoclassError(
+            f"'{folder}' is read-only, and this writes {writes} into it: copy the run to a writable place "
+            f"(cp -r {folder} ~/runs/) and run it there"
+        )

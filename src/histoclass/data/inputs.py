@@ -43,7 +43,7 @@ def read_csv_rows(path: Path, columns: dict[str, str]) -> list[dict[str, str]]:
     """Rows of a UTF-8 CSV that must have ``columns`` (flag -> column name), each cell filled and stripped."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
+            reader = csv.DictReader(handle, dialect=_dialect(handle))
             present = reader.fieldnames or []
             for flag, column in columns.items():
                 if column not in present:
@@ -59,6 +59,16 @@ def read_csv_rows(path: Path, columns: dict[str, str]) -> list[dict[str, str]]:
         ) from None
     except csv.Error as error:
         raise HistoclassError(f"CSV '{path}' is not a readable CSV file ({error})") from None
+
+
+def _dialect(handle) -> type[csv.Dialect] | str:
+    """Commas, or the separator the header line uses (``;`` from European spreadsheets, tabs)."""
+    header = handle.readline()
+    handle.seek(0)
+    try:
+        return csv.Sniffer().sniff(header, delimiters=",;\t|")
+    except csv.Error:  # one column: nothing to tell
+        return "excel"
 
 
 def _checked_row(path: Path, line: int, row: dict, columns: Iterable[str]) -> dict[str, str]:

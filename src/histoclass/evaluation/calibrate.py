@@ -13,7 +13,7 @@ from datetime import datetime
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from histoclass.atomic import write_json
+from histoclass.atomic import require_writable, write_json
 from histoclass.calibration.conformal import prediction_sets, set_coverage
 from histoclass.calibration.fit import fit_calibration
 from histoclass.calibration.temperature import calibrated_probabilities, negative_log_likelihood
@@ -64,6 +64,7 @@ def calibrate(config: CalibrateConfig) -> RunDir:
     run = RunDir(config.run)
     if not run.is_trained():
         raise HistoclassError(f"'{config.run}' is not a finished run directory; pass runs/NAME")
+    require_writable(run.root, "the new calibration")
     predictor = Predictor(TorchEngine.open(run.root))
     given = {key: getattr(config, key) for key in ("image_dir", "id_column", "label_column")}
     source = read_source(config.data, DataConfig(path=config.data, **{k: v for k, v in given.items() if v}))

@@ -33,17 +33,24 @@ COLUMNS = [
 _BARS = ["accuracy", "macro_f1", "roc_auc"]
 
 
+def _read_metrics(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise HistoclassError(f"'{path}' is damaged ({str(error).splitlines()[0]}); train or evaluate again") from None
+
+
 def _row(path: Path, data: str | None, split: str | None) -> dict:
     run = RunDir(path)
     if not run.model_info.is_file():
         raise HistoclassError(f"'{path}' is not a finished run directory (no {run.model_info.name})")
     info = ModelInfo.load(run.model_info)
-    trained = json.loads(run.metrics.read_text()) if run.metrics.is_file() else {}
+    trained = _read_metrics(run.metrics) if run.metrics.is_file() else {}
     if data:
         from histoclass.evaluation.job import evaluate
 
         evaluated = EvalDir(evaluate(EvaluateConfig(model=str(path), data=data, split=split)))
-        metrics = json.loads(evaluated.metrics.read_text())
+        metrics = _read_metrics(evaluated.metrics)
     else:
         metrics = {key.removeprefix("val_"): value for key, value in trained.items()}
     return {

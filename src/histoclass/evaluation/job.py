@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histoclass.atomic import building_folder, replace_folder, write_csv, write_json, write_text
+from histoclass.atomic import building_folder, replace_folder, require_writable, write_csv, write_json, write_text
 from histoclass.calibration.temperature import calibrated_probabilities
 from histoclass.config import DataConfig, EvaluateConfig
 from histoclass.console import console
@@ -223,6 +223,7 @@ def evaluate(config: EvaluateConfig) -> Path:
     records = relabel_by_name(records, source.classes, predictor.labels)
     name = source.name if split_name == "all" else f"{source.name}-{split_name}"
     out_dir = RunDir(model_dir).evaluation(name if config.tta else f"{name}-no-tta").root
+    require_writable(model_dir, "eval/")
     run = run_behind(model_dir)
     checks = SelfChecks(
         run=run,

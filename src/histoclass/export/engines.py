@@ -162,7 +162,10 @@ def _admitted(run: Path, engine: str, reference: Reference) -> tuple[list[tuple[
     missing = missing_runtime(engine)
     if missing:
         return [], [missing]
-    cache = _cache(run, reference)
+    try:
+        cache = _cache(run, reference)
+    except PermissionError:  # a shared model folder on read-only storage: nothing can be converted into it
+        raise HistoclassError(f"'{run}' is read-only, so no converted engine can be cached in it") from None
     records = json.loads(cache.parity.read_text()) if cache.parity.is_file() else {}
     admitted, reasons = [], []
     for name, precision in _variants(engine):
@@ -171,7 +174,8 @@ def _admitted(run: Path, engine: str, reference: Reference) -> tuple[list[tuple[
         record = records.get(name, {})
         if (record.get("machine"), record.get("check")) != (_machine(), _CHECK_VERSION):  # not checked here, or before
             records[name] = _check(reference(), candidate, run)
-            write_json(cache.parity, records)
+            with contextlib.suppress(PermissionError):  # read-only: checked again next time
+                write_json(cache.parity, records)
         if records[name]["passed"]:
             admitted.append((candidate, records[name] | {"name": name}))
         else:

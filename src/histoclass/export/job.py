@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from histoclass.atomic import building_folder, write_json
+from histoclass.atomic import building_folder, require_writable, write_json
 from histoclass.config import DataConfig, ExportConfig
 from histoclass.console import console
 from histoclass.data.batches import iter_batches
@@ -113,6 +113,7 @@ def export(config: ExportConfig) -> Path:
         raise HistoclassError(f"--format: unknown format '{fmt}'; choose one of {', '.join(EXPORTERS)}")
     if config.int8 and fmt != "onnx":
         raise HistoclassError("--int8 is supported for --format onnx")
+    require_writable(run, "export/")
     torch_engine = TorchEngine.open(run, device="cpu")
     reference = Predictor(torch_engine)
     info: ModelInfo = reference.info.model_copy(update={"layout": "NHWC" if config.nhwc else "NCHW"})

@@ -35,11 +35,12 @@ def load_model(folder: str | Path) -> tuple[Classifier | Ensemble, ModelInfo]:
     for needed in (run.weights, run.model_info):
         if not needed.is_file():
             raise HistoclassError(f"'{folder}' has no {needed.name}; pass a finished run directory (runs/NAME)")
+    info = ModelInfo.load(run.model_info)  # a damaged description is its own one line
     try:
-        info = ModelInfo.load(run.model_info)
         state = load_file(str(run.weights))
     except Exception as error:  # a damaged file shows up as many different exception types
-        raise HistoclassError(f"'{folder}': model files are damaged ({type(error).__name__}: {error})") from None
+        reason = str(error).splitlines()[0][:200] if str(error) else ""
+        raise HistoclassError(f"'{run.weights}' is damaged ({type(error).__name__}: {reason}); train again") from None
     members = [
         create_model(info.architecture, info.num_classes, info.head, info.dropout, pretrained=False)
         for _ in range(info.members)

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from histoclass.atomic import write_text
 from histoclass.data.stain_normalize import StainNormalization
+from histoclass.errors import HistoclassError
 
 __all__ = ["Calibration", "ModelInfo", "read_labels", "write_labels"]
 
@@ -75,7 +76,16 @@ class ModelInfo(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path) -> ModelInfo:
-        return cls.model_validate(json.loads(Path(path).read_text()))
+        """The description at ``path``; a damaged one is one line naming the file and what is wrong."""
+        try:
+            return cls.model_validate(json.loads(Path(path).read_text()))
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the file"
+            raise HistoclassError(f"'{path}' is damaged ({where}: {first['msg']}); export or train again") from None
+        except (OSError, ValueError) as error:  # unreadable, or not JSON
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise HistoclassError(f"'{path}' is damaged ({reason}); export or train again") from None
 
 
 def write_labels(path: str | Path, labels: list[str]) -> None:

@@ -12,6 +12,7 @@ import os
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
@@ -97,9 +98,9 @@ def _docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:
-        key = request.query_params.get(API_KEY_PARAMETER)
+        key = request.query_params.get(API_KEY_PARAMETER)  # percent-encoded: never markup in the page's script
         return get_swagger_ui_html(
-            openapi_url="/openapi.json" + (f"?{API_KEY_PARAMETER}={key}" if key else ""),
+            openapi_url="/openapi.json" + (f"?{API_KEY_PARAMETER}={quote(key, safe='')}" if key else ""),
             title=f"{app.title} API",
             swagger_js_url="/docs-assets/swagger-ui-bundle.js",
             swagger_css_url="/docs-assets/swagger-ui.css",

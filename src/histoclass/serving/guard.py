@@ -33,10 +33,11 @@ class RequestGuard:
         path = scope["path"]
         if not self.api_key or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             return True
-        given = headers.get(API_KEY_HEADER.encode(), b"").decode("latin-1")
+        given = headers.get(API_KEY_HEADER.encode(), b"")  # the header's bytes as sent: UTF-8 keys match too
         if not given:
-            given = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(API_KEY_PARAMETER, [""])[0]
-        return hmac.compare_digest(given.encode("utf-8", "replace"), self.api_key.encode())
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            given = query.get(API_KEY_PARAMETER, [""])[0].encode("utf-8", "replace")
+        return hmac.compare_digest(given, self.api_key.encode("utf-8"))
 
     def _refusal(self, scope: dict) -> tuple[int, str] | None:
         headers = dict(scope.get("headers") or [])

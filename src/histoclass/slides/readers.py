@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,8 +177,12 @@ def _plain(path: Path) -> Slide | None:
 
 
 def _tiff_mpp(image: Image.Image) -> float | None:
-    """Microns per pixel from TIFF resolution tags (unit 3: centimetre) or a PNG/JPEG's DPI."""
+    """Microns per pixel from an Aperio description (``MPP = 0.4990``: an .svs under any name), TIFF resolution
+    tags (unit 3: centimetre) or a PNG/JPEG's DPI."""
     tags = getattr(image, "tag_v2", None)
+    aperio = re.search(r"\|\s*MPP\s*=\s*([0-9.]+)", str(tags.get(270, ""))) if tags is not None else None
+    if aperio:
+        return float(aperio.group(1))
     if tags is not None and tags.get(296) == 3 and tags.get(282):
         return 1e4 / float(tags[282])
     dpi = image.info.get("dpi")

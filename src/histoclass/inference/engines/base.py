@@ -83,5 +83,11 @@ def read_export_info(model_file: Path) -> ModelInfo:
         )
     info = ModelInfo.load(folder.preprocess)
     if folder.labels.is_file():
-        info = info.model_copy(update={"labels": read_labels(folder.labels)})
+        labels = read_labels(folder.labels)
+        if len(labels) != info.num_classes:
+            raise HistoclassError(
+                f"'{folder.labels}' names {len(labels)} classes where the model has {info.num_classes}; "
+                "export it again with histoclass export"
+            )
+        info = info.model_copy(update={"labels": labels})
     return info
