@@ -153,3 +153,10 @@ def test_a_split_that_leaves_a_class_without_training_images_is_refused(tmp_path
     )
     assert result.returncode == 2 and "without a training image" in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_every_verb_is_a_python_function_too() -> None:
+    import histoclass
+    from histoclass.verbs import VERBS
+
+    assert {name.replace("-", "_") for name in VERBS} <= set(histoclass.__all__)

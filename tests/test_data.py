@@ -183,3 +183,9 @@ def test_a_csv_with_another_separator_is_read(tmp_path: Path, separator: str) ->
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
     source = read_source(str(tmp_path / "labels.csv"), DataConfig(image_dir=str(images)))
     assert source.classes == CLASSES and len(source.splits["all"]) == 12
+
+
+def test_an_empty_file_is_named_alike_by_check_data_and_prediction(tmp_path: Path) -> None:
+    (tmp_path / "empty.jpeg").write_bytes(b"")
+    with pytest.raises(OSError, match=r"empty file \(0 bytes\)"):
+        open_rgb(tmp_path / "empty.jpeg")

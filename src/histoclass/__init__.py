@@ -24,9 +24,25 @@ _EXPORTS = {
     "check_source": "histoclass.data.checks",
 }
 #: Python names of the verbs (``histoclass.check_data`` for ``histoclass check-data``).
-_VERBS = {"train": "train", "check_data": "check-data", "evaluate": "evaluate", "predict": "predict",
-          "calibrate": "calibrate", "compare": "compare", "export": "export", "serve": "serve",
-          "slide": "slide", "bench": "bench"}  # fmt: skip
+#: Every verb of the table (``tests/test_cli.py`` checks that none is left out).
+_VERBS = {
+    name.replace("-", "_"): name
+    for name in (
+        "train",
+        "check-data",
+        "evaluate",
+        "predict",
+        "adapt",
+        "calibrate",
+        "compare",
+        "export",
+        "serve",
+        "slide",
+        "bench",
+        "models",
+        "embed",
+    )
+}
 
 __all__ = [*_EXPORTS, *_VERBS, "__version__"]
 

@@ -109,12 +109,11 @@ def adapt(config: AdaptConfig) -> RunDir:
     records = _labelled(config, info.labels) if config.shots else _unlabelled(config.data)
     if len(records) < MIN_IMAGES:
         raise HistoclassError(f"--data: {len(records)} images; adapting needs at least {MIN_IMAGES} of the new source")
+    shots, rest = draw_shots(records, config.shots, info.labels, config.seed) if config.shots else (None, None)
     seen = reestimate_batchnorm(model, _pixel_batches(records, info, config.batch_size), info.mean, info.std)
     console.print(f"BatchNorm statistics re-estimated on {seen} images of {config.data} (labels unused)")
     record: dict = {"parent": str(parent.root.resolve()), "data": config.data, "images": seen, "batchnorm": True}
-    shots = rest = None
-    if config.shots:
-        shots, rest = draw_shots(records, config.shots, info.num_classes, config.seed)
+    if shots is not None:
         augment = read_run_config(parent).augment if parent.config.is_file() else AugmentConfig()
         model = fine_tune(
             model, records.subset(shots), info.image_size, augment, config.epochs, config.lr, config.seed, info.stain

@@ -24,15 +24,16 @@ from histoclass.training.module import ClassifierModule
 __all__ = ["draw_shots", "fine_tune"]
 
 
-def draw_shots(records: ImageRecords, shots: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def draw_shots(records: ImageRecords, shots: int, labels: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of ``shots`` images per class drawn with ``seed``, and of the rest; a class with too few is an error."""
     rng = np.random.default_rng(seed)
     chosen = []
-    for k in range(classes):
+    for k, name in enumerate(labels):
         members = np.flatnonzero(records.labels == k)
         if len(members) < shots:
             raise HistoclassError(
-                f"--shots {shots}: class {k} has {len(members)} labelled images; pass --shots {len(members)} or fewer"
+                f"--shots {shots}: class {name} has {len(members)} labelled images; pass --shots {len(members)} "
+                "or fewer"
             )
         chosen.append(rng.choice(members, shots, replace=False))
     picked = np.sort(np.concatenate(chosen))

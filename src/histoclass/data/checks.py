@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from histoclass.data.images import unreadable_reason
+from histoclass.data.images import EMPTY_FILE, unreadable_reason
 from histoclass.data.records import DataSource, ImageRecords
 
 __all__ = ["BadImage", "DataReport", "check_source", "drop_bad", "print_report", "scan_records"]
@@ -43,7 +43,7 @@ def _inspect_file(records: ImageRecords, i: int) -> ImageInfo:
     path = records.paths[i]
     try:
         if path.stat().st_size == 0:
-            return ImageInfo(None, None, "empty file (0 bytes)")
+            return ImageInfo(None, None, EMPTY_FILE)
         with Image.open(path) as probe:
             size, mode = probe.size, probe.mode
         records.open(i, size_hint=_CHECK_DECODE_SIZE)

@@ -6,12 +6,16 @@ Imports only numpy and Pillow, so an ONNX deployment without torch preprocesses 
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from histoclass.console import console
+
 __all__ = [
+    "EMPTY_FILE",
     "IMAGE_EXTENSIONS",
     "RESIZE_METHOD",
     "array_to_rgb",
@@ -23,6 +27,8 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif"})
+#: How an empty (0-byte) file is named everywhere.
+EMPTY_FILE = "empty file (0 bytes)"
 #: EXIF's orientation tag: phones and some microscope cameras store pixels turned and say so here.
 _ORIENTATION = 0x0112
 #: How every path resizes: Pillow bilinear straight to size x size (no crop), after JPEG DCT scaling.
@@ -83,8 +89,17 @@ def open_rgb(source: str | Path | bytes, size_hint: int | None = None) -> Image.
     ``size_hint`` lets JPEG decoding scale down in the DCT (much faster) while staying >= the target size.
     """
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    if not isinstance(source, bytes) and Path(source).is_file() and Path(source).stat().st_size == 0:
+        raise OSError(EMPTY_FILE)  # the words check-data uses too
     try:
-        image = Image.open(stream)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+        if caught:  # Pillow's guard against untrusted files: said once, in our words
+            width, height = image.size
+            console.print(
+                f"[yellow]note:[/] {_name(source)} is {width}x{height} pixels ({width * height / 1e6:.0f} MP)"
+            )
     except Image.UnidentifiedImageError:
         if isinstance(source, bytes) or Path(source).suffix.lower() not in {".tif", ".tiff"}:
             raise
@@ -95,6 +110,10 @@ def open_rgb(source: str | Path | bytes, size_hint: int | None = None) -> Image.
     if image.getexif().get(_ORIENTATION, 1) != 1:  # the pixels as the camera meant them to be seen
         image = ImageOps.exif_transpose(image)
     return _pil_to_rgb(image)
+
+
+def _name(source: str | Path | bytes) -> str:
+    return "an uploaded image" if isinstance(source, bytes) else f"'{source}'"
 
 
 def resize_square(image: Image.Image, size: int) -> np.ndarray:

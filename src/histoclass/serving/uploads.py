@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from histoclass.data.images import IMAGE_EXTENSIONS, open_rgb
+from histoclass.data.images import EMPTY_FILE, IMAGE_EXTENSIONS, open_rgb
 
 __all__ = ["UploadRejected", "decode_upload", "kept_name"]
 
@@ -48,7 +48,7 @@ def decode_upload(
     ``size_hint``); raises :class:`UploadRejected`. ``size``: the upload's real size, when only the first
     ``max_bytes + 1`` bytes were read."""
     if not data:
-        raise UploadRejected(422, filename, "empty file (0 bytes)")
+        raise UploadRejected(422, filename, EMPTY_FILE)
     if len(data) > max_bytes:
         actual = max(size or 0, len(data))
         raise UploadRejected(413, filename, f"file is {actual / 1e6:.1f} MB; the limit is {max_bytes / 1e6:g} MB")
