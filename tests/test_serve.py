@@ -297,12 +297,27 @@ def test_docs_never_reflect_the_key_as_markup_and_answers_carry_the_shift_score(
     assert result["shift_score"] >= 0 and isinstance(result["unlike_training"], bool)
 
 
-def test_a_non_ascii_api_key_matches_its_utf8_header(trained_run: Path) -> None:
-    process, url = start_server(trained_run, "--api-key", "clé-ünï")
+def test_a_non_ascii_key_matches_and_a_client_that_sends_no_body_is_dropped(trained_run: Path) -> None:
+    process, url = start_server(trained_run, "--api-key", "clé-ünï", "--body-timeout", "2")
     try:
         image = [(TEST_IMAGES[0].name, TEST_IMAGES[0].read_bytes())]
         assert upload(url, image, headers={"X-API-Key": "clé-ünï".encode()}).status_code == 200
         assert upload(url, image, headers={"X-API-Key": "cle-uni"}).status_code == 401
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as client:
+            head = (
+                (
+                    b"POST /api/predict HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                    b"Content-Length: 5000\r\n"
+                )
+                + b"X-API-Key: "
+                + "clé-ünï".encode()
+                + b"\r\n\r\n"
+            )
+            client.sendall(head)
+            started = time.monotonic()
+            answer = client.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 10, answer[:200]
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -174,6 +174,7 @@ class ServeConfig(ConfigModel):
     max_megapixels: float = option(50.0, "largest accepted image (decompression-bomb guard)", gt=0)
     max_request_mb: float | None = option(None, "largest request body, MB [max files x max file MB]", gt=0)
     keep_uploads: str | None = option(None, "save every accepted upload into this folder (off: none kept)")
+    body_timeout: float = option(30.0, "seconds a client may take between two parts of its request body", gt=0)
     tta: bool = option(True, "average over the 8 flips and 90-degree rotations (--no-tta: one view)")
 
     @property

@@ -131,7 +131,12 @@ def create_app(settings: ServeConfig) -> FastAPI:
     app = FastAPI(title=f"histoclass: {card['name']}", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     # Chunked bodies are cut off as they stream in; the guard (outermost) refuses announced ones unread.
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_request_bytes)
-    app.add_middleware(RequestGuard, api_key=settings.api_key, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        RequestGuard,
+        api_key=settings.api_key,
+        max_bytes=settings.max_request_bytes,
+        body_timeout=settings.body_timeout,
+    )
     app.state.card = card
     _docs(app)
 

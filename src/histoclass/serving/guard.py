@@ -8,6 +8,7 @@ message naming the limit; a chunked body without ``Content-Length`` is cut off b
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -24,10 +25,11 @@ OPEN_PREFIXES = ("/static/",)
 
 
 class RequestGuard:
-    """Answers 401 to requests outside :data:`OPEN_PATHS` without the key, 413 to announced oversize bodies."""
+    """Answers 401 to requests outside :data:`OPEN_PATHS` without the key, 413 to announced oversize bodies, 408
+    to a client that stops sending its body for ``body_timeout`` seconds."""
 
-    def __init__(self, app: Callable, api_key: str | None, max_bytes: int) -> None:
-        self.app, self.api_key, self.max_bytes = app, api_key, max_bytes
+    def __init__(self, app: Callable, api_key: str | None, max_bytes: int, body_timeout: float = 30.0) -> None:
+        self.app, self.api_key, self.max_bytes, self.body_timeout = app, api_key, max_bytes, body_timeout
 
     def _authorised(self, scope: dict, headers: dict[bytes, bytes]) -> bool:
         path = scope["path"]
@@ -53,11 +55,56 @@ class RequestGuard:
 
     async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable) -> None:
         refusal = self._refusal(scope) if scope["type"] == "http" else None
-        if refusal is None:
+        if refusal is not None:
+            await _answer(send, *refusal)
+            return
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status, detail = refusal
-        body = json.dumps({"detail": detail}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        timer = _BodyTimer(receive, self.body_timeout)
+
+        async def answered(message: dict) -> None:
+            """The app's answer, or 408 in its place when the body timed out (FastAPI turns it into a 400)."""
+            if timer.expired and message["type"] == "http.response.start":
+                timer.replaced = True
+                await _answer(send, 408, f"no request body for {self.body_timeout:g} s; send the whole request")
+            elif not timer.replaced:
+                await send(message)
+
+        try:
+            await self.app(scope, timer.receive, answered)
+        except _SlowBody:
+            if not timer.replaced:
+                await answered({"type": "http.response.start"})
+
+
+class _BodyTimer:
+    """``receive`` that gives up on a body part not arriving within ``seconds``; once the body is whole, it
+    waits as long as the app wants (for a disconnect, say)."""
+
+    def __init__(self, receive: Callable[[], Awaitable[dict]], seconds: float) -> None:
+        self._receive, self.seconds = receive, seconds
+        self.whole = self.expired = self.replaced = False
+
+    async def receive(self) -> dict:
+        if self.whole:
+            return await self._receive()
+        try:
+            message = await asyncio.wait_for(self._receive(), self.seconds)
+        except TimeoutError:
+            self.expired = True
+            raise _SlowBody from None
+        self.whole = message["type"] != "http.request" or not message.get("more_body", False)
+        return message
+
+
+class _SlowBody(Exception):
+    """A client stopped sending its request body."""
+
+
+async def _answer(send: Callable, status: int, detail: str) -> None:
+    """A JSON ``{"detail": ...}`` response, before the app has said anything."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
