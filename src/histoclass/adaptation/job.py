@@ -116,9 +116,18 @@ def adapt(config: AdaptConfig) -> RunDir:
     if shots is not None:
         augment = read_run_config(parent).augment if parent.config.is_file() else AugmentConfig()
         model = fine_tune(
-            model, records.subset(shots), info.image_size, augment, config.epochs, config.lr, config.seed, info.stain
+            model,
+            records.subset(shots),
+            info.image_size,
+            augment,
+            config.epochs,
+            config.lr,
+            config.seed,
+            info.stain,
+            head_only=config.tune == "head",
         )
-        record |= {"shots": config.shots, "labelled_images": len(shots), "epochs": config.epochs, "lr": config.lr}
+        record |= {"shots": config.shots, "labelled_images": len(shots), "tune": config.tune}
+        record |= {"epochs": config.epochs, "lr": config.lr}
     runs_dir = Path(config.runs_dir) if config.runs_dir else parent.root.parent
     name = config.name or f"{parent.root.name}-{f'{config.shots}shot' if config.shots else 'adapted'}"
     new_info = info.model_copy(update={"name": name, "parent": str(parent.root.resolve())})

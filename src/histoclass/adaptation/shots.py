@@ -58,8 +58,10 @@ def fine_tune(
     lr: float,
     seed: int,
     stain: StainNormalization | None = None,
+    head_only: bool = False,
 ) -> nn.Module:
-    """Fine-tune every layer of ``model`` on ``records`` (cosine schedule, no EMA, no validation)."""
+    """Fine-tune ``model`` (every layer, or its head only) on ``records`` (cosine schedule, no EMA, no validation)."""
+    model.backbone.requires_grad_(not head_only)  # frozen parameters get no gradient, so no update
     train = TrainConfig(
         epochs=epochs, lr=lr, finetune_lr_scale=1.0, layer_decay=None, ema=0, warmup_epochs=0, seed=seed
     )

@@ -132,6 +132,7 @@ class AdaptConfig(LabelledData):
     shots: int | None = option(
         None, "labelled images per class to fine-tune on (the rest of --data scores the result)", ge=1
     )
+    tune: Literal["head", "all"] = option("all", "--shots: fine-tune the head only, or every layer")
     epochs: int = option(30, "--shots: fine-tuning epochs over the labelled images", ge=1)
     lr: float = option(2e-4, "--shots: learning rate of the whole network", gt=0)
     name: str | None = option(None, "name of the adapted run [NAME-adapted]")
