@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,6 @@ from histoclass.console import console
 from histoclass.data.records import ImageRecords
 from histoclass.inference.embedder import Embedder
 from histoclass.runs import RunDir
-from histoclass.shift.features import embed_sample, feature_embedder
 from histoclass.shift.reference import ShiftReference, fit_reference
 
 __all__ = ["REFERENCE_IMAGES", "ShiftScorer", "build_reference", "open_scorer"]
@@ -20,10 +20,17 @@ REFERENCE_IMAGES = 2000
 
 
 class ShiftScorer:
-    """uint8 NHWC images at the model's size -> shift scores, with the run's reference."""
+    """uint8 NHWC images at the model's size -> shift scores, with the run's reference. The run's backbone (and
+    torch) is loaded at the first score, so opening a run on a converted engine stays torch-free until then."""
 
-    def __init__(self, embedder: Embedder, reference: ShiftReference) -> None:
-        self.embedder, self.reference = embedder, reference
+    def __init__(self, run_root: Path, reference: ShiftReference) -> None:
+        self.run_root, self.reference = run_root, reference
+
+    @functools.cached_property
+    def embedder(self) -> Embedder:
+        from histoclass.shift.features import feature_embedder
+
+        return feature_embedder(self.run_root)
 
     def score(self, pixels: np.ndarray) -> np.ndarray:
         return self.reference.score(self.embedder.embed_pixels(pixels)[:, 0])
@@ -34,13 +41,15 @@ def open_scorer(run_root: str | Path) -> ShiftScorer | None:
     run = RunDir(Path(run_root))
     if not run.shift_reference.is_file():
         return None
-    return ShiftScorer(feature_embedder(run.root), ShiftReference.load(run.shift_reference))
+    return ShiftScorer(run.root, ShiftReference.load(run.shift_reference))
 
 
 def build_reference(
     run: RunDir, reference: ImageRecords, held_out: ImageRecords, seed: int = 0, fitted_on: str = "train"
 ) -> ShiftReference | None:
     """Embed ``reference`` and ``held_out`` images with the run's model, fit the threshold and save it in the run."""
+    from histoclass.shift.features import embed_sample, feature_embedder
+
     if len(reference) == 0 or len(held_out) == 0:
         return None
     embedder = feature_embedder(run.root)
