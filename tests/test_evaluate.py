@@ -147,7 +147,9 @@ def test_predict_folder_of_1000_with_a_corrupt_image(trained_run: Path, tmp_path
     assert result.returncode == 0, result.stderr[-2000:]
     rows = read_rows(out)
     assert len(rows) == 1000
-    assert list(rows[0]) == ["id", "label", "confidence", *(f"prob_{c}" for c in CLASSES), "prediction_set", "set_size"]
+    probabilities = [f"prob_{c}" for c in CLASSES]
+    sets_and_shift = ["prediction_set", "set_size", "shift_score", "unlike_training"]
+    assert list(rows[0]) == ["id", "label", "confidence", *probabilities, *sets_and_shift]
     broken = [r for r in rows if r["label"] == ""]
     assert [r["id"] for r in broken] == [victim.relative_to(folder).as_posix()]
     assert victim.name in result.stderr

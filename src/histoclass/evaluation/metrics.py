@@ -36,6 +36,7 @@ METRIC_KEYS = [
     "overlap_with_training",
     "metrics_without_overlap",
     "warnings",
+    "shift",
 ]
 
 
