@@ -98,7 +98,9 @@ def finish_run(
     stopped = _stop_summary(callbacks, rows, config)
     metrics |= {"best_epoch": int(best_row["epoch"]), "epochs_run": len(rows), **stopped}
     metrics["calibration"] = calibrate_on_validation(run, info, *validation_logits(run, val_records), config)
-    reference = build_reference(run, train_records, val_records, config.train.seed)
+    # A probe reads cached embeddings and trains in seconds: a pass of the backbone over the images would undo
+    # that, so probes carry no shift score (yet).
+    reference = None if config.train.probe else build_reference(run, train_records, val_records, config.train.seed)
     if reference is not None:
         metrics["shift_threshold"] = reference.threshold
     metrics["train_seconds"] = round(callbacks.clock.seconds, 1)
