@@ -28,7 +28,7 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[np.ndarray], mean, 
     """Replace the running statistics of ``model``'s BatchNorm layers by their average over ``batches`` (uint8
     NHWC); returns how many images were seen. Weights are untouched; the model is left in eval mode."""
     layers = batchnorm_layers(model)
-    saved = [(layer.momentum, layer.training) for layer in layers]
+    momenta = [layer.momentum for layer in layers]
     mean_t, std_t = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
     seen = 0
     model.eval()
@@ -40,7 +40,7 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[np.ndarray], mean, 
         images = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2)
         model(normalize_torch(images, mean_t, std_t))
         seen += len(pixels)
-    for layer, (momentum, _) in zip(layers, saved, strict=True):
+    for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum
     model.eval()
     return seen

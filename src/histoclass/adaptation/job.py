@@ -2,7 +2,7 @@
 
 Without labels: BatchNorm statistics re-estimated on the new images (:mod:`.batchnorm`). With ``--shots K``: the
 same, then every layer fine-tuned on K labelled images per class (:mod:`.shots`), the calibration re-fitted on
-half of the remaining labelled images and the result scored on the other half. The shift score's reference
+half of the remaining labelled images and the result scored on all of them and on the other half (one prediction pass). The shift score's reference
 becomes the new source's images. The parent run is only read; the new run is built in a hidden folder and
 appears complete or not at all.
 """
@@ -18,6 +18,7 @@ from histoclass.adaptation.batchnorm import batchnorm_layers, reestimate_batchno
 from histoclass.adaptation.shots import draw_shots, fine_tune
 from histoclass.atomic import building_folder, replace_folder, write_bytes, write_json
 from histoclass.calibration.fit import fit_calibration
+from histoclass.calibration.temperature import calibrated_probabilities
 from histoclass.config import AdaptConfig, AugmentConfig, DataConfig
 from histoclass.console import console
 from histoclass.data.batches import iter_batches
@@ -67,25 +68,26 @@ def _pixel_batches(records: ImageRecords, info: ModelInfo, batch_size: int):
             yield stain_normalized(batch.pixels, info.stain)
 
 
-def _score(run: RunDir, records: ImageRecords, batch_size: int) -> dict:
-    """Accuracy, balanced accuracy and the rest on labelled ``records`` with the run's model (8 views)."""
-    predictions = run_predictions(Predictor(TorchEngine.open(run.root)), records, batch_size, tta=True)
-    rows = np.asarray([i for i in range(len(records)) if i not in predictions.errors], dtype=np.int64)
+def _score_rest(run: RunDir, rest: ImageRecords, batch_size: int, seed: int) -> dict:
+    """Predict the labelled images not fine-tuned on once (8 views): fit temperature and sets on a stratified half
+    and write them into the run; score all of them, and the other half, with the new calibration."""
     info = ModelInfo.load(run.model_info)
-    return compute_metrics(records.labels[rows], predictions.probabilities[rows], info.labels)
-
-
-def _recalibrate(run: RunDir, records: ImageRecords, coverage: float, seed: int) -> tuple[ImageRecords, dict]:
-    """Fit temperature and sets on half of ``records`` (stratified); return the other half and the fit's figures."""
-    info = ModelInfo.load(run.model_info)
-    strata = records.labels if np.bincount(records.labels).min(initial=2) >= 2 else None
-    fit_half, check_half = train_test_split(np.arange(len(records)), test_size=0.5, random_state=seed, stratify=strata)
-    fit_records = records.subset(fit_half)
-    logits = run_predictions(Predictor(TorchEngine.open(run.root)), fit_records, tta=True).view_logits
-    calibration = fit_calibration(logits, fit_records.labels, coverage, False, "adapt --shots")
+    predictions = run_predictions(Predictor(TorchEngine.open(run.root)), rest, batch_size, tta=True)
+    rows = np.asarray([i for i in range(len(rest)) if i not in predictions.errors], dtype=np.int64)
+    logits, labels = predictions.view_logits[rows], rest.labels[rows]
+    strata = labels if np.bincount(labels).min(initial=2) >= 2 else None
+    fit_half, check_half = train_test_split(np.arange(len(rows)), test_size=0.5, random_state=seed, stratify=strata)
+    calibration = fit_calibration(logits[fit_half], labels[fit_half], 0.9, False, "adapt --shots")
     info.model_copy(update={"calibration": calibration}).save(run.model_info)
-    figures = {"images": len(fit_half), "temperature": calibration.temperature}
-    return records.subset(check_half), figures
+    probabilities = calibrated_probabilities(logits, calibration.temperature)
+    return {
+        "calibration": {"images": len(fit_half), "temperature": calibration.temperature},
+        "rest": {"images": len(rows), **compute_metrics(labels, probabilities, info.labels)},
+        "held_out_half": {
+            "images": len(check_half),
+            **compute_metrics(labels[check_half], probabilities[check_half], info.labels),
+        },
+    }
 
 
 def _copy_run_files(parent: RunDir, built: RunDir) -> None:
@@ -141,10 +143,7 @@ def adapt(config: AdaptConfig) -> RunDir:
         reference, held = records.subset(np.sort(halves[:middle])), records.subset(np.sort(halves[middle:]))
         build_reference(built, reference, held, config.seed, fitted_on="adapted")
         if rest is not None and len(rest) >= 2 * info.num_classes:
-            scored, calibration = _recalibrate(built, records.subset(rest), 0.9, config.seed)
-            record["calibration"] = calibration
-            record["rest"] = {"images": len(rest), **_score(built, records.subset(rest), config.batch_size)}
-            record["held_out_half"] = {"images": len(scored), **_score(built, scored, config.batch_size)}
+            record |= _score_rest(built, records.subset(rest), config.batch_size, config.seed)
         write_json(built.adaptation, record)
         target = create_run_dir(runs_dir, name)
         replace_folder(built.root, target.root)
