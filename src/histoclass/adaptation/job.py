@@ -3,8 +3,8 @@
 Without labels: BatchNorm statistics re-estimated on the new images (:mod:`.batchnorm`). With ``--shots K``: the
 same, then every layer fine-tuned on K labelled images per class (:mod:`.shots`), the calibration re-fitted on
 half of the remaining labelled images and the result scored on all of them and on the other half (one
-prediction pass). The shift score's reference becomes the new source's images. The parent run is only read; the new run is built in a hidden folder and
-appears complete or not at all.
+prediction pass). The shift score's reference becomes the new source's images. The parent run is only read; the
+new run is built in a hidden folder and appears complete or not at all.
 """
 
 from __future__ import annotations
