@@ -1,6 +1,8 @@
-"""Requests per second of `histoclass serve` on each engine, against PyTorch's server measured in the same run.
+"""Requests per second of `histoclass serve` on each engine, against PyTorch's server measured in the same run;
+with ``--memory``, the server's memory under many large legal images at once.
 
     python -m benchmarks.serve RUN --engines torch,auto --requests 200 --clients 20 --rounds 3 [--tta]
+    python -m benchmarks.serve RUN --memory --clients 12 [--side 7000 --files 6]
 
 Each engine gets its own server process (one uvicorn worker, as `histoclass serve` starts by default). After a
 warm-up, ``--clients`` threads each send their share of ``--requests`` one-image ``POST /api/predict`` requests
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import io
 import socket
 import subprocess
 import sys
@@ -26,6 +29,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import psutil
 
 IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bloodcells" / "test_simple"
 
@@ -99,6 +103,50 @@ def one_round(url: str, bodies: list[tuple[str, bytes]], requests: int, clients:
     }
 
 
+def large_png(side: int) -> bytes:
+    """A ``side`` x ``side`` PNG tiled from a real cell: legal under the default limits (a few MB, 49 MP)."""
+    from PIL import Image
+
+    cell = Image.open(sorted(IMAGES.rglob("*.jpeg"))[0]).convert("RGB")
+    canvas = Image.new("RGB", (side, side))
+    for x in range(0, side, cell.width):
+        for y in range(0, side, cell.height):
+            canvas.paste(cell, (x, y))
+    buffer = io.BytesIO()
+    canvas.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def memory_round(model: str, clients: int, side: int, files: int) -> None:
+    """Two requests of ``files`` large PNGs from each of ``clients`` threads at once: the server's resident
+    memory idle, at its peak and a second after, and every answer's status."""
+    png = large_png(side)
+    process, url = start_server(model, "--no-tta")
+    resident = psutil.Process(process.pid).memory_info
+
+    def send(index: int) -> int:
+        payload = [("files", (f"{index}-{k}.png", png)) for k in range(files)]
+        return httpx.post(f"{url}/api/predict", files=payload, timeout=900).status_code
+
+    try:
+        send(0)
+        idle = peak = resident().rss / 2**20
+        with ThreadPoolExecutor(clients) as pool:
+            replies = [pool.submit(send, index) for index in range(2 * clients)]
+            while not all(reply.done() for reply in replies):
+                peak = max(peak, resident().rss / 2**20)
+                time.sleep(0.1)
+        time.sleep(1)
+        after = resident().rss / 2**20
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    statuses = sorted({reply.result() for reply in replies})
+    print(f"{2 * clients} requests of {files} {side}x{side} PNGs ({len(png) / 1e6:.1f} MB each), {clients} at once")
+    print(f"statuses {statuses}; RSS idle {idle:.0f} MiB, peak {peak:.0f} MiB (+{peak - idle:.0f}), after {after:.0f}")
+    print(f"after / idle {after / idle:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="run directory")
@@ -107,7 +155,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tta", action="store_true", help="serve's default 8 views (off: one view per image)")
+    parser.add_argument("--memory", action="store_true", help="measure memory under large images instead")
+    parser.add_argument("--side", type=int, default=7000, help="--memory: the PNGs' side in pixels")
+    parser.add_argument("--files", type=int, default=6, help="--memory: PNGs a request")
     args = parser.parse_args()
+    if args.memory:
+        memory_round(args.model, args.clients, args.side, args.files)
+        return
     bodies = [multipart(p.name, p.read_bytes()) for p in sorted(IMAGES.rglob("*.jpeg"))]
     engines = args.engines.split(",")
     servers = {

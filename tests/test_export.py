@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -145,8 +146,16 @@ def test_predict_with_a_run_directory_never_imports_lightning(trained_run: Path,
 def test_interrupted_jobs_leave_nothing_behind_and_outputs_follow_the_umask(trained_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("engines", "export*", "eval"))
+    interrupted = subprocess.Popen([sys.executable, "-m", "histoclass", "export", str(run), "--format", "onnx"])
+    for _ in range(1200):  # killed once its staging folder exists, before anything is exported
+        if list(run.glob(".export-staging-*")):
+            break
+        time.sleep(0.05)
+    interrupted.kill()
+    interrupted.wait()
+    assert not (run / "export").exists()  # a fresh export that never finished leaves no empty folder
     dead = 2**22 + 12345  # above pid_max's default: no such process
-    stale_export = run / "export" / f".staging-{dead}-x1y2"
+    stale_export = run / f".export-staging-{dead}-x1y2"
     stale_eval = run / "eval" / f".test_simple.{dead}-x1y2"
     for stale in (stale_export, stale_eval):  # what a killed export and evaluation leave
         stale.mkdir(parents=True)

@@ -321,3 +321,93 @@ def test_a_non_ascii_key_matches_and_a_client_that_sends_no_body_is_dropped(trai
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_many_large_legal_images_are_decoded_within_a_budget_and_the_memory_comes_back(
+    trained_run: Path, tmp_path: Path
+) -> None:
+    """8 requests of three 5000x5000 PNGs at once: every one answered, the decodes kept to the budget (two such
+    images at a time), and the process back within 10% of where it started once they are done."""
+    from PIL import Image
+
+    cell = Image.open(TEST_IMAGES[0]).convert("RGB")
+    big = Image.new("RGB", (5000, 5000))
+    for x in range(0, 5000, cell.width):
+        for y in range(0, 5000, cell.height):
+            big.paste(cell, (x, y))
+    buffer = io.BytesIO()
+    big.save(buffer, "PNG", compress_level=1)
+    png = buffer.getvalue()
+    process, url = start_server(trained_run, "--no-tta", "--max-megapixels", "25", "--max-file-mb", "30")
+    try:
+        assert upload(url, [("warm.png", png)]).status_code == 200
+        start = peak = rss_mib(process)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            replies = [pool.submit(upload, url, [(f"{i}-{k}.png", png) for k in range(3)]) for i in range(8)]
+            while not all(reply.done() for reply in replies):
+                peak = max(peak, rss_mib(process))
+                time.sleep(0.05)
+        assert [reply.result().status_code for reply in replies] == [200] * 8
+        time.sleep(1)
+        after = rss_mib(process)
+        print(f"\nRSS idle {start:.0f} MiB, peak {peak:.0f} MiB, after {after:.0f} MiB")
+        assert peak - start < 600, (start, peak)  # 24 such decodes at once: 1.8 GB of RGB alone
+        assert after < 1.10 * start, (start, after)
+        over = upload(url, [(f"{k}.png", png) for k in range(13)])  # 325 MP: over the request's 300
+        assert over.status_code == 413 and "megapixels in one request" in over.json()["detail"], over.text
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_every_refusal_has_the_documented_shape(server) -> None:
+    """Raw bodies, a missing field, unknown paths and 5,000-character names: ``{"detail", "errors"}`` each."""
+    _, url = server
+    image = TEST_IMAGES[0].read_bytes()
+    refusals = [
+        httpx.post(f"{url}/api/predict", content=image, headers={"Content-Type": "image/jpeg"}),
+        httpx.post(f"{url}/api/predict", content=b"files=x"),
+        httpx.post(f"{url}/api/predict", files=[("other", ("a.jpeg", image))]),
+        httpx.post(f"{url}/api/predict", content=b"--b\r\nbroken", headers={"Content-Type": "multipart/form-data"}),
+        httpx.get(f"{url}/api/nothing-here"),
+        httpx.get(f"{url}/api/predict"),
+    ]
+    for reply in refusals:
+        body = reply.json()
+        assert reply.status_code in (404, 405, 415, 422), (reply.status_code, body)
+        assert isinstance(body["detail"], str) and "\n" not in body["detail"], body
+        assert body["errors"] and {"filename", "status", "error"} <= set(body["errors"][0]), body
+    assert refusals[0].status_code == 415 and "multipart/form-data" in refusals[0].json()["detail"]
+    long_name = "x" * 5000 + ".jpeg"
+    answer = upload(url, [(long_name, image)])
+    assert answer.status_code == 200 and answer.json()["results"][0]["filename"] == long_name
+    damaged = upload(url, [(long_name, image[:50])])
+    assert damaged.status_code == 422 and damaged.json()["errors"][0]["filename"] == long_name
+
+
+def test_a_file_past_its_limit_is_counted_not_kept_as_the_body_streams_in() -> None:
+    """A 45 MB file against a 20 MB limit is read in 64 kB chunks holding at most its limit, in memory (no
+    file, no spool), and named with its real size; the file within the limit beside it arrives whole."""
+    import asyncio
+    import tracemalloc
+
+    from histoclass.serving.multipart import read_uploads
+    from histoclass.serving.uploads import UploadRejected, checked_pixels
+
+    small = TEST_IMAGES[0].read_bytes()
+    head = b'--b\r\nContent-Disposition: form-data; name="files"; filename="%s"\r\n\r\n'
+    body = head % b"big.png" + b"\0" * 45_000_000 + b"\r\n" + head % b"cell.jpeg" + small + b"\r\n--b--\r\n"
+
+    async def chunks():
+        for start in range(0, len(body), 65536):
+            yield body[start : start + 65536]
+
+    tracemalloc.start()
+    uploads = asyncio.run(read_uploads("multipart/form-data; boundary=b", chunks(), "files", 20_000_000, 64))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 22e6, peak  # the 45 MB never held
+    big, cell = uploads
+    assert big.data is None and big.size == 45_000_000 and bytes(cell.data) == small
+    with pytest.raises(UploadRejected, match="file is 45.0 MB; the limit is 20 MB"):
+        checked_pixels(big.filename, big.data, big.size, 20_000_000, 50_000_000)

@@ -173,7 +173,13 @@ class ServeConfig(ConfigModel):
     max_file_mb: float = option(20.0, "largest accepted upload, MB", gt=0)
     max_files: int = option(64, "most images in one request", ge=1)
     max_megapixels: float = option(50.0, "largest accepted image (decompression-bomb guard)", gt=0)
-    max_request_mb: float | None = option(None, "largest request body, MB [max files x max file MB]", gt=0)
+    max_request_mb: float | None = option(
+        None, "largest request body, MB [5 (or --max-files if fewer) x max file MB]", gt=0
+    )
+    max_request_megapixels: float = option(300.0, "most pixels of all images in one request", gt=0)
+    decode_megapixels: float | None = option(
+        None, "most pixels decoded at once by a server process, over all requests [2 x --max-megapixels]", gt=0
+    )
     keep_uploads: str | None = option(None, "save every accepted upload into this folder (off: none kept)")
     body_timeout: float = option(30.0, "seconds a client may take between two parts of its request body", gt=0)
     tta: bool = option(True, "average over the 8 flips and 90-degree rotations (--no-tta: one view)")
@@ -184,10 +190,15 @@ class ServeConfig(ConfigModel):
 
     @property
     def max_request_bytes(self) -> int:
-        """The whole body: every allowed file at its largest, plus the multipart framing."""
+        """The whole body: five files (or ``max_files``) at their largest, plus the multipart framing; many
+        files of the usual size (a cell crop is 10-100 kB) fit well within it."""
         if self.max_request_mb is not None:
             return int(self.max_request_mb * 1e6)
-        return self.max_files * (self.max_bytes + 4096)
+        return min(self.max_files, 5) * (self.max_bytes + 4096)
+
+    @property
+    def decode_pixels(self) -> int:
+        return int((self.decode_megapixels or 2 * self.max_megapixels) * 1e6)
 
 
 class BenchConfig(ConfigModel):

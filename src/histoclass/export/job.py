@@ -122,8 +122,8 @@ def export(config: ExportConfig) -> Path:
     network: torch.nn.Module = NHWCInput(torch_engine.model) if config.nhwc else torch_engine.model
     example = torch.from_numpy(normalize_numpy(pixels[:2], info.mean, info.std, info.layout))
     target = RunDir(run).export_nhwc if config.nhwc else RunDir(run).export
-    target.root.mkdir(parents=True, exist_ok=True)
-    with building_folder(target.root, ".staging-") as folder:  # an interrupted export's leftovers go next time
+    # Built beside export/, which appears only with its files; an interrupted export's leftovers go next time.
+    with building_folder(run, f".{target.root.name}-staging-") as folder:
         staging = ExportDir(folder)
         model_file = staging.model(fmt)
         with console.status(f"Exporting {fmt}"):
@@ -134,9 +134,14 @@ def export(config: ExportConfig) -> Path:
         exported = Predictor(OpenVinoEngine(model_file, "f32")) if fmt == "openvino" else load(model_file)
         parity = measure_parity(reference, exported, pixels, labels)
         console.print(f"Parity ({fmt}): {_describe(parity)}")
-        record = {"format": fmt, "file": model_file.name, "size_bytes": model_file.stat().st_size,
-                  "thresholds": {"min_top1_agreement": FLOAT_MIN_AGREEMENT, "max_abs_diff": FLOAT_MAX_DIFF},
-                  **parity.as_dict(), "passed": parity.passes(FLOAT_MIN_AGREEMENT, FLOAT_MAX_DIFF)}  # fmt: skip
+        record = {
+            "format": fmt,
+            "file": model_file.name,
+            "size_bytes": model_file.stat().st_size,
+            "thresholds": {"min_top1_agreement": FLOAT_MIN_AGREEMENT, "max_abs_diff": FLOAT_MAX_DIFF},
+            **parity.as_dict(),
+            "passed": parity.passes(FLOAT_MIN_AGREEMENT, FLOAT_MAX_DIFF),
+        }
         if not record["passed"]:
             raise HistoclassError(
                 f"export to {fmt} disagrees with the PyTorch model ({_describe(parity)}); nothing was written"

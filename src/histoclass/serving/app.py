@@ -2,7 +2,8 @@
 
 The model is loaded once per worker; uploads are decoded on the thread pool and every model call goes through
 the micro-batcher's single inference thread, so the event loop never blocks. The API key is checked before a
-request's body is read, and the whole body is capped (413) before it is buffered.
+request's body is read, the whole body is capped (413) before it is buffered, and each file is held to its
+limit as it streams in, in memory (``multipart.py``).
 """
 
 from __future__ import annotations
@@ -15,36 +16,36 @@ from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.formparsers import MultiPartParser
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from histoclass.config import ServeConfig
-from histoclass.data.images import resize_square
 from histoclass.export.engines import open_predictor
 from histoclass.inference.engines.torch_engine import TorchEngine
 from histoclass.inference.predictor import Predictor, load
 from histoclass.runs import RunDir
 from histoclass.serving.batcher import MicroBatcher
 from histoclass.serving.guard import API_KEY_PARAMETER, RequestGuard
-from histoclass.serving.uploads import UploadRejected, decode_upload, kept_name
+from histoclass.serving.multipart import Upload, multipart_body, read_uploads
+from histoclass.serving.uploads import (
+    DecodeBudget,
+    UploadRejected,
+    UploadsRejected,
+    checked_pixels,
+    decode_resized,
+    kept_name,
+)
 
 __all__ = ["SETTINGS_ENV", "create_app", "create_app_from_env"]
 
 STATIC = Path(__file__).parent / "static"
 SETTINGS_ENV = "HISTOCLASS_SERVE_SETTINGS"
-
-
-class _UploadBatchRejected(Exception):
-    """Uploads of one request that were refused; answered as JSON with the first one's status."""
-
-    def __init__(self, errors: list[UploadRejected]) -> None:
-        super().__init__(errors[0].message)
-        self.errors = errors
 
 
 def _model_card(predictor: Predictor, model: Path, tta: bool, explain: bool) -> dict:
@@ -68,12 +69,11 @@ def _model_card(predictor: Predictor, model: Path, tta: bool, explain: bool) -> 
     }
 
 
-def _rejection(error: UploadRejected | list[UploadRejected]) -> JSONResponse:
-    errors = error if isinstance(error, list) else [error]
-    detail = "; ".join(f"{e.filename}: {e.message}" for e in errors)
-    return JSONResponse(
-        status_code=errors[0].status, content={"detail": detail, "errors": [e.as_dict() for e in errors]}
-    )
+def _rejection(errors: list[UploadRejected], headers: dict | None = None) -> JSONResponse:
+    """Every refusal's one shape: ``{"detail": one line, "errors": [{filename, status, error}, ...]}``."""
+    detail = "; ".join(e.message if e.filename == "(request)" else f"{e.filename}: {e.message}" for e in errors)
+    content = {"detail": detail, "errors": [e.as_dict() for e in errors]}
+    return JSONResponse(status_code=errors[0].status, content=content, headers=headers)
 
 
 def _result(name: str, probabilities: np.ndarray, members: np.ndarray | None, labels: list[str]) -> dict:
@@ -118,8 +118,8 @@ def create_app(settings: ServeConfig) -> FastAPI:
     # Heatmaps need gradients: a run served on a faster engine keeps its PyTorch model for them.
     explainer = predictor if predictor.can_explain or settings.engine != "auto" else _torch_or_none(settings.model)
     card = _model_card(predictor, Path(settings.model), settings.tta, explainer is not None and explainer.can_explain)
-    # Keep uploads in memory: Starlette spools parts over 1 MB to temporary files otherwise.
-    MultiPartParser.spool_max_size = settings.max_bytes + 1
+    limit, request_limit = int(settings.max_megapixels * 1e6), int(settings.max_request_megapixels * 1e6)
+    budget, image_size = DecodeBudget(settings.decode_pixels), predictor.info.image_size
     batcher = MicroBatcher(predictor, tta=settings.tta)
 
     @asynccontextmanager
@@ -140,38 +140,55 @@ def create_app(settings: ServeConfig) -> FastAPI:
     app.state.card = card
     _docs(app)
 
-    async def read_images(files: list[UploadFile]) -> list[tuple[str, np.ndarray]]:
-        if len(files) > settings.max_files:
-            raise _UploadBatchRejected(
-                [UploadRejected(413, "(request)", f"{len(files)} files; the limit is {settings.max_files} a request")]
-            )
-        decoded, rejected, accepted = [], [], []
-        size = predictor.info.image_size
-        for upload in files:
-            data = await upload.read(settings.max_bytes + 1)
-            name = upload.filename or "upload"
+    async def read_images(request: Request, field: str, max_files: int) -> list[tuple[str, np.ndarray]]:
+        """The request's images, size-checked from their headers, then decoded within the worker's budget."""
+        uploads = await read_uploads(
+            request.headers.get("content-type"), request.stream(), field, settings.max_bytes, max_files
+        )
+        pixels, rejected = [], []
+        for upload in uploads:
             try:
-                image = await run_in_threadpool(
-                    decode_upload, name, data, settings.max_bytes, int(settings.max_megapixels * 1e6), size,
-                    upload.size,
-                )  # fmt: skip
+                pixels.append(checked_pixels(upload.filename, upload.data, upload.size, settings.max_bytes, limit))
             except UploadRejected as error:
                 rejected.append(error)
-                continue
-            accepted.append((name, data))
-            decoded.append((name, resize_square(image, size)))
+        if not rejected and sum(pixels) > request_limit:
+            message = f"{sum(pixels) / 1e6:.0f} megapixels in one request; the limit is {request_limit / 1e6:g}"
+            rejected.append(UploadRejected(413, "(request)", message + " (send fewer images a request)"))
         if rejected:
-            raise _UploadBatchRejected(rejected)
+            raise UploadsRejected(rejected)
+        decoded = []
+        for upload, count in zip(uploads, pixels, strict=True):
+            try:
+                decoded.append(await decode(upload, count))
+            except UploadRejected as error:
+                rejected.append(error)
+        if rejected:
+            raise UploadsRejected(rejected)
         if settings.keep_uploads:  # only a request accepted whole is kept
             folder = Path(settings.keep_uploads)
             folder.mkdir(parents=True, exist_ok=True)
-            for name, data in accepted:
-                (folder / kept_name(name, uuid.uuid4().hex)).write_bytes(data)
+            for upload in uploads:
+                (folder / kept_name(upload.filename, uuid.uuid4().hex)).write_bytes(upload.data)
         return decoded
 
-    @app.exception_handler(_UploadBatchRejected)
-    async def upload_rejected(request: Request, error: _UploadBatchRejected) -> JSONResponse:
+    async def decode(upload: Upload, pixels: int) -> tuple[str, np.ndarray]:
+        async with budget.hold(pixels):
+            image = await run_in_threadpool(decode_resized, upload.filename, upload.data, image_size)
+        return upload.filename, image
+
+    @app.exception_handler(UploadsRejected)
+    async def upload_rejected(request: Request, error: UploadsRejected) -> JSONResponse:
         return _rejection(error.errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return _rejection([UploadRejected(error.status_code, "(request)", str(error.detail))], error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return _rejection([UploadRejected(422, "(request)", f"{where}: {first.get('msg', 'invalid')}")])
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -187,8 +204,8 @@ def create_app(settings: ServeConfig) -> FastAPI:
         """The model card: name, architecture, classes, image size, calibration, validation metrics."""
         return card
 
-    @app.post("/api/predict")
-    async def predict(files: list[UploadFile] = File(..., description="one or more images, field name 'files'")):
+    @app.post("/api/predict", openapi_extra=multipart_body("files", many=True))
+    async def predict(request: Request):
         """Classify images: label, confidence, every class's probability and the prediction set for each.
 
         ``prediction_set`` holds the true class with the model's stated coverage (``/api/model``); when it has
@@ -196,7 +213,7 @@ def create_app(settings: ServeConfig) -> FastAPI:
         ``shift_score`` (run directories) is the image's distance from the training images; ``unlike_training``
         is true above the threshold 95% of unseen same-source images stay under: expect lower accuracy.
         """
-        images = await read_images(files)
+        images = await read_images(request, "files", settings.max_files)
         pixels = np.stack([image for _, image in images])
         probabilities = await batcher.predict(pixels)
         sets = predictor.prediction_sets(probabilities)
@@ -211,14 +228,14 @@ def create_app(settings: ServeConfig) -> FastAPI:
                 result |= {"shift_score": float(score), "unlike_training": unlike}
         return {"results": results}
 
-    @app.post("/api/explain", response_class=Response)
-    async def explain(file: UploadFile = File(..., description="one image")) -> Response:
+    @app.post("/api/explain", response_class=Response, openapi_extra=multipart_body("file", many=False))
+    async def explain(request: Request) -> Response:
         """A PNG of the image with its Grad-CAM heatmap for the predicted class (run directories only)."""
         if not card["explain"]:
             raise HTTPException(
                 status_code=409, detail="heatmaps need a run directory (a PyTorch model), not an export"
             )
-        [(_, pixels)] = await read_images([file])
+        [(_, pixels)] = await read_images(request, "file", 1)
         png, label = await batcher.call(explainer.explain, pixels)
         return Response(content=png, media_type="image/png", headers={"X-Predicted-Label": label})
 

@@ -103,8 +103,9 @@ class _SlowBody(Exception):
 
 
 async def _answer(send: Callable, status: int, detail: str) -> None:
-    """A JSON ``{"detail": ...}`` response, before the app has said anything."""
-    body = json.dumps({"detail": detail}).encode()
+    """The app's JSON refusal shape (``{"detail", "errors"}``), before the app has said anything."""
+    error = {"filename": "(request)", "status": status, "error": detail}
+    body = json.dumps({"detail": detail, "errors": [error]}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
