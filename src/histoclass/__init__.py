@@ -2,7 +2,7 @@
 
 Every verb of the command line is a function here, taking its config or the config's fields as keywords
 (``histoclass.evaluate(model="runs/blood", data="data/test")``); ``load(path)`` gives a predictor for a run
-directory or an exported model. Imports are lazy so that ``histoclass.load("model.onnx")`` works without torch.
+directory or an exported model. Jobs are imported when called: ``histoclass.load("model.onnx")`` needs no torch.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from functools import partial
 from typing import Any
+
+from histoclass.verbs import VERBS, run_verb
 
 __version__ = "0.1.0"
 
@@ -23,26 +25,8 @@ _EXPORTS = {
     "read_source": "histoclass.data.sources",
     "check_source": "histoclass.data.checks",
 }
-#: Python names of the verbs (``histoclass.check_data`` for ``histoclass check-data``).
-#: Every verb of the table (``tests/test_cli.py`` checks that none is left out).
-_VERBS = {
-    name.replace("-", "_"): name
-    for name in (
-        "train",
-        "check-data",
-        "evaluate",
-        "predict",
-        "adapt",
-        "calibrate",
-        "compare",
-        "export",
-        "serve",
-        "slide",
-        "bench",
-        "models",
-        "embed",
-    )
-}
+#: Python names of the verbs (``histoclass.check_data`` for ``histoclass check-data``), from the verb table.
+_VERBS = {name.replace("-", "_"): name for name in VERBS}
 
 __all__ = [*_EXPORTS, *_VERBS, "__version__"]
 
@@ -51,7 +35,5 @@ def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     if name in _VERBS:
-        from histoclass.verbs import run_verb
-
         return partial(run_verb, _VERBS[name])
     raise AttributeError(f"module 'histoclass' has no attribute {name!r}")

@@ -87,7 +87,7 @@ def _command(name: str, verb: Verb) -> click.Command:
             for dest, value in given.items() if value is not None and value != ()
         })  # fmt: skip
         settings = validate(verb.config, apply_overrides(values, list(set_)))  # before the job's imports
-        verb.function()(settings)
+        verb.job(settings)
 
     params = [_parameter(key, field, cli) for key, field, cli in fields]
     params += [
