@@ -12,25 +12,13 @@ exported again at that size (images resized), so the speed is the model's, the a
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
-def _flags() -> str:
-    text = Path("/proc/cpuinfo").read_text()
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
-    return " ".join(f for f in wanted if f" {f}" in text)
+from histoclass.machine import cpu_flags, cpu_name
 
 
 def _speed(engine, pixels: np.ndarray, batch: int, repeats: int) -> tuple[float, np.ndarray]:
@@ -55,8 +43,8 @@ def main() -> None:
 
     import torch
 
-    from histoclass.export.engines import convert_run
-    from histoclass.export.job import load_check_images
+    from histoclass.conversion.parity import load_check_images
+    from histoclass.deploy.engines import convert_run
     from histoclass.inference.engines.onnx_engine import OnnxEngine
     from histoclass.inference.engines.openvino_engine import OpenVinoEngine
     from histoclass.inference.engines.torch_engine import TorchEngine
@@ -68,7 +56,7 @@ def main() -> None:
     info = ModelInfo.load(run / "model.json")
     pixels, _ = load_check_images(run, None, info, args.images)
     sizes = [int(s) for s in args.sizes.split(",") if s] or [info.image_size]
-    print(f"CPU: {_cpu()} ({torch.get_num_threads()} threads); flags: {_flags()}")
+    print(f"CPU: {cpu_name()} ({torch.get_num_threads()} threads); flags: {' '.join(cpu_flags())}")
     print(
         f"model: {info.architecture}, {len(pixels)} validation images, batch {args.batch_size}, best of {args.repeats}"
     )

@@ -20,10 +20,10 @@ import numpy as np
 from histoclass.config import DataConfig, ExportConfig
 from histoclass.data.batches import iter_batches
 from histoclass.data.sources import read_source
-from histoclass.export.engines import images_per_second
+from histoclass.deploy import open_predictor
+from histoclass.deploy.engines import images_per_second
 from histoclass.export.job import export
-from histoclass.inference.engines.torch_engine import TorchEngine
-from histoclass.inference.predictor import Predictor, load
+from histoclass.inference.predictor import Predictor
 from histoclass.runs import RunDir
 
 
@@ -59,7 +59,7 @@ def main() -> None:
     ):
         if not path.is_file():
             export(ExportConfig(run=str(args.run), format=fmt, int8=fmt == "onnx"))
-    reference = Predictor(TorchEngine.open(args.run, device="cpu"))
+    reference = open_predictor(args.run, "torch", device="cpu", shift=False)
     pixels = held_out_pixels(args.data, reference.info.image_size)
     expected = np.concatenate([reference.predict_pixels(pixels[i : i + 64]) for i in range(0, len(pixels), 64)])
     print(f"{len(pixels)} held-out images from {args.data}; CPU: {os.cpu_count()} cores\n")
@@ -71,7 +71,7 @@ def main() -> None:
             print(f"| {fmt} | {int8.get('size_bytes_int8', 0) / 1e6:.1f} MB | discarded by the export's check "
                   f"({int8.get('top1_agreement', 0):.1%} agreement on its check images) | | | |")  # fmt: skip
             continue
-        predictor = reference if fmt == "pytorch" else load(path)
+        predictor = reference if fmt == "pytorch" else open_predictor(path)
         probabilities = np.concatenate(
             [predictor.predict_pixels(pixels[i : i + 64]) for i in range(0, len(pixels), 64)]
         )

@@ -48,13 +48,13 @@ def main() -> None:
     import nncf
     import openvino as ov
 
-    from histoclass.export.engines import convert_run
-    from histoclass.export.job import _quantize_int8, load_check_images
-    from histoclass.inference.engines.onnx_engine import OnnxEngine
-    from histoclass.inference.predictor import Predictor, load
+    from histoclass.conversion.parity import load_check_images
+    from histoclass.deploy import open_predictor
+    from histoclass.deploy.engines import convert_run
+    from histoclass.export.job import quantize_int8
     from histoclass.inference.preprocess import normalize_numpy
 
-    reference = load(args.run)
+    reference = open_predictor(args.run, "torch", shift=False)
     info = reference.info
     pixels, labels = load_check_images(Path(args.run), None, info, args.calibration + args.check)
     calibration, check, truth = pixels[: args.calibration], pixels[args.calibration :], labels[args.calibration :]
@@ -77,8 +77,8 @@ def main() -> None:
         float_model = compiled_of(core.read_model(onnx))
         row("none (OpenVINO f32)", _outputs(float_model, inputs).argmax(1), float_model)
         quantized = Path(folder) / "model.int8.onnx"
-        _quantize_int8(export.model("onnx"), quantized, calibration, info)
-        ort = Predictor(OnnxEngine(quantized))
+        quantize_int8(export.model("onnx"), quantized, calibration, info)
+        ort = open_predictor(quantized, "onnx")
         row("onnxruntime static, QDQ, per-channel, reduce_range", ort.predict_pixels(check).argmax(1))
         samples = nncf.Dataset(
             [normalize_numpy(calibration[i : i + 1], info.mean, info.std) for i in range(len(calibration))]

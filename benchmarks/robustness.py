@@ -55,8 +55,8 @@ def _evaluate(run: Path, data: Path) -> dict:
 def _shift_scores(run: Path, data: Path) -> np.ndarray:
     from histoclass.data.inputs import collect_inputs
     from histoclass.data.records import ImageRecords
-    from histoclass.export.engines import open_predictor
-    from histoclass.inference.job import run_predictions
+    from histoclass.deploy.engines import open_predictor
+    from histoclass.prediction.batch import run_predictions
 
     ids, paths = collect_inputs([str(data)])
     records = ImageRecords(ids=ids, labels=np.full(len(ids), -1), paths=paths)

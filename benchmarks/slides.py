@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     sys.path.insert(0, "src")
-    from histoclass.export.engines import open_predictor
+    from histoclass.deploy.engines import open_predictor
 
     images = sorted(p for p in Path(args.images).rglob("*") if p.suffix.lower() in {".jpeg", ".jpg", ".png"})[:64]
     predictor = open_predictor(args.model)  # the engine `slide` picks too

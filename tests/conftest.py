@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -53,18 +55,44 @@ def link_class_folders(target: Path, files: dict[str, list[Path]]) -> Path:
 
 
 def run_cli_all(calls: list[list[str]], env: dict[str, str] | None = None) -> list[subprocess.CompletedProcess]:
-    """Several ``histoclass`` commands, two at a time (CI has two cores): for tests of many short commands, whose
-    time is mostly start-up."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(lambda args: run_cli(*args, env=env), calls))
+    """Several ``histoclass`` commands, one after another."""
+    return [run_cli(*args, env=env) for args in calls]
+
+
+def run_cli_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``histoclass ARGS`` in a fresh process: for what a process is part of (Lightning's DDP launcher starts the
+    command again, libraries read ``env`` at import)."""
+    command = [sys.executable, "-m", "histoclass", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``histoclass ARGS`` in a fresh process, as a user would (``env``: variables added to ours)."""
-    return subprocess.run(
-        [sys.executable, "-m", "histoclass", *args], capture_output=True, text=True, cwd=cwd, timeout=900,
-        env={**os.environ, **env} if env else None,
-    )  # fmt: skip
+    """Run ``histoclass ARGS`` as a user would: the command line's own entry point, its exit status and both
+    streams, in this process (a fresh interpreter adds seconds of imports and tests nothing more; tests of
+    signals, imports, servers and DDP start their own). ``env``: variables added to ours, read at import by
+    some libraries (the Hugging Face hub's offline switch), so these commands run in a fresh process."""
+    if env:
+        return run_cli_process(*args, env=env)
+    from histoclass.cli import main
+
+    out, err, status = io.StringIO(), io.StringIO(), 0
+    saved = sys.argv, Path.cwd()
+    try:
+        sys.argv = ["histoclass", *args]
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exit:
+                status = exit.code if isinstance(exit.code, int) else int(exit.code is not None)
+            except BaseException:  # what the interpreter would print before exiting with 1
+                traceback.print_exc()
+                status = 1
+    finally:
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+    return subprocess.CompletedProcess(["histoclass", *args], status, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

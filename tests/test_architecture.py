@@ -1,5 +1,6 @@
-"""The house's layering, read from the code with ``ast`` (no imports, no network): lower layers never import
-higher ones, there is no import circle, and only ``runs/`` spells the file names of a run directory."""
+"""The house's layering, read from the code with ``ast`` (no imports, no network): lower floors never import
+higher ones, there is no import circle between files or between packages, one function opens a predictor, and
+only ``runs/`` spells the file names of a run directory."""
 
 from __future__ import annotations
 
@@ -13,12 +14,30 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "histoclass"
 
 #: Layers that know nothing above them: they import only from these packages and modules of ours.
-BASE = {"errors", "console", "atomic", "registry"}
+BASE = {"errors", "console", "atomic", "registry", "machine"}
 LOW_LAYERS = {"config": BASE | {"config"}, "data": BASE | {"config", "data"}, "runs": BASE | {"config", "data", "runs"}}
 #: Third-party packages a layer must not reach, directly or through our own modules.
 FORBIDDEN_THIRD_PARTY = {"runs": {"torch", "timm", "lightning", "torchvision"}, "inference": {"lightning"}}
 #: Our packages a layer must not reach, directly or through our own modules.
 FORBIDDEN_OURS = {"inference": {"training"}, "evaluation": {"training"}, "export": {"training"}}
+#: The house from the ground up: a package (or top-level module) imports only from its own floor or below.
+FLOORS = [
+    BASE,
+    {"config"},
+    {"data"},
+    {"runs"},
+    {"calibration", "models"},
+    {"inference"},
+    {"conversion", "embeddings", "shift"},
+    {"audit", "deploy"},
+    {"prediction", "export", "serving", "slides"},
+    {"evaluation"},
+    {"training"},
+    {"adaptation", "benchmark"},
+    {"verbs", "cli", "__main__", ""},
+]
+#: Where a predictor may be constructed: the inference layer's own loader and the one opener above it.
+PREDICTOR_MAKERS = {"histoclass.inference.predictor", "histoclass.deploy.engines"}
 RUN_FILE_NAMES = [
     "config.yaml", "model.json", "model.safetensors", "history.csv", "split.csv", "metrics.json", "labels.txt",
     "skipped_files.txt", "preprocess.json", "parity.json", "best.ckpt", "last.ckpt", "checkpoints/",
@@ -139,6 +158,53 @@ def violations(sources: dict[str, str]) -> Iterator[str]:
                 yield f"{module} reaches {culprits[0]}"
     for component in cycles(graph):
         yield "import circle: " + " -> ".join(component)
+    yield from floor_violations(graph)
+
+
+def floor(package: str) -> int:
+    found = [level for level, members in enumerate(FLOORS) if package in members]
+    assert found, f"package '{package}' is on no floor of FLOORS: add it"
+    return found[0]
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Package -> the other packages its modules import."""
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        packages.setdefault(layer(module), set()).update(layer(t) for t in targets if layer(t) != layer(module))
+    return packages
+
+
+def floor_violations(graph: dict[str, set[str]]) -> Iterator[str]:
+    packages = package_graph(graph)
+    for package, targets in packages.items():
+        for target in sorted(targets):
+            if floor(target) > floor(package):
+                name = package or "histoclass"
+                yield f"package {name} (floor {floor(package)}) imports {target} (floor {floor(target)})"
+    for component in cycles(packages):
+        yield "package circle: " + " -> ".join(component)
+
+
+def module_level_imports(source: str) -> set[str]:
+    """Top-level packages imported when the module is imported (not inside functions or TYPE_CHECKING)."""
+    found = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def predictor_constructions(sources: dict[str, str]) -> Iterator[str]:
+    """``Predictor(...)`` calls outside :data:`PREDICTOR_MAKERS`: everything else opens one through deploy."""
+    for module, source in sources.items():
+        if module in PREDICTOR_MAKERS:
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "Predictor":
+                yield f"{module}:{node.lineno}"
 
 
 def spelled_run_files(sources: dict[str, str]) -> Iterator[str]:
@@ -181,6 +247,18 @@ def test_layers_hold_and_there_is_no_circle(sources: dict[str, str]) -> None:
     assert list(violations(sources)) == []
 
 
+def test_inference_imports_no_torch_until_an_engine_runs(sources: dict[str, str]) -> None:
+    heavy = {"torch", "timm", "lightning", "torchvision"}
+    loaded = {m: module_level_imports(s) & heavy for m, s in sources.items() if layer(m) == "inference"}
+    assert {m: found for m, found in loaded.items() if found} == {}
+
+
+def test_one_function_opens_a_predictor(sources: dict[str, str]) -> None:
+    assert list(predictor_constructions(sources)) == []
+    planted = dict(sources) | {"histoclass.slides.bad": "p = Predictor(engine)\n"}
+    assert list(predictor_constructions(planted)) == ["histoclass.slides.bad:1"]
+
+
 def test_only_runs_spells_run_directory_file_names(sources: dict[str, str]) -> None:
     assert list(spelled_run_files(without_docstrings(sources))) == []
 
@@ -193,6 +271,7 @@ def test_only_runs_spells_run_directory_file_names(sources: dict[str, str]) -> N
         ("histoclass.inference.slow", "def f():\n    import lightning\n", "reaches lightning"),
         ("histoclass.export.up", "from histoclass.training import job\n", "reaches histoclass.training"),
         ("histoclass.evaluation.circle", "import histoclass.evaluation.circle2\n", "import circle"),
+        ("histoclass.inference.up", "from histoclass.deploy import open_predictor\n", "package inference (floor 5)"),
     ],
 )
 def test_each_rule_catches_a_violation(sources: dict[str, str], module: str, source: str, expected: str) -> None:

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import histoclass
-from conftest import LITE0, blood_files, link_class_folders, run_cli
+from conftest import LITE0, blood_files, link_class_folders, run_cli, run_cli_process
 from histoclass.calibration.temperature import calibrated_probabilities
 from histoclass.data.images import load_resized
 from histoclass.runs.history import read_history
@@ -38,7 +38,7 @@ def train_args(data: Path, runs: Path, name: str, epochs: int = 3, *extra: str) 
 
 
 def test_ddp_two_processes_metrics_equal_single_process_evaluation(uneven: Path, tmp_path: Path) -> None:
-    result = run_cli(*train_args(uneven, tmp_path, "ddp", 2, "--devices", "2"))
+    result = run_cli_process(*train_args(uneven, tmp_path, "ddp", 2, "--devices", "2"))
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "ddp"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # both ranks wrote into one run

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import BLOOD_TEST, run_cli
-from histoclass.export import engines
-from histoclass.export.engines import convert_run, open_predictor
+from histoclass.deploy import engines
+from histoclass.deploy.engines import convert_run, open_predictor
 from histoclass.inference.predictor import Predictor, load
 from histoclass.models.factory import create_model
 from histoclass.runs import ExportDir, ModelInfo, RunDir
@@ -92,7 +92,7 @@ def test_auto_uses_a_checked_engine_and_caches_it_by_the_weights(run_copy: Path,
     assert predict_auto(run_copy, tmp_path / "b.csv") == chosen
     assert list(RunDir(run_copy).engines.iterdir()) == [cache]  # reused, not rebuilt
     assert all(r["machine"] for r in records.values())  # speeds hold for the machine they were measured on
-    opened = "from histoclass.export.engines import open_predictor as o; import sys; "
+    opened = "from histoclass.deploy import open_predictor as o; import sys; "
     opened += f"print(o({str(run_copy)!r}).engine.name, 'torch' in sys.modules)"
     answer = subprocess.run([sys.executable, "-c", opened], capture_output=True, text=True, check=True).stdout.split()
     assert answer == [chosen.split("-")[0], str(chosen == "torch")]  # a recorded engine opens without torch

@@ -14,8 +14,8 @@ from sklearn.metrics import roc_auc_score
 from conftest import BLOOD_TEST, BREAST, SLIDE, TECOM, run_cli_all
 from histoclass.data.inputs import collect_inputs
 from histoclass.data.records import ImageRecords
-from histoclass.export.engines import open_predictor
-from histoclass.inference.job import run_predictions
+from histoclass.deploy import open_predictor
+from histoclass.prediction.batch import run_predictions
 from histoclass.shift.reference import ShiftReference, fit_reference
 
 VERDICT = "unlike the training data"

@@ -16,7 +16,7 @@ from histoclass.verbs import VERBS, run_verb
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load": "histoclass.inference.predictor",
+    "load": "histoclass.deploy.engines",
     "Predictor": "histoclass.inference.predictor",
     "Config": "histoclass.config",
     "build_config": "histoclass.config",

@@ -54,7 +54,7 @@ def evaluate(config: configs.EvaluateConfig) -> Any:
 
 def predict(config: configs.PredictConfig) -> Any:
     """Predict classes for images: id, label, confidence and one probability per class, as CSV."""
-    from histoclass.inference.job import predict
+    from histoclass.prediction.job import predict
 
     return predict(config)
 

@@ -26,13 +26,12 @@ from histoclass.data.inputs import collect_inputs
 from histoclass.data.records import ImageRecords, relabel_by_name
 from histoclass.data.sources import read_source
 from histoclass.data.stain_normalize import stain_normalized
+from histoclass.deploy import open_predictor
 from histoclass.errors import HistoclassError
 from histoclass.evaluation.metrics import compute_metrics
-from histoclass.inference.engines.torch_engine import TorchEngine
-from histoclass.inference.job import run_predictions
-from histoclass.inference.predictor import Predictor
 from histoclass.models.ensemble import Ensemble
 from histoclass.models.serialization import load_model, save_model
+from histoclass.prediction.batch import run_predictions
 from histoclass.runs import ModelInfo, RunDir, create_run_dir, write_labels
 from histoclass.runs.config_file import read_run_config
 from histoclass.shift.scorer import build_reference
@@ -72,7 +71,7 @@ def _score_rest(run: RunDir, rest: ImageRecords, batch_size: int, seed: int) -> 
     """Predict the labelled images not fine-tuned on once (8 views): fit temperature and sets on a stratified half
     and write them into the run; score all of them, and the other half, with the new calibration."""
     info = ModelInfo.load(run.model_info)
-    predictions = run_predictions(Predictor(TorchEngine.open(run.root)), rest, batch_size, tta=True)
+    predictions = run_predictions(open_predictor(run.root, "torch", shift=False), rest, batch_size, tta=True)
     rows = np.asarray([i for i in range(len(rest)) if i not in predictions.errors], dtype=np.int64)
     logits, labels = predictions.view_logits[rows], rest.labels[rows]
     strata = labels if np.bincount(labels).min(initial=2) >= 2 else None

@@ -18,10 +18,9 @@ import torch
 from histoclass.benchmark.monitor import UsageMonitor
 from histoclass.benchmark.stages import timed
 from histoclass.config import BenchConfig
-from histoclass.export.engines import convert_run, missing_runtime
-from histoclass.inference.engines.onnx_engine import OnnxEngine
-from histoclass.inference.engines.openvino_engine import OpenVinoEngine
-from histoclass.inference.engines.torch_engine import TorchEngine, native_bf16
+from histoclass.deploy import open_predictor
+from histoclass.deploy.engines import convert_run, missing_runtime
+from histoclass.inference.engines.torch_engine import native_bf16
 from histoclass.inference.predictor import Predictor
 from histoclass.models.serialization import load_model
 from histoclass.runs import ExportDir
@@ -69,11 +68,8 @@ class EngineBench:
         if precision == "bf16" and not native_bf16(torch.device("cpu")):
             raise StageSkipped("this CPU computes no bf16 natively")
         if engine == "torch":
-            model, info = self._model
-            return Predictor(TorchEngine(model, info, self.run, "cpu", bf16=precision == "bf16"))
-        if engine == "onnx":
-            return Predictor(OnnxEngine(self._conversion.root, providers=["CPUExecutionProvider"]))
-        return Predictor(OpenVinoEngine(self._conversion.root, precision=precision))
+            return open_predictor(self.run, "torch", device="cpu", precision=precision, shift=False)
+        return open_predictor(self._conversion.root, engine, precision=precision if engine == "openvino" else None)
 
     def _answers(self, predictor: Predictor, batch: int) -> np.ndarray:
         return np.concatenate(

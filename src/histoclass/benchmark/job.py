@@ -21,6 +21,7 @@ from histoclass.console import console
 from histoclass.data.cache import decoded_cache
 from histoclass.data.sources import read_source
 from histoclass.errors import HistoclassError
+from histoclass.machine import cpu_name
 
 __all__ = ["RATIOS", "STAGES", "bench"]
 
@@ -53,7 +54,7 @@ RATIOS = {
 def _environment() -> dict:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return {
-        "device": gpu or f"CPU ({platform.processor() or platform.machine()})",
+        "device": gpu or f"CPU ({cpu_name()})",
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "python": platform.python_version(),

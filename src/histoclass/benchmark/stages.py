@@ -194,7 +194,7 @@ def ours_predict(settings: BenchConfig, run: Path, monitor: UsageMonitor, cache:
     from histoclass.config import DataConfig
     from histoclass.data.cache import decoded_cache
     from histoclass.data.sources import read_source
-    from histoclass.export.engines import open_predictor
+    from histoclass.deploy.engines import open_predictor
 
     predictor = open_predictor(run, settings.engine, compile=settings.compile)
     records = read_source(str(settings.data), DataConfig(path=str(settings.data))).splits["all"]

@@ -13,6 +13,7 @@ from histoclass.config.train import (
     build_config,
 )
 from histoclass.config.verbs import (
+    ENGINE_CHOICES,
     AdaptConfig,
     AuditOptions,
     BenchConfig,
@@ -32,6 +33,7 @@ from histoclass.config.verbs import (
 
 __all__ = [
     "AUGMENT_PRESETS",
+    "ENGINE_CHOICES",
     "RECIPE_IMAGE_SIZE",
     "AdaptConfig",
     "AuditOptions",

@@ -5,13 +5,14 @@ A new verb is one config class here plus one job function taking it (see :mod:`h
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import field_validator
 
 from histoclass.config.loading import ConfigModel, option
 
 __all__ = [
+    "ENGINE_CHOICES",
     "AdaptConfig",
     "AuditOptions",
     "BenchConfig",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 Engine = Literal["auto", "torch", "onnx", "openvino"]
+#: What ``--engine`` takes, written once: ``deploy.open_predictor`` checks against the same names.
+ENGINE_CHOICES: tuple[str, ...] = get_args(Engine)
 MODEL_HELP = "run directory (runs/NAME), model.onnx, model.tflite or model.pt"
 
 
@@ -183,6 +186,8 @@ class ServeConfig(ConfigModel):
     keep_uploads: str | None = option(None, "save every accepted upload into this folder (off: none kept)")
     body_timeout: float = option(30.0, "seconds a client may take between two parts of its request body", gt=0)
     tta: bool = option(True, "average over the 8 flips and 90-degree rotations (--no-tta: one view)")
+    slides: str | None = option(None, "folder of whole slides to view at /slides with the model's map over them")
+    slide_maps: str = option("slides", "folder of slide maps (histoclass slide --out): reused, new ones written")
 
     @property
     def max_bytes(self) -> int:

@@ -21,11 +21,10 @@ from histoclass.config import CalibrateConfig, DataConfig
 from histoclass.console import console
 from histoclass.data.records import relabel_by_name
 from histoclass.data.sources import read_source
+from histoclass.deploy import open_predictor
 from histoclass.errors import HistoclassError
 from histoclass.evaluation.metrics import expected_calibration_error
-from histoclass.inference.engines.torch_engine import TorchEngine
-from histoclass.inference.job import run_predictions
-from histoclass.inference.predictor import Predictor
+from histoclass.prediction.batch import run_predictions
 from histoclass.runs import Calibration, ModelInfo, RunDir
 
 __all__ = ["MIN_IMAGES", "calibrate"]
@@ -65,7 +64,7 @@ def calibrate(config: CalibrateConfig) -> RunDir:
     if not run.is_trained():
         raise HistoclassError(f"'{config.run}' is not a finished run directory; pass runs/NAME")
     require_writable(run.root, "the new calibration")
-    predictor = Predictor(TorchEngine.open(run.root))
+    predictor = open_predictor(run.root, "torch", shift=False)
     given = {key: getattr(config, key) for key in ("image_dir", "id_column", "label_column")}
     source = read_source(config.data, DataConfig(path=config.data, **{k: v for k, v in given.items() if v}))
     if set(source.classes) != set(predictor.labels):

@@ -17,6 +17,7 @@ from histoclass.config import DataConfig, EvaluateConfig
 from histoclass.console import console
 from histoclass.data.records import ImageRecords, relabel_by_name
 from histoclass.data.sources import read_source
+from histoclass.deploy import open_predictor
 from histoclass.errors import HistoclassError
 from histoclass.evaluation.calibration_report import calibration_figures
 from histoclass.evaluation.checks import (
@@ -30,9 +31,8 @@ from histoclass.evaluation.intervals import INTERVAL_METRICS, bootstrap_interval
 from histoclass.evaluation.metrics import METRIC_KEYS, compute_metrics, most_confused
 from histoclass.evaluation.plots import plot_confusion, plot_reliability, plot_roc
 from histoclass.evaluation.report import gallery_items, render_report
-from histoclass.export.engines import open_predictor
-from histoclass.inference.job import Predictions, report_errors, report_shift, run_predictions, write_predictions_csv
 from histoclass.inference.predictor import Predictor
+from histoclass.prediction.batch import Predictions, report_errors, report_shift, run_predictions, write_predictions_csv
 from histoclass.runs import EvalDir, RunDir
 from histoclass.runs.config_file import read_run_config
 from histoclass.shift.verdict import unlike_share

@@ -13,51 +13,24 @@ import numpy as np
 import torch
 
 from histoclass.atomic import building_folder, require_writable, write_json
-from histoclass.config import DataConfig, ExportConfig
+from histoclass.config import ExportConfig
 from histoclass.console import console
-from histoclass.data.batches import iter_batches
-from histoclass.data.records import ImageRecords, relabel_by_name
-from histoclass.data.sources import read_source
+from histoclass.conversion.formats import EXPORTERS, NHWCInput
+from histoclass.conversion.parity import (
+    FLOAT_MAX_DIFF,
+    INT8_MIN_AGREEMENT,
+    MIN_AGREEMENT,
+    Parity,
+    load_check_images,
+    measure_parity,
+)
+from histoclass.deploy import open_predictor
 from histoclass.errors import HistoclassError
-from histoclass.export.formats import EXPORTERS, NHWCInput
-from histoclass.export.parity import Parity, measure_parity
-from histoclass.inference.engines.onnx_engine import OnnxEngine
-from histoclass.inference.engines.openvino_engine import OpenVinoEngine
-from histoclass.inference.engines.torch_engine import TorchEngine
-from histoclass.inference.predictor import Predictor, load
+from histoclass.inference.predictor import Predictor
 from histoclass.inference.preprocess import normalize_numpy
 from histoclass.runs import ExportDir, ModelInfo, RunDir, write_labels
-from histoclass.runs.records import validation_records
 
-__all__ = ["FLOAT_MAX_DIFF", "FLOAT_MIN_AGREEMENT", "INT8_MIN_AGREEMENT", "export"]
-
-FLOAT_MIN_AGREEMENT = 0.995
-FLOAT_MAX_DIFF = 1e-3
-INT8_MIN_AGREEMENT = 0.99
-
-
-def _check_records(run: Path, check_data: str | None, labels: list[str]) -> ImageRecords:
-    """The run's validation images, or ``check_data`` (labels mapped to the model's when the names match)."""
-    if check_data is None:
-        return validation_records(RunDir(run))
-    source = read_source(check_data, DataConfig(path=check_data))
-    _, records = source.split(None)
-    return relabel_by_name(records, source.classes, labels, strict=False)
-
-
-def load_check_images(run: Path, check_data: str | None, info: ModelInfo, limit: int, seed: int = 0):
-    """Up to ``limit`` readable images (a seeded random sample) as uint8 NHWC, with labels (-1: unknown)."""
-    records = _check_records(run, check_data, info.labels)
-    size = info.image_size
-    if len(records) > limit:
-        records = records.subset(np.sort(np.random.default_rng(seed).choice(len(records), limit, replace=False)))
-    pixels, labels = [], []
-    for batch in iter_batches(records, size, batch_size=64):
-        pixels.append(batch.pixels)
-        labels.append(records.labels[batch.indices])
-    if not pixels or sum(len(p) for p in pixels) == 0:
-        raise HistoclassError("--check-data: no readable image to check the export on")
-    return np.concatenate(pixels), np.concatenate(labels)
+__all__ = ["export", "quantize_int8"]
 
 
 def _describe(parity: Parity) -> str:
@@ -67,7 +40,7 @@ def _describe(parity: Parity) -> str:
     return text
 
 
-def _quantize_int8(float_model: Path, out: Path, calibration: np.ndarray, info: ModelInfo) -> None:
+def quantize_int8(float_model: Path, out: Path, calibration: np.ndarray, info: ModelInfo) -> None:
     """onnxruntime static quantisation (QDQ, per-channel int8 weights) calibrated on real images.
 
     ``reduce_range`` avoids the U8S8 saturation of x86 CPUs without VNNI: on EfficientNet-Lite0 it raised top-1
@@ -114,12 +87,11 @@ def export(config: ExportConfig) -> Path:
     if config.int8 and fmt != "onnx":
         raise HistoclassError("--int8 is supported for --format onnx")
     require_writable(run, "export/")
-    torch_engine = TorchEngine.open(run, device="cpu")
-    reference = Predictor(torch_engine)
+    reference = open_predictor(run, "torch", device="cpu")
     info: ModelInfo = reference.info.model_copy(update={"layout": "NHWC" if config.nhwc else "NCHW"})
     pixels, labels = load_check_images(run, config.check_data, info, config.images)
     exporter = EXPORTERS[fmt]
-    network: torch.nn.Module = NHWCInput(torch_engine.model) if config.nhwc else torch_engine.model
+    network: torch.nn.Module = NHWCInput(reference.engine.model) if config.nhwc else reference.engine.model
     example = torch.from_numpy(normalize_numpy(pixels[:2], info.mean, info.std, info.layout))
     target = RunDir(run).export_nhwc if config.nhwc else RunDir(run).export
     # Built beside export/, which appears only with its files; an interrupted export's leftovers go next time.
@@ -131,16 +103,16 @@ def export(config: ExportConfig) -> Path:
         info.save(staging.preprocess)
         write_labels(staging.labels, info.labels)
         # OpenVINO is gated at f32 like every format; its bf16 hint is admitted by --engine's agreement check.
-        exported = Predictor(OpenVinoEngine(model_file, "f32")) if fmt == "openvino" else load(model_file)
+        exported = open_predictor(model_file, fmt, precision="f32") if fmt == "openvino" else open_predictor(model_file)
         parity = measure_parity(reference, exported, pixels, labels)
         console.print(f"Parity ({fmt}): {_describe(parity)}")
         record = {
             "format": fmt,
             "file": model_file.name,
             "size_bytes": model_file.stat().st_size,
-            "thresholds": {"min_top1_agreement": FLOAT_MIN_AGREEMENT, "max_abs_diff": FLOAT_MAX_DIFF},
+            "thresholds": {"min_top1_agreement": MIN_AGREEMENT, "max_abs_diff": FLOAT_MAX_DIFF},
             **parity.as_dict(),
-            "passed": parity.passes(FLOAT_MIN_AGREEMENT, FLOAT_MAX_DIFF),
+            "passed": parity.passes(MIN_AGREEMENT, FLOAT_MAX_DIFF),
         }
         if not record["passed"]:
             raise HistoclassError(
@@ -159,8 +131,8 @@ def export(config: ExportConfig) -> Path:
 def _int8_step(staging: ExportDir, reference: Predictor, pixels, labels, files: list[Path]) -> dict:
     quantized, float_model = staging.int8_onnx, staging.model("onnx")
     with console.status("Quantising to int8"):
-        _quantize_int8(float_model, quantized, pixels, reference.info)
-    parity = measure_parity(reference, Predictor(OnnxEngine(quantized)), pixels, labels)
+        quantize_int8(float_model, quantized, pixels, reference.info)
+    parity = measure_parity(reference, open_predictor(quantized, "onnx"), pixels, labels)
     kept = parity.top1_agreement >= INT8_MIN_AGREEMENT
     sizes = {"size_bytes_float": float_model.stat().st_size, "size_bytes_int8": quantized.stat().st_size}
     console.print(

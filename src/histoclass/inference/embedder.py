@@ -13,9 +13,8 @@ import numpy as np
 
 from histoclass.data.batches import iter_batches
 from histoclass.data.records import ImageRecords
-from histoclass.data.stain_normalize import stain_normalized
 from histoclass.inference.engines import Engine
-from histoclass.inference.preprocess import DIHEDRAL_VIEWS, dihedral_views
+from histoclass.inference.preprocess import DIHEDRAL_VIEWS
 
 __all__ = ["Embedder", "EmbeddingBatch", "Views", "view_count"]
 
@@ -46,11 +45,8 @@ class Embedder:
 
     def embed_pixels(self, pixels: np.ndarray, views: Views = "identity") -> np.ndarray:
         """N x views x D features of uint8 NHWC images at the model's size."""
-        pixels = stain_normalized(pixels, self.engine.info.stain)
-        if views == "identity":
-            return self.engine.logits(pixels)[:, None, :]
-        stacked = np.stack([self.engine.logits(view) for view in dihedral_views(pixels)], axis=1)
-        return stacked.mean(axis=1, keepdims=True) if views == "mean" else stacked
+        features = self.engine.view_outputs(pixels, all_views=views != "identity")
+        return features.mean(axis=1, keepdims=True) if views == "mean" else features
 
     def embed_records(
         self, records: ImageRecords, batch_size: int = 64, views: Views = "identity", threads: int | None = None

@@ -7,19 +7,23 @@ else the output of its last convolution. An ensemble's map is the mean of its me
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
 
-from histoclass.models.ensemble import Ensemble
-from histoclass.models.factory import Classifier
+if TYPE_CHECKING:
+    import torch
+
+    from histoclass.models.ensemble import Ensemble
+    from histoclass.models.factory import Classifier
 
 __all__ = ["grad_cam", "overlay_png"]
 
 
 def _features_and_logits(model: Classifier, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    from torch import nn
+
     backbone = model.backbone
     if hasattr(backbone, "forward_features") and hasattr(backbone, "forward_head"):
         features = backbone.forward_features(batch)
@@ -36,6 +40,11 @@ def _features_and_logits(model: Classifier, batch: torch.Tensor) -> tuple[torch.
 
 def grad_cam(model: Classifier | Ensemble, batch: torch.Tensor, target: int | None = None) -> tuple[np.ndarray, int]:
     """A [0, 1] heatmap at the input's size for ``target`` (default: the predicted class) of a 1-image batch."""
+    import torch
+    from torch import nn
+
+    from histoclass.models.ensemble import Ensemble
+
     model.eval()
     if isinstance(model, Ensemble):
         if target is None:

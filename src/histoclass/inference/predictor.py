@@ -23,7 +23,6 @@ from histoclass.data.records import ImageRecords
 from histoclass.data.stain_normalize import stain_normalized
 from histoclass.errors import HistoclassError
 from histoclass.inference.engines import ENGINES, Engine
-from histoclass.inference.preprocess import dihedral_views
 from histoclass.runs import ModelInfo, RunDir
 
 __all__ = ["BatchResult", "Predictor", "ShiftScores", "load"]
@@ -85,9 +84,7 @@ class Predictor:
 
     def view_logits(self, pixels: np.ndarray, tta: bool = False) -> np.ndarray:
         """Raw logits, N x views x classes, of uint8 NHWC images already at the model's size."""
-        pixels = stain_normalized(pixels, self.info.stain)
-        views = dihedral_views(pixels) if tta else [pixels]
-        return np.stack([self.engine.logits(view) for view in views], axis=1)
+        return self.engine.view_outputs(pixels, tta)
 
     def probabilities(self, view_logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (N x classes): the run's temperature, averaged over the views."""

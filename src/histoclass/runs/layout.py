@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from histoclass.errors import HistoclassError
+from histoclass.machine import launch
 
 __all__ = ["RUN_DIR_ENV", "EvalDir", "ExportDir", "RunDir", "claim_run_dir", "create_run_dir"]
 
@@ -288,21 +289,6 @@ def create_run_dir(runs_dir: str | Path, name: str) -> RunDir:
     raise HistoclassError(f"no free run name for '{base}' in {runs_dir}; pass --name")
 
 
-def _launch() -> tuple[int, int, str]:
-    """(global rank, world size, launch id) as torchrun or srun announce them; (0, 1, "") otherwise."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        launch = env.get("TORCHELASTIC_RUN_ID") or f"{env.get('MASTER_ADDR')}-{env.get('MASTER_PORT')}"
-        return int(env["RANK"]), int(env["WORLD_SIZE"]), launch
-    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
-        return (
-            int(env["SLURM_PROCID"]),
-            int(env["SLURM_NTASKS"]),
-            f"slurm-{env.get('SLURM_JOB_ID')}-{env.get('SLURM_STEP_ID')}",
-        )
-    return 0, 1, ""
-
-
 def claim_run_dir(runs_dir: str | Path, name: str, timeout: float = 600.0) -> tuple[RunDir, bool]:
     """The run directory of this process and whether it writes the run's files (global rank 0 only).
 
@@ -312,10 +298,10 @@ def claim_run_dir(runs_dir: str | Path, name: str, timeout: float = 600.0) -> tu
     given = os.environ.get(RUN_DIR_ENV)
     if given:
         return RunDir(Path(given)), False
-    rank, world, launch = _launch()
+    rank, world, launch_id = launch()
     if world == 1:
         return create_run_dir(runs_dir, name), True
-    marker = Path(runs_dir) / f".launch-{_safe_name(launch)}"
+    marker = Path(runs_dir) / f".launch-{_safe_name(launch_id)}"
     if rank == 0:
         from histoclass.atomic import write_text
 

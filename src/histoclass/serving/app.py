@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from histoclass.config import ServeConfig
-from histoclass.export.engines import open_predictor
+from histoclass.deploy import open_predictor
 from histoclass.inference.engines.torch_engine import TorchEngine
 from histoclass.inference.predictor import Predictor, load
 from histoclass.runs import RunDir
@@ -41,6 +41,7 @@ from histoclass.serving.uploads import (
     decode_resized,
     kept_name,
 )
+from histoclass.serving.viewer import open_library, slide_router
 
 __all__ = ["SETTINGS_ENV", "create_app", "create_app_from_env"]
 
@@ -122,11 +123,15 @@ def create_app(settings: ServeConfig) -> FastAPI:
     budget, image_size = DecodeBudget(settings.decode_pixels), predictor.info.image_size
     batcher = MicroBatcher(predictor, tta=settings.tta)
 
+    library = open_library(settings, predictor) if settings.slides else None
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
         yield
         await batcher.stop()
+        if library is not None:
+            library.close()
 
     app = FastAPI(title=f"histoclass: {card['name']}", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     # Chunked bodies are cut off as they stream in; the guard (outermost) refuses announced ones unread.
@@ -239,6 +244,8 @@ def create_app(settings: ServeConfig) -> FastAPI:
         png, label = await batcher.call(explainer.explain, pixels)
         return Response(content=png, media_type="image/png", headers={"X-Predicted-Label": label})
 
+    if library is not None:
+        app.include_router(slide_router(library))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 

@@ -19,8 +19,8 @@ __all__ = ["API_KEY_HEADER", "API_KEY_PARAMETER", "OPEN_PATHS", "RequestGuard"]
 API_KEY_HEADER = "x-api-key"
 #: The docs page is opened from a browser's address bar, which sends no headers: ``/docs?api_key=...``.
 API_KEY_PARAMETER = "api_key"
-#: What anyone may reach: the page, its assets and the health check.
-OPEN_PATHS = ("/", "/api/health", "/favicon.ico")
+#: What anyone may reach: the pages, their assets and the health check.
+OPEN_PATHS = ("/", "/slides", "/api/health", "/favicon.ico")
 OPEN_PREFIXES = ("/static/",)
 
 

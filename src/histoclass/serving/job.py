@@ -12,6 +12,7 @@ from histoclass.config import ServeConfig
 from histoclass.console import console
 from histoclass.errors import HistoclassError
 from histoclass.serving.app import SETTINGS_ENV, create_app
+from histoclass.serving.viewer import check_slides
 
 __all__ = ["bind", "serve"]
 
@@ -48,6 +49,8 @@ def serve(settings: ServeConfig) -> None:
 
     _limit_allocator_arenas()
     sock = bind(settings.host, settings.port)  # a taken port is one line before the model loads
+    if settings.slides:
+        check_slides(settings)  # so is a slide folder that cannot be shown
     app = create_app(settings)  # also builds a run's engine cache once, before any worker starts
     title = app.title.removeprefix("histoclass: ")
     url = f"http://{settings.host}:{settings.port}"

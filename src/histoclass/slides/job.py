@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import csv
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,10 @@ from histoclass.config import SlideConfig
 from histoclass.console import console
 from histoclass.data.batches import iter_batches
 from histoclass.data.images import resize_square
+from histoclass.deploy import open_predictor
 from histoclass.errors import HistoclassError
-from histoclass.export.engines import open_predictor
 from histoclass.inference.predictor import Predictor
+from histoclass.machine import launch
 from histoclass.runs import SlideDir, SlideIndex
 from histoclass.slides.grid import TileGrid, plan_grid, require_resolution
 from histoclass.slides.maps import class_colours, class_heatmap, geojson, label_heatmap, png_bytes, summarise
@@ -211,13 +211,6 @@ def map_slide(predictor: Predictor, path: Path, index: SlideIndex, config: Slide
         slide.close()
 
 
-def _shard() -> tuple[int, int]:
-    """(rank, world size) under torchrun or srun; (0, 1) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
-    rank = int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
-    return rank, world
-
-
 def _wait_for_all(world: int) -> None:
     """Every process's slides are done before rank 0 writes the index (a torch.distributed barrier)."""
     if world <= 1:
@@ -276,7 +269,7 @@ def map_slides(config: SlideConfig) -> Path:
     index = SlideIndex(Path(config.out))
     _check_names(paths, index)
     predictor = open_predictor(config.model, config.engine, config.compile)
-    rank, world = _shard()
+    rank, world, _ = launch()
     for path in paths[rank::world]:
         map_slide(predictor, path, index, config)
     _wait_for_all(world)

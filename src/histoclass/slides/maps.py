@@ -101,12 +101,17 @@ def png_bytes(image: Image.Image | np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def geojson(boxes: np.ndarray, probabilities: np.ndarray, labels: Sequence[str]) -> Iterator[str]:
+def geojson(
+    boxes: np.ndarray, probabilities: np.ndarray, labels: Sequence[str], annotations: Sequence[dict] = ()
+) -> Iterator[str]:
     """A FeatureCollection of tile polygons in level-0 pixels, classified and measured as QuPath imports them,
-    as text one feature a line: a slide's hundred thousand tiles never sit in memory as one document."""
+    as text one feature a line: a slide's hundred thousand tiles never sit in memory as one document.
+    ``annotations``: features put before the tiles (a drawn region, say)."""
     colours = class_colours(labels)
     yield '{"type": "FeatureCollection", "features": [\n'
-    for i, ((x, y, w, h), probs) in enumerate(zip(boxes.tolist(), probabilities, strict=True)):
+    for i, feature in enumerate(annotations):
+        yield ("," if i else "") + json.dumps(feature) + "\n"
+    for i, ((x, y, w, h), probs) in enumerate(zip(boxes.tolist(), probabilities, strict=True), start=len(annotations)):
         k = int(np.argmax(probs))
         ring = [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]
         feature = {

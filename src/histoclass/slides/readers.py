@@ -5,6 +5,7 @@ and plain large images as single-level slides. Every reader answers RGB uint8 ar
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 import re
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from PIL import Image
 from histoclass.errors import HistoclassError
 from histoclass.slides.chunks import TiffChunks, open_chunks
 
-__all__ = ["PLAIN_SUFFIXES", "SLIDE_SUFFIXES", "Slide", "find_slides", "open_slide"]
+__all__ = ["PLAIN_SUFFIXES", "SLIDE_SUFFIXES", "Slide", "find_slides", "has_slide_reader", "open_slide"]
 
 #: What OpenSlide or tiffslide read; .tif/.tiff that are not pyramids fall back to the plain reader.
 SLIDE_SUFFIXES = {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".bif", ".svslide", ".dcm"}
@@ -207,13 +208,20 @@ def open_slide(path: str | Path, fast_reads: bool = True) -> Slide:
         if fast_reads and slide.reader != "image":
             slide.chunks = open_chunks(path, slide.level_dimensions, slide.level_downsamples, slide.read_through_reader)
         return slide
-    if suffix in SLIDE_SUFFIXES - PLAIN_SUFFIXES and not _has_reader():
+    if suffix in SLIDE_SUFFIXES - PLAIN_SUFFIXES and not has_slide_reader():
         raise HistoclassError(f"reading {suffix} slides needs OpenSlide or tiffslide: {_EXTRA}")
     raise HistoclassError(f"'{path}' is not a readable slide or image (damaged, or not what its name says)")
 
 
-def _has_reader() -> bool:
-    return any(importlib.util.find_spec(name) is not None for name in ("openslide", "tiffslide"))
+def has_slide_reader() -> bool:
+    """Whether OpenSlide or tiffslide can be imported here (plain images need neither)."""
+    for name in ("openslide", "tiffslide"):
+        try:
+            importlib.import_module(name)
+        except (ImportError, OSError):  # OSError: openslide-python without its library
+            continue
+        return True
+    return False
 
 
 def find_slides(inputs: list[str]) -> list[Path]:

@@ -11,16 +11,16 @@ from histoclass.calibration.temperature import calibrated_probabilities, negativ
 from histoclass.config import Config, InferenceOptions
 from histoclass.console import console
 from histoclass.data.records import ImageRecords
+from histoclass.deploy import open_predictor
 from histoclass.evaluation.curves import plot_curves
 from histoclass.evaluation.metrics import expected_calibration_error
-from histoclass.inference.engines.torch_engine import TorchEngine
-from histoclass.inference.predictor import Predictor
 from histoclass.models.serialization import save_model
 from histoclass.runs import ModelInfo, RunDir
 from histoclass.runs.history import read_history
 from histoclass.shift.scorer import build_reference
 from histoclass.training.callbacks import AtomicCheckpointIO
 from histoclass.training.module import ClassifierModule
+from histoclass.training.plan import TrainingPlan
 from histoclass.training.trainer import RunCallbacks
 
 __all__ = ["calibrate_on_validation", "finish_run", "validation_logits"]
@@ -42,7 +42,7 @@ def _stop_summary(callbacks: RunCallbacks, rows: list[dict], config: Config) -> 
 def validation_logits(run: RunDir, records: ImageRecords) -> tuple[np.ndarray, np.ndarray]:
     """Raw logits (N x views x C) of the saved model on the validation images, through the inference path, with
     the default test-time views; and the images' labels."""
-    predictor = Predictor(TorchEngine.open(run.root))
+    predictor = open_predictor(run.root, "torch", shift=False)
     indices, logits = [], []
     with console.status("Predicting the validation split"):
         for batch in predictor.predict_records(records, tta=InferenceOptions().tta):
@@ -75,17 +75,10 @@ def calibrate_on_validation(
     return figures
 
 
-def finish_run(
-    run: RunDir,
-    module: ClassifierModule,
-    info: ModelInfo,
-    callbacks: RunCallbacks,
-    config: Config,
-    train_records: ImageRecords,
-    val_records: ImageRecords,
-) -> None:
+def finish_run(plan: TrainingPlan, module: ClassifierModule, info: ModelInfo, callbacks: RunCallbacks) -> None:
     """Best weights -> the run's model files (calibrated, with the shift score's reference), best epoch ->
     metrics.json, history -> curves."""
+    run, config = plan.run, plan.config
     if run.best_checkpoint.is_file():
         # Read through the trainer's own checkpoint IO (weights only). ``trainer.validate(ckpt_path=...)`` would
         # load it too, but runs on every DDP process while this runs on rank 0 alone, after the fit.
@@ -97,10 +90,11 @@ def finish_run(
     metrics = {key: float(value) for key, value in best_row.items() if key not in ("epoch", "phase", "seconds")}
     stopped = _stop_summary(callbacks, rows, config)
     metrics |= {"best_epoch": int(best_row["epoch"]), "epochs_run": len(rows), **stopped}
-    metrics["calibration"] = calibrate_on_validation(run, info, *validation_logits(run, val_records), config)
+    metrics["calibration"] = calibrate_on_validation(run, info, *validation_logits(run, plan.val_records), config)
     # A probe reads cached embeddings and trains in seconds: a pass of the backbone over the images would undo
     # that, so probes carry no shift score (yet).
-    reference = None if config.train.probe else build_reference(run, train_records, val_records, config.train.seed)
+    seed = config.train.seed
+    reference = None if config.train.probe else build_reference(run, plan.train_records, plan.val_records, seed)
     if reference is not None:
         metrics["shift_threshold"] = reference.threshold
     metrics["train_seconds"] = round(callbacks.clock.seconds, 1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -16,7 +15,6 @@ from histoclass.atomic import write_text
 from histoclass.config import Config
 from histoclass.console import console
 from histoclass.data.cache import decoded_cache
-from histoclass.data.checks import DataReport
 from histoclass.data.dataset import ImageDataset
 from histoclass.data.device_transforms import BatchAugment
 from histoclass.data.images import RESIZE_METHOD, load_resized
@@ -24,7 +22,7 @@ from histoclass.data.records import ImageRecords
 from histoclass.data.stain_normalize import StainNormalization
 from histoclass.data.transforms import create_batch_mixer
 from histoclass.errors import HistoclassError, Interrupted
-from histoclass.models.factory import Backbone, Classifier
+from histoclass.models.factory import Classifier
 from histoclass.models.heads import create_head
 from histoclass.models.serialization import count_parameters
 from histoclass.runs import RUN_DIR_ENV, ModelInfo, RunDir, write_labels
@@ -33,6 +31,7 @@ from histoclass.runs.split import SplitRow, write_split
 from histoclass.training.datamodule import HistoDataModule
 from histoclass.training.finish import finish_run
 from histoclass.training.module import ClassifierModule
+from histoclass.training.plan import TrainingPlan
 from histoclass.training.probe import probe_parts
 from histoclass.training.trainer import RunCallbacks, build_trainer
 
@@ -44,11 +43,11 @@ def _balanced_weights(train: ImageRecords, num_classes: int) -> torch.Tensor:
     return torch.tensor(counts.sum() / (num_classes * np.maximum(counts, 1)), dtype=torch.float32)
 
 
-def write_run_header(
-    run: RunDir, config: Config, classes: list[str], report: DataReport, train: ImageRecords, val: ImageRecords
-) -> None:
+def write_run_header(plan: TrainingPlan) -> None:
     """Config, labels, the exact split and the skipped files: what reproduces the run."""
-    write_run_config(run, config)
+    run, classes, report = plan.run, plan.classes, plan.report
+    train, val = plan.train_records, plan.val_records
+    write_run_config(run, plan.config)
     write_labels(run.labels, classes)
     rows = [
         SplitRow(image_id, classes[k], name, part.groups[i] if part.groups else "")
@@ -76,10 +75,9 @@ def fit_stain(config: Config) -> StainNormalization | None:
         raise HistoclassError(f"--stain-target '{data.stain_target}': {error}; choose a well-stained image") from None
 
 
-def _datasets(
-    config: Config, train: ImageRecords, val: ImageRecords, stain: StainNormalization | None
-) -> tuple[ImageDataset, ImageDataset]:
-    size, cache = config.data.image_size, config.data.cache
+def _datasets(plan: TrainingPlan) -> tuple[ImageDataset, ImageDataset]:
+    train, val, stain = plan.train_records, plan.val_records, plan.stain
+    size, cache = plan.config.data.image_size, plan.config.data.cache
     if cache == "none":  # normalised batch by batch in the loader processes
         return ImageDataset(train, size, stain=stain), ImageDataset(val, size, stain=stain)
     with console.status(f"Decoding images into the {cache} cache (once)"):
@@ -90,21 +88,15 @@ def _datasets(
     return ImageDataset(train, size, pixels[0]), ImageDataset(val, size, pixels[1])
 
 
-def _build_parts(
-    config: Config,
-    backbone: Backbone,
-    classes: list[str],
-    train_records: ImageRecords,
-    val_records: ImageRecords,
-    stain: StainNormalization | None,
-) -> tuple[L.LightningModule, L.LightningDataModule]:
+def _build_parts(plan: TrainingPlan) -> tuple[L.LightningModule, L.LightningDataModule]:
     """The module and data the fit runs: images for fine-tuning, cached embeddings for a probe."""
+    config, backbone, classes = plan.config, plan.backbone, plan.classes
     cfg = config.model
     model = Classifier(backbone, create_head(cfg.head, backbone.num_features, len(classes), cfg.dropout))
     balanced = config.train.class_weights == "balanced"
-    weights = _balanced_weights(train_records, len(classes)) if balanced else None
+    weights = _balanced_weights(plan.train_records, len(classes)) if balanced else None
     if config.train.probe:
-        return probe_parts(config, model, backbone, len(classes), train_records, val_records, weights)
+        return probe_parts(config, model, backbone, len(classes), plan.train_records, plan.val_records, weights)
     module = ClassifierModule(
         model,
         config.train,
@@ -113,7 +105,7 @@ def _build_parts(
         mixer=create_batch_mixer(config.augment, len(classes)),
         augment=BatchAugment(config.augment, config.train.seed, fill=backbone.mean),
     )
-    train_set, val_set = _datasets(config, train_records, val_records, stain)
+    train_set, val_set = _datasets(plan)
     data = config.data
     return module, HistoDataModule(train_set, val_set, data.batch_size, data.workers, seed=config.train.seed)
 
@@ -129,63 +121,47 @@ def _typical_side(records: ImageRecords, sample: int = 32) -> int | None:
     return int(np.median(sides)) if sides else None
 
 
-def _model_info(
-    config: Config,
-    module: L.LightningModule,
-    classes: list[str],
-    name: str,
-    train_records: ImageRecords,
-    stain: StainNormalization | None,
-) -> ModelInfo:
-    model = module.model
+def _model_info(plan: TrainingPlan, module: L.LightningModule) -> ModelInfo:
+    model, config = module.model, plan.config
     return ModelInfo(
         architecture=config.model.name,
         head=config.model.head,
         dropout=config.model.dropout,
-        labels=classes,
+        labels=plan.classes,
         image_size=config.data.image_size,
         mean=list(model.mean),
         std=list(model.std),
         resize=RESIZE_METHOD,
-        name=name,
+        name=plan.run.root.name,
         parameters=count_parameters(model),
         mpp=config.data.train_mpp,
-        tile_pixels=_typical_side(train_records) if config.data.train_mpp else None,
-        stain=stain,
+        tile_pixels=_typical_side(plan.train_records) if config.data.train_mpp else None,
+        stain=plan.stain,
     )
 
 
-def fit_run(
-    run: RunDir,
-    config: Config,
-    backbone: Backbone,
-    classes: list[str],
-    train_records: ImageRecords,
-    val_records: ImageRecords,
-    stain: StainNormalization | None,
-    checkpoint: Path | None = None,
-    callbacks: list | None = None,
-) -> bool:
-    """Fit ``backbone`` + a new head into ``run`` (from ``checkpoint`` when resuming) and finish the run;
-    returns whether it finished (not interrupted, and this process writes the run)."""
+def fit_run(plan: TrainingPlan) -> bool:
+    """Fit the plan's backbone + a new head into its run (from its checkpoint when resuming) and finish the
+    run; returns whether it finished (not interrupted, and this process writes the run)."""
+    run, config = plan.run, plan.config
     run_callbacks = RunCallbacks(config, run)
-    module, datamodule = _build_parts(config, backbone, classes, train_records, val_records, stain)
-    trainer = build_trainer(config, run, run_callbacks.all(config, run) + (callbacks or []))
+    module, datamodule = _build_parts(plan)
+    trainer = build_trainer(config, run, run_callbacks.all(config, run) + list(plan.callbacks))
     with _shared_run_dir(run):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint)
     if trainer.interrupted or run_callbacks.stop.requested:
         raise Interrupted(f"the last checkpoint is saved; continue with histoclass train --resume {run.root}")
     finished = trainer.is_global_zero
     if finished:
-        info = _model_info(config, module, classes, run.root.name, train_records, stain)
-        finish_run(run, module, info, run_callbacks, config, train_records, val_records)
+        finish_run(plan, module, _model_info(plan, module), run_callbacks)
         console.print(f"Done: results in [bold]{run.root}[/]")
     return finished
 
 
 @contextlib.contextmanager
 def _shared_run_dir(run: RunDir):
-    """Expose the run directory to the processes Lightning spawns for the other devices, for the fit only."""
+    """Expose the run directory to the processes Lightning starts for the other devices, for the fit only: its
+    launcher runs the command line again in each, so the environment is the one way in (as for its ranks)."""
     previous = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run.root)
     try:

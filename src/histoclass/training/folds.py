@@ -10,7 +10,6 @@ validation figures as mean ± sd. An interrupted run resumes at the fold it stop
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -24,16 +23,15 @@ from histoclass.console import console
 from histoclass.data.checks import DataReport
 from histoclass.data.records import ImageRecords
 from histoclass.data.splits import fold_numbers
-from histoclass.data.stain_normalize import StainNormalization
 from histoclass.errors import Interrupted
 from histoclass.evaluation.metrics import compute_metrics
 from histoclass.models.ensemble import Ensemble
-from histoclass.models.factory import Backbone
 from histoclass.models.serialization import count_parameters, load_model, save_model
 from histoclass.runs import Calibration, ModelInfo, RunDir
 from histoclass.runs.checkpoints import resume_candidates
 from histoclass.training.finish import calibrate_on_validation, validation_logits
 from histoclass.training.fit import fit_run, write_run_header
+from histoclass.training.plan import TrainingPlan
 from histoclass.training.resume import resume_checkpoint
 from histoclass.training.split import recorded_split
 
@@ -65,43 +63,34 @@ def _fold_records(
     return pool.subset(np.flatnonzero(numbers != k - 1)), pool.subset(np.flatnonzero(numbers == k - 1))
 
 
-def train_folds(
-    run: RunDir,
-    config: Config,
-    backbone: Backbone,
-    stain: StainNormalization | None,
-    report: DataReport,
-    pool: ImageRecords,
-    held_out: ImageRecords,
-    callbacks: list | None = None,
-) -> None:
-    """Train the folds not finished yet into ``run/folds/k``, then save and score their ensemble."""
-    folds, classes = config.train.folds, report.source.classes
+def train_folds(plan: TrainingPlan) -> None:
+    """Train the folds not finished yet into ``run/folds/k``, then save and score their ensemble: the plan's
+    training images are the folds' pool, its validation images the held-out split."""
+    run, config, pool = plan.run, plan.config, plan.train_records
+    folds = config.train.folds
     numbers = fold_numbers(pool.labels, folds, config.train.seed, pool.groups)
     for k in range(1, folds + 1):
-        fold, fold_config = run.fold(k), _fold_config(config, k)
+        fold = run.fold(k)
         if fold.is_trained():
             console.print(f"fold {k} of {folds}: finished before, kept")
             continue
-        train_records, val_records = _fold_records(fold, k, numbers, pool, report)
+        train_records, val_records = _fold_records(fold, k, numbers, pool, plan.report)
         checkpoint = resume_checkpoint(fold) if resume_candidates(fold) else None
+        fold_plan = plan.fold(fold, _fold_config(config, k), train_records, val_records, checkpoint)
         if checkpoint is None:
             fold.root.mkdir(parents=True, exist_ok=True)
-            write_run_header(fold, fold_config, classes, report, train_records, val_records)
+            write_run_header(fold_plan)
         console.rule(f"fold {k} of {folds}: {len(train_records)} training images, {len(val_records)} validating")
-        L.seed_everything(fold_config.train.seed, workers=True, verbose=False)
-        fresh = copy.deepcopy(backbone)  # every fold starts from the same weights
+        L.seed_everything(fold_plan.config.train.seed, workers=True, verbose=False)
         try:
-            finished = fit_run(
-                fold, fold_config, fresh, classes, train_records, val_records, stain, checkpoint, callbacks
-            )
+            finished = fit_run(fold_plan)
         except Interrupted:  # the folds resume together, from the ensemble's run directory
             raise Interrupted(
                 f"the last checkpoint is saved; continue with histoclass train --resume {run.root}"
             ) from None
         if not finished:
             return
-    _finish_ensemble(run, config, held_out)
+    _finish_ensemble(run, config, plan.val_records)
 
 
 def _fold_summary(per_fold: list[dict]) -> dict:

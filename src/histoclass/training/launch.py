@@ -15,6 +15,7 @@ from histoclass.models.factory import Backbone, create_backbone
 from histoclass.runs import RunDir, claim_run_dir
 from histoclass.training.fit import fit_run, fit_stain, write_run_header
 from histoclass.training.folds import train_folds
+from histoclass.training.plan import TrainingPlan
 from histoclass.training.resume import resume_checkpoint
 from histoclass.training.split import print_split, recorded_split, split_for_training
 from histoclass.training.trainer import quiet_lightning
@@ -56,18 +57,22 @@ def launch(config: Config, source: DataSource, resumed: RunDir | None, callbacks
     with console.status(f"Checking {sum(len(r) for r in source.splits.values())} images"):
         report = check_source(source)
     _check_classes(report)
+    writer = False
     if run is None:
         train_records, val_records = split_for_training(report, config)
         print_split(source.classes, train_records, val_records)
         run, writer = claim_run_dir(config.run.runs_dir, config.run.name or f"{source.name}-{config.model.name}")
         config = config.model_copy(update={"run": config.run.model_copy(update={"name": run.root.name})})
-        if writer:
-            write_run_header(run, config, source.classes, report, train_records, val_records)
-            console.print(f"Run directory: [bold]{run.root}[/]")
     else:
         train_records, val_records = recorded_split(report, run)
+    plan = TrainingPlan(
+        config, run, backbone, report, train_records, val_records, stain, checkpoint, tuple(callbacks or ())
+    )
+    if writer:
+        write_run_header(plan)
+        console.print(f"Run directory: [bold]{run.root}[/]")
     if config.train.folds > 1:
-        train_folds(run, config, backbone, stain, report, train_records, val_records, callbacks)
+        train_folds(plan)
     else:
-        fit_run(run, config, backbone, source.classes, train_records, val_records, stain, checkpoint, callbacks)
+        fit_run(plan)
     return run.root

@@ -11,8 +11,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from histoclass.data.stain_normalize import stain_normalized
 from histoclass.errors import HistoclassError
-from histoclass.inference.preprocess import normalize_numpy
+from histoclass.inference.preprocess import dihedral_views, normalize_numpy
 from histoclass.registry import Registry
 from histoclass.runs import ExportDir, ModelInfo, read_labels
 
@@ -39,6 +40,13 @@ class Engine:
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def view_outputs(self, pixels: np.ndarray, all_views: bool = False) -> np.ndarray:
+        """Raw outputs (N x views x D: logits, or features for a feature model) of uint8 NHWC images at the
+        model's size, stain-normalised as the model was trained, over the 8 flips and rotations or one view."""
+        pixels = stain_normalized(pixels, self.info.stain)
+        views = dihedral_views(pixels) if all_views else [pixels]
+        return np.stack([self.logits(view) for view in views], axis=1)
 
     def compile(self) -> None:
         """Compile the model for faster batches: PyTorch models only."""

@@ -45,11 +45,11 @@ class TorchEngine(Engine):
         return path.is_dir() and RunDir(path).weights.is_file()
 
     @classmethod
-    def open(cls, path: Path, device: str | None = None) -> TorchEngine:
+    def open(cls, path: Path, device: str | None = None, bf16: bool | None = None) -> TorchEngine:
         from histoclass.models.serialization import load_model
 
         model, info = load_model(path)
-        return cls(model, info, path, device)
+        return cls(model, info, path, device, bf16)
 
     def compile(self) -> None:
         self.model.compile()

@@ -1,4 +1,4 @@
-"""The predict job: image files, folders (recursive) or a CSV of ids -> predictions CSV.
+"""Records -> per-image predictions (probabilities, sets, shift), their CSV and what is said about them.
 
 Columns: ``id, label, confidence, prob_<class>...``; ``--columns id,label`` gives a Kaggle submission.
 Unreadable images get an empty label and are listed on stderr; they never stop the run.
@@ -12,19 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from histoclass.atomic import write_csv
-from histoclass.config import PredictConfig
 from histoclass.console import console
-from histoclass.data.inputs import collect_inputs
 from histoclass.data.records import ImageRecords
 from histoclass.errors import HistoclassError
-from histoclass.export.engines import open_predictor
 from histoclass.inference.predictor import Predictor
 from histoclass.shift.verdict import shift_verdict
 
 __all__ = [
     "Predictions",
     "decide",
-    "predict",
     "report_errors",
     "report_shift",
     "resolve_threshold",
@@ -170,29 +166,3 @@ def report_errors(predictions: Predictions) -> None:
     """List unreadable inputs on stderr."""
     for i, reason in sorted(predictions.errors.items()):
         console.print(f"[yellow]skipped[/] {predictions.ids[i]}: {reason}")
-
-
-def _check_out(out: Path, inputs: list[Path | None]) -> None:
-    """The CSV never lands on an input image or a folder."""
-    if out.is_dir():
-        raise HistoclassError(f"--out '{out}' is a folder; name a CSV file, such as {out / 'predictions.csv'}")
-    if out.exists() and any(p is not None and p.exists() and p.samefile(out) for p in inputs):
-        raise HistoclassError(f"--out '{out}' is one of the input images; write the CSV elsewhere (predictions.csv)")
-
-
-def predict(config: PredictConfig) -> Path:
-    """Predict every input image with ``config.model`` and write the CSV ``config.out``."""
-    predictor = open_predictor(config.model, config.engine, config.compile)
-    threshold = resolve_threshold(predictor, config.threshold)
-    ids, paths = collect_inputs(config.inputs, config.image_dir, config.id_column)
-    _check_out(Path(config.out), paths)
-    columns = [c.strip() for c in config.columns.split(",")] if config.columns else None
-    missing = {i: "no image file for this id" for i, p in enumerate(paths) if p is None}
-    records = ImageRecords(ids=ids, labels=np.full(len(ids), -1), paths=[p or Path("/nonexistent") for p in paths])
-    predictions = run_predictions(predictor, records, config.batch_size, config.tta, missing)
-    predictions.decisions = decide(predictions.probabilities, threshold)
-    report_errors(predictions)
-    report_shift(predictions, predictor)
-    path = write_predictions_csv(config.out, predictions, predictor.labels, columns)
-    console.print(f"{len(ids) - len(predictions.errors)} of {len(ids)} images predicted -> [bold]{path}[/]")
-    return path

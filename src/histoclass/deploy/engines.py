@@ -17,8 +17,6 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -27,29 +25,22 @@ from pathlib import Path
 import numpy as np
 
 from histoclass.atomic import building_folder, write_json
+from histoclass.config import ENGINE_CHOICES
 from histoclass.console import console
+from histoclass.conversion.parity import MIN_AGREEMENT, load_check_images, measure_parity
 from histoclass.errors import HistoclassError
-from histoclass.export.parity import measure_parity
 from histoclass.inference.engines import ENGINES
 from histoclass.inference.engines.openvino_engine import openvino_core
 from histoclass.inference.engines.torch_engine import TorchEngine
-from histoclass.inference.predictor import Predictor, load
+from histoclass.inference.predictor import Predictor
+from histoclass.inference.predictor import load as load_any
+from histoclass.machine import describe_machine
 from histoclass.runs import ExportDir, ModelInfo, RunDir, write_labels
 
-__all__ = [
-    "AUTO_ORDER",
-    "ENGINE_CHOICES",
-    "MIN_AGREEMENT",
-    "convert_run",
-    "images_per_second",
-    "missing_runtime",
-    "open_predictor",
-]
+__all__ = ["AUTO_ORDER", "convert_run", "images_per_second", "load", "missing_runtime", "open_predictor"]
 
-ENGINE_CHOICES = ("auto", "torch", "onnx", "openvino")
 #: The engines ``auto`` checks on a run directory; it takes the fastest that passes, measured during the check.
 AUTO_ORDER = ("openvino", "onnx")
-MIN_AGREEMENT = 0.995
 _CHECK_IMAGES = 256
 #: Raised when an engine's answers change (2: OpenVINO bf16 re-checks near ties in f32), so that runs checked
 #: before are checked again rather than trusted or refused on an old record.
@@ -68,22 +59,12 @@ def _digest(run: RunDir) -> str:
     return hasher.hexdigest()[:16]
 
 
-@functools.cache
-def _machine() -> str:
-    """Names this machine for the speed records: the CPU, its cores, and whether a GPU is attached."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as handle:
-        cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
-    gpu = any(Path(node).exists() for node in ("/dev/nvidia0", "/dev/kfd"))
-    return f"{cpu}, {os.cpu_count()} cpus{', gpu' if gpu else ''}"
-
-
 def convert_run(model, info: ModelInfo, folder: Path, openvino: bool = False) -> ExportDir:
     """``model`` (a torch module) as ONNX (and, with ``openvino``, an OpenVINO IR) in ``folder``, with its
     preprocessing and labels: an export folder every engine opens."""
     import torch
 
-    from histoclass.export.formats import export_onnx
+    from histoclass.conversion.formats import export_onnx
 
     out = ExportDir(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -109,16 +90,17 @@ def images_per_second(predictor: Predictor, pixels: np.ndarray, batch: int = 32)
 
 def _check(reference: Predictor, candidate: Predictor, run: Path) -> dict:
     """Agreement with PyTorch on the run's validation images, and both engines' speed on them, paired."""
-    from histoclass.export.job import load_check_images
-
     pixels, labels = load_check_images(run, None, reference.info, _CHECK_IMAGES)
     parity = measure_parity(reference, candidate, pixels, labels)
     return {
-        **parity.as_dict(), "passed": parity.top1_agreement >= MIN_AGREEMENT, "min_top1_agreement": MIN_AGREEMENT,
+        **parity.as_dict(),
+        "passed": parity.top1_agreement >= MIN_AGREEMENT,
+        "min_top1_agreement": MIN_AGREEMENT,
         "images_per_second": images_per_second(candidate, pixels),
-        "torch_images_per_second": images_per_second(reference, pixels), "machine": _machine(),
+        "torch_images_per_second": images_per_second(reference, pixels),
+        "machine": describe_machine(),
         "check": _CHECK_VERSION,
-    }  # fmt: skip
+    }
 
 
 #: The run's PyTorch predictor, loaded on first call only: a conversion or a check needs it, a recorded one not.
@@ -172,7 +154,10 @@ def _admitted(run: Path, engine: str, reference: Reference) -> tuple[list[tuple[
         opened = ENGINES[engine](cache.root, precision) if precision else ENGINES[engine](cache.root)
         candidate = Predictor(opened, origin=run)
         record = records.get(name, {})
-        if (record.get("machine"), record.get("check")) != (_machine(), _CHECK_VERSION):  # not checked here, or before
+        if (record.get("machine"), record.get("check")) != (
+            describe_machine(),
+            _CHECK_VERSION,
+        ):  # not checked here, or before
             records[name] = _check(reference(), candidate, run)
             with contextlib.suppress(PermissionError):  # read-only: checked again next time
                 write_json(cache.parity, records)
@@ -206,39 +191,68 @@ def _auto(run: Path, reference: Reference) -> Predictor:
             console.print(
                 f"engine: {record['name']} ({speed:.0f} images/s against PyTorch's {torch_speed:.0f}, "
                 f"agrees on the validation images{skipped})",
-                style="dim", markup=False, soft_wrap=True,
-            )  # fmt: skip
+                style="dim",
+                markup=False,
+                soft_wrap=True,
+            )
             return chosen
         reasons.append(f"the checked engines were not faster than PyTorch here ({speed:.0f} vs {torch_speed:.0f}/s)")
     console.print(f"engine: torch ({'; '.join(reasons)})", style="dim", markup=False, soft_wrap=True)
     return reference()
 
 
-def open_predictor(model: str | Path, engine: str = "auto", compile: bool = False) -> Predictor:
-    """A predictor for ``model`` on ``engine``: exports run on their own runtime (OpenVINO reads ONNX too);
-    a run directory on the fastest checked engine for ``auto`` (PyTorch with ``compile``), scoring each image's
-    shift from the training data when the run has a reference."""
-    predictor = _open_engine(model, engine, compile)
-    if TorchEngine.accepts(Path(model)):
-        from histoclass.shift.scorer import open_scorer
-
-        predictor = Predictor(predictor.engine, Path(model), open_scorer(model))
-    return predictor
-
-
-def _open_engine(model: str | Path, engine: str, compile: bool) -> Predictor:
+def open_predictor(
+    model: str | Path,
+    engine: str = "auto",
+    compile: bool = False,
+    device: str | None = None,
+    precision: str | None = None,
+    shift: bool = True,
+) -> Predictor:
+    """The one way to a predictor. ``model``: a run directory or an export (folder or file); ``engine``: one of
+    ``ENGINE_CHOICES`` — a run on the fastest checked engine for ``auto`` (PyTorch on ``device`` for ``torch`` or
+    with ``compile``), an export on its own runtime (OpenVINO reads ONNX too). ``precision`` pins OpenVINO's
+    (f32, bf16) or PyTorch's (fp32, bf16).
+    A run's predictor also scores each image's shift from the training data when the run has a reference
+    (``shift=False``: probabilities only, for jobs that refit the model's own numbers)."""
     if engine not in ENGINE_CHOICES:
         raise HistoclassError(f"--engine: unknown engine '{engine}'; choose one of {', '.join(ENGINE_CHOICES)}")
     path = Path(model)
     if not TorchEngine.accepts(path):
         if engine == "torch":
-            raise HistoclassError(f"--engine torch needs a run directory, not '{path}'")
-        return load(path) if engine == "auto" else Predictor(ENGINES[engine].open(path))
-    reference = functools.cache(lambda: load(path, compile))
+            if not any(ENGINES[name].accepts(path) for name in ENGINES):
+                load_any(path)  # no model at all: says why (missing, an unfinished run, something else)
+            raise HistoclassError(f"--engine torch needs a run directory (PyTorch weights), not the export '{path}'")
+        if engine == "auto":
+            return load_any(path)
+        return Predictor(ENGINES[engine](path, precision) if precision else ENGINES[engine].open(path))
+    from histoclass.shift.scorer import open_scorer
+
+    reference = functools.cache(lambda: _torch(path, compile, device, precision))
     if engine == "torch" or compile:
-        return reference()
-    if engine == "auto":
-        return _auto(path, reference)
+        chosen = reference()
+    elif engine == "auto":
+        chosen = _auto(path, reference)
+    else:
+        chosen = _chosen(path, engine, reference)
+    return Predictor(chosen.engine, path, open_scorer(path) if shift else None)
+
+
+def load(model: str | Path, compile: bool = False) -> Predictor:
+    """``histoclass.load``: PyTorch for a run directory (heatmaps work), an export on its own runtime."""
+    return open_predictor(model, "torch" if TorchEngine.accepts(Path(model)) else "auto", compile)
+
+
+def _torch(path: Path, compile: bool, device: str | None, precision: str | None) -> Predictor:
+    bf16 = None if precision is None else precision == "bf16"
+    predictor = Predictor(TorchEngine.open(path, device, bf16), origin=path)
+    if compile:
+        predictor.compile()
+    return predictor
+
+
+def _chosen(path: Path, engine: str, reference: Reference) -> Predictor:
+    """``--engine onnx|openvino`` on a run: the fastest of its variants that passed, or one line saying why not."""
     admitted, reasons = _admitted(path, engine, reference)
     if not admitted:
         needs = f" (needs {MIN_AGREEMENT:.1%})" if any("agrees" in r for r in reasons) else ""

@@ -1,0 +1,1 @@
+"""Conversion: a PyTorch model as ONNX, OpenVINO, TFLite or TorchScript, and its parity with the original."""
