@@ -139,3 +139,34 @@ def test_export_openvino_passes_its_parity_gate(run_copy: Path) -> None:
     assert json.loads(export.parity.read_text())["openvino"]["passed"]
     openvino = openvino_probabilities(export.model("openvino"))
     assert np.abs(openvino["f32"] - load(run_copy).predict(IMAGES)).max() < 1e-3
+
+
+@pytest.fixture()
+def read_only_run(run_copy: Path, tmp_path: Path):
+    """The run on a read-only bind mount, as a shared model folder is (mounting needs root: skipped elsewhere)."""
+    mount = tmp_path / "read-only"
+    mount.mkdir()
+    steps = [["mount", "--bind", str(run_copy), str(mount)], ["mount", "-o", "remount,bind,ro", str(mount)]]
+    if any(subprocess.run(step, capture_output=True).returncode for step in steps):
+        subprocess.run(["umount", str(mount)], capture_output=True)
+        pytest.skip("read-only bind mounts need root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_run_on_read_only_storage_predicts_on_pytorch_and_writers_say_where_to_go(
+    read_only_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "predictions.csv"
+    predicted = run_cli("predict", str(read_only_run), str(BLOOD_TEST), "--out", str(out), "--no-tta")
+    assert predicted.returncode == 0 and "Traceback" not in predicted.stderr, predicted.stderr[-2000:]
+    assert "engine: torch" in predicted.stderr and "read-only" in predicted.stderr
+    assert len(out.read_text().splitlines()) == 72
+    for args in (
+        ["evaluate", str(read_only_run), "--data", str(BLOOD_TEST)],
+        ["export", str(read_only_run), "--format", "onnx"],
+        ["calibrate", str(read_only_run), "--data", str(BLOOD_TEST)],
+    ):
+        result = run_cli(*args)
+        assert result.returncode == 2 and "read-only" in result.stderr and str(read_only_run) in result.stderr, args
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr

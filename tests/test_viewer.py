@@ -23,12 +23,15 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 @pytest.fixture(scope="module")
 def reference(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """``histoclass slide``'s tiles of the slide: what the viewer's map must show."""
+    """``histoclass slide --shift``'s tiles of the slide: what the viewer's map must show."""
     out = tmp_path_factory.mktemp("slide-reference")
-    result = run_cli("slide", str(trained_run), str(SLIDE), "--out", str(out), "--no-tta")
+    result = run_cli("slide", str(trained_run), str(SLIDE), "--out", str(out), "--no-tta", "--shift")
     assert result.returncode == 0, result.stderr[-2000:]
     with open(out / SLIDE.stem / "tiles.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
+        rows = list(csv.DictReader(handle))
+    # H&E tissue under a blood-cell model: nearly every tile is flagged as unlike its training images.
+    assert np.mean([row["unlike_training"] == "1" for row in rows]) > 0.9
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +94,7 @@ def test_the_viewer_shows_the_map_where_the_slide_job_puts_it(viewer, reference:
             page.wait_for_function(f"document.querySelector('#hover').dataset.tile === '{row['x']},{row['y']}'")
             assert page.get_attribute("#hover", "data-label") == row["label"]
             assert f"{float(row['prob_' + row['label']]):.3f}" in page.inner_text("#hover")
+            assert f"shift score {float(row['shift_score']):.3f}" in page.inner_text("#hover")
             pixel = page.evaluate(
                 """([x, y]) => { const s = histoclassViewer.state, g = s.grid;
                 const cx = Math.floor((x - g.x0) / s.map.step), cy = Math.floor((y - g.y0) / s.map.step);

@@ -114,6 +114,9 @@ class SlideConfig(InferenceOptions):
     threads: int | None = option(None, "tile-reading threads [one per core]", ge=1)
     # Off for slides: 10^5 tiles at 8 views each; neighbouring tiles already smooth a map.
     tta: bool = option(False, "average over the 8 flips and 90-degree rotations (8x the time)")
+    shift: bool = option(
+        False, "also score each tile's shift from the training images (runs with a reference; about 2x the time)"
+    )
 
 
 class CalibrateConfig(InferenceOptions, LabelledData):

@@ -216,6 +216,8 @@ def model_folder(predictor: Predictor) -> Path:
 
 def evaluate(config: EvaluateConfig) -> Path:
     """Score ``config.model`` on ``config.data`` and write ``<model dir>/eval/<data-name>/``; returns that folder."""
+    given = Path(config.model)
+    require_writable(given if given.is_dir() else given.parent, "eval/")  # before the model loads
     predictor = open_predictor(config.model, config.engine, config.compile)
     model_dir = model_folder(predictor)
     source = read_source(config.data, _data_config(config, model_dir))
@@ -223,7 +225,6 @@ def evaluate(config: EvaluateConfig) -> Path:
     records = relabel_by_name(records, source.classes, predictor.labels)
     name = source.name if split_name == "all" else f"{source.name}-{split_name}"
     out_dir = RunDir(model_dir).evaluation(name if config.tta else f"{name}-no-tta").root
-    require_writable(model_dir, "eval/")
     run = run_behind(model_dir)
     checks = SelfChecks(
         run=run,

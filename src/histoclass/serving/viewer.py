@@ -8,8 +8,9 @@ release the GIL) proceed in parallel and never block the event loop. The request
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from fastapi import APIRouter, Body, HTTPException
+from fastapi import APIRouter, Body, HTTPException, Query
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from histoclass.config import ServeConfig, SlideConfig
@@ -41,7 +42,8 @@ def open_library(settings: ServeConfig, predictor: Predictor) -> SlideLibrary:
     """The slides of ``settings.slides``, mapped with ``predictor``."""
     check_slides(settings)
     folder = Path(settings.slides)
-    maps = SlideConfig(model=settings.model, slides=[str(folder)], out=settings.slide_maps)
+    shift = predictor.shift is not None  # maps made here carry each tile's shift score where the run can
+    maps = SlideConfig(model=settings.model, slides=[str(folder)], out=settings.slide_maps, shift=shift)
     return SlideLibrary(folder, Path(settings.slide_maps), predictor, maps)
 
 
@@ -99,11 +101,11 @@ def slide_router(library: SlideLibrary) -> APIRouter:
     def region(
         name: str,
         polygon: list[list[float]] = Body(..., embed=True, description="[[x, y], ...] in level-0 pixels"),
-        format: str = "json",
+        answer: Literal["json", "geojson"] = Query("json", alias="format"),
     ) -> Response:
         """Tissue area and class make-up of the tiles whose centres lie in ``polygon``; ``?format=geojson``: the
         region and those tiles as QuPath GeoJSON."""
-        if format == "geojson":
+        if answer == "geojson":
             text = guarded(library.region_geojson, name, polygon)
             headers = {"Content-Disposition": 'attachment; filename="region.geojson"'}
             return Response(text, media_type="application/geo+json", headers=headers)

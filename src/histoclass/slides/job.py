@@ -56,8 +56,20 @@ class SlideTiles:
         return resize_square(Image.fromarray(region), size)
 
 
-def _columns(labels: list[str]) -> list[str]:
-    return ["x", "y", "width", "height", "tissue", "label", "confidence", *(f"prob_{label}" for label in labels)]
+#: What a tile's row holds after its class probabilities when the slide is mapped with ``--shift``.
+SHIFT_COLUMNS = ["shift_score", "unlike_training"]
+
+
+def _columns(labels: list[str], shift: bool = False) -> list[str]:
+    probabilities = [f"prob_{label}" for label in labels]
+    return ["x", "y", "width", "height", "tissue", "label", "confidence", *probabilities, *SHIFT_COLUMNS * shift]
+
+
+def _scores_shift(predictor: Predictor, config: SlideConfig) -> bool:
+    """``--shift`` on a run that has a reference (one line when it has none)."""
+    if config.shift and predictor.shift is None:
+        raise HistoclassError(f"--shift: '{predictor.origin}' has no shift reference (train it again to get one)")
+    return config.shift
 
 
 def _read_rows(path: Path, columns: list[str]) -> dict[tuple[int, int], list[str]]:
@@ -103,11 +115,12 @@ def _stream(
         for batch in iter_batches(tiles, predictor.info.image_size, config.batch_size, config.threads):
             if batch.indices:
                 probabilities = predictor.predict_pixels(batch.pixels, config.tta)
-                for i, probs in zip(batch.indices, probabilities, strict=True):
+                shift = _shift_cells(predictor, batch.pixels) if config.shift else [[]] * len(batch.indices)
+                for i, probs, extra in zip(batch.indices, probabilities, shift, strict=True):
                     x, y, w, h = (int(v) for v in tiles.boxes[i])
                     k = int(np.argmax(probs))
                     rates = [f"{p:.6f}" for p in probs]
-                    writer.writerow([x, y, w, h, f"{tissue[i]:.4f}", labels[k], f"{probs[k]:.6f}", *rates])
+                    writer.writerow([x, y, w, h, f"{tissue[i]:.4f}", labels[k], f"{probs[k]:.6f}", *rates, *extra])
                 handle.flush()
             errors += [f"tile at {tiles.boxes[i, 0]},{tiles.boxes[i, 1]}: {why}" for i, why in batch.errors.items()]
             finished += len(batch.indices) + len(batch.errors)
@@ -118,6 +131,13 @@ def _stream(
                 description=f"{tiles.slide.name} {speed:.0f} tiles/s",
             )
     return errors, finished / max(time.perf_counter() - started, 1e-9)
+
+
+def _shift_cells(predictor: Predictor, pixels: np.ndarray) -> list[list[str]]:
+    """Each tile's shift score and whether it lies above the run's threshold, as CSV cells."""
+    scores = predictor.shift_scores(pixels)
+    unlike = predictor.shift.reference.unlike(scores)
+    return [[f"{score:.4f}", int(flag)] for score, flag in zip(scores, unlike, strict=True)]
 
 
 def _mask_thumbnail(slide: Slide, grid: TileGrid, longest: int) -> np.ndarray:
@@ -139,11 +159,11 @@ def _write_outputs(
     """tiles.csv, summary.json, thumbnail, heatmaps, GeoJSON and report.html, each written atomically."""
     boxes = np.array([[int(v) for v in row[:4]] for row in rows], np.int64).reshape(-1, 4)
     tissue = np.array([float(row[4]) for row in rows])
-    probabilities = np.array([[float(v) for v in row[7:]] for row in rows]).reshape(-1, len(labels))
+    probabilities = np.array([[float(v) for v in row[7 : 7 + len(labels)]] for row in rows]).reshape(-1, len(labels))
     thumbnail = slide.thumbnail(longest)
     scale = slide.dimensions[0] / thumbnail.shape[1]
     predicted = probabilities.argmax(axis=1) if len(rows) else np.zeros(0, int)
-    write_csv(out.tiles, _columns(labels), rows)
+    write_csv(out.tiles, _columns(labels, facts["geometry"].get("shift", False)), rows)
     summary = {**facts, **summarise(probabilities, tissue, labels, grid.step0, slide.mpp)}
     write_json(out.summary, summary)
     thumb_png = png_bytes(thumbnail)
@@ -175,6 +195,8 @@ def map_slide(predictor: Predictor, path: Path, index: SlideIndex, config: Slide
             **grid.describe(), "slide": str(path.resolve()), "model": str(predictor.origin), "tta": config.tta,
             "labels": predictor.labels, "min_tissue": config.min_tissue, "tissue_filter": config.tissue_filter,
         }  # fmt: skip
+        if _scores_shift(predictor, config):
+            geometry["shift"] = True  # earlier maps (without the columns) are not resumed into
         if out.summary.exists() and not out.partial_tiles.exists():
             summary = json.loads(out.summary.read_text())
             if summary.get("geometry") == geometry:
@@ -185,7 +207,7 @@ def map_slide(predictor: Predictor, path: Path, index: SlideIndex, config: Slide
         tissue = tissue_fractions(tissue_mask(mask_thumb), boxes, slide.dimensions[0] / mask_thumb.shape[1])
         keep = tissue >= config.min_tissue if config.tissue_filter else np.ones(len(boxes), bool)
         boxes, tissue = boxes[keep], tissue[keep]
-        columns = _columns(predictor.labels)
+        columns = _columns(predictor.labels, config.shift)
         done = _resume(out, geometry, columns)
         todo = np.array([(int(x), int(y)) not in done for x, y in boxes[:, :2]], bool) if len(boxes) else keep[:0]
         errors, speed = _stream(predictor, SlideTiles(slide, grid, boxes[todo]), tissue[todo], out, config)

@@ -19,9 +19,9 @@ from matplotlib.path import Path as Polygon
 from histoclass.config import SlideConfig
 from histoclass.errors import HistoclassError
 from histoclass.inference.predictor import Predictor
-from histoclass.runs import SlideIndex
+from histoclass.runs import SlideDir, SlideIndex
 from histoclass.slides.deepzoom import DeepZoom
-from histoclass.slides.job import map_slide
+from histoclass.slides.job import SHIFT_COLUMNS, map_slide
 from histoclass.slides.maps import class_colours, geojson, summarise
 from histoclass.slides.readers import SLIDE_SUFFIXES, Slide, open_slide
 
@@ -49,6 +49,9 @@ class SlideMap:
     probabilities: np.ndarray
     tissue: np.ndarray
     step0: int
+    #: Each tile's shift score and whether it is unlike the training images (maps made with ``--shift``).
+    shift: np.ndarray | None = None
+    unlike: np.ndarray | None = None
 
 
 class SlideLibrary:
@@ -98,8 +101,12 @@ class SlideLibrary:
 
     # -- maps --------------------------------------------------------------------------------------------------
 
-    def _out(self, name: str):
-        return self.index.slide(Path(name).stem)
+    def _out(self, name: str) -> SlideDir:
+        """Where the slide's map lives: ``MAPS/<file name without extension>``, as ``histoclass slide`` writes it;
+        a name that two slides share in the folder's sub-folders gets its path instead."""
+        stem = Path(name).stem
+        shared = sum(Path(other).stem == stem for other in self.names()) > 1
+        return self.index.slide(str(Path(name).with_suffix("")) if shared else stem)
 
     def state(self, name: str) -> MapState:
         state = self._states.setdefault(name, MapState())
@@ -116,7 +123,8 @@ class SlideLibrary:
         with out.tiles.open(newline="") as handle:
             header = next(csv.reader(handle), [])
         same_model = Path(made_by).resolve() == Path(self.predictor.origin).resolve()
-        return same_model and header[7:] == [f"prob_{label}" for label in self.predictor.labels]
+        labels = self.predictor.labels
+        return same_model and header[7 : 7 + len(labels)] == [f"prob_{label}" for label in labels]
 
     def start_map(self, name: str) -> MapState:
         """Map the slide in the background unless a map exists or is being made."""
@@ -149,28 +157,36 @@ class SlideLibrary:
             raise SlideNotFound(f"'{name}' has no map yet; POST /api/slides/{name}/map starts one")
         out, labels = self._out(name), self.predictor.labels
         with out.tiles.open(newline="") as handle:
-            rows = list(csv.reader(handle))[1:]
+            header, *rows = list(csv.reader(handle))
+        end = 7 + len(labels)
         boxes = np.array([[int(v) for v in row[:4]] for row in rows], np.int64).reshape(-1, 4)
         tissue = np.array([float(row[4]) for row in rows])
-        probabilities = np.array([[float(v) for v in row[7:]] for row in rows]).reshape(-1, len(labels))
+        probabilities = np.array([[float(v) for v in row[7:end]] for row in rows]).reshape(-1, len(labels))
         step0 = int(json.loads(out.summary.read_text())["step_level0"])
-        return SlideMap(boxes, probabilities, tissue, step0)
+        found = SlideMap(boxes, probabilities, tissue, step0)
+        if header[end:] == SHIFT_COLUMNS:
+            found.shift = np.array([float(row[end]) for row in rows])
+            found.unlike = np.array([row[end + 1] == "1" for row in rows])
+        return found
 
     def map_json(self, name: str) -> dict:
         """Everything the overlay draws: the tile grid, each tile's probabilities and prediction set."""
         found, labels = self.slide_map(name), self.predictor.labels
         sets = self.predictor.prediction_sets(found.probabilities) if len(found.probabilities) else None
+
+        def tile(i: int) -> list:
+            """[x, y, width, height, tissue, probabilities, prediction set or None, [shift, unlike] or None]."""
+            members = None if sets is None else [labels[k] for k in np.flatnonzero(sets[i])]
+            shift = None if found.shift is None else [round(float(found.shift[i]), 4), bool(found.unlike[i])]
+            probabilities = [round(float(p), 4) for p in found.probabilities[i]]
+            return [*found.boxes[i].tolist(), round(float(found.tissue[i]), 4), probabilities, members, shift]
+
+        colours = [list(c) for c in class_colours(labels)]
         return {
             "labels": labels,
-            "colours": [list(c) for c in class_colours(labels)],
+            "colours": colours,
             "step": found.step0,
-            "tiles": [
-                [*box, round(float(t), 4), [round(float(p), 4) for p in probs]]
-                + ([[labels[k] for k in np.flatnonzero(sets[i])]] if sets is not None else [])
-                for i, (box, t, probs) in enumerate(
-                    zip(found.boxes.tolist(), found.tissue, found.probabilities, strict=True)
-                )
-            ],
+            "tiles": [tile(i) for i in range(len(found.boxes))],
         }
 
     def region(self, name: str, polygon: list[list[float]]) -> tuple[dict, SlideMap, np.ndarray]:

@@ -151,8 +151,10 @@ function showTile(tile) {
   const best = probs.indexOf(Math.max(...probs));
   const rows = labels.map((label, k) => `<tr><td>${label}</td><td>${probs[k].toFixed(3)}</td></tr>`).join("");
   const set = tile[6] ? `<div>prediction set: ${tile[6].join(" or ") || "—"}</div>` : "";
+  const shift = tile[7] ? `<div class="${tile[7][1] ? "shift" : ""}">shift score ${tile[7][0].toFixed(3)}${
+    tile[7][1] ? ": unlike the training images" : ""}</div>` : "";
   hover.innerHTML = `<strong>${labels[best]}</strong> <span class="muted">tile ${tile[0]}, ${tile[1]} · tissue ${(100 * tile[4]).toFixed(0)}%</span>
-    <table>${rows}</table>${set}`;
+    <table>${rows}</table>${set}${shift}`;
   hover.dataset.label = labels[best];
   hover.dataset.tile = `${tile[0]},${tile[1]}`;
 }
