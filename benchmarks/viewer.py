@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 from benchmarks.serve import start_server
+
 from histoclass.machine import cpu_name
 from histoclass.slides.deepzoom import DeepZoom
 from histoclass.slides.readers import open_slide
@@ -95,7 +96,8 @@ def main() -> None:
     ours, theirs = sorted(served)[len(served) // 2], sorted(reference)[len(reference) // 2]
     print(f"{args.slide.name}: {len(tiles)} Deep Zoom tiles a round, median of {args.rounds}; CPU: {cpu_name()}")
     print("| path | tiles/s | vs OpenSlide DeepZoomGenerator |\n|---|---|---|")
-    print(f"| histoclass serve --slides, HTTP, one worker, {args.clients} clients | {ours:.0f} | {ours / theirs:.2f}x |")
+    served_by = f"histoclass serve --slides, HTTP, one worker, {args.clients} clients"
+    print(f"| {served_by} | {ours:.0f} | {ours / theirs:.2f}x |")
     print(f"| OpenSlide DeepZoomGenerator, in process, one thread | {theirs:.0f} | 1.00x |")
 
 
