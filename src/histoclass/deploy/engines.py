@@ -12,6 +12,7 @@ recorded per machine; once they are, a converted engine opens without importing 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import importlib.metadata
@@ -39,6 +40,8 @@ from histoclass.runs import ExportDir, ModelInfo, RunDir, write_labels
 
 __all__ = ["AUTO_ORDER", "convert_run", "images_per_second", "load", "missing_runtime", "open_predictor"]
 
+#: What writing into a folder on read-only storage raises: no permission, or a read-only file system.
+READ_ONLY_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS)
 #: The engines ``auto`` checks on a run directory; it takes the fastest that passes, measured during the check.
 AUTO_ORDER = ("openvino", "onnx")
 _CHECK_IMAGES = 256
@@ -146,7 +149,9 @@ def _admitted(run: Path, engine: str, reference: Reference) -> tuple[list[tuple[
         return [], [missing]
     try:
         cache = _cache(run, reference)
-    except PermissionError:  # a shared model folder on read-only storage: nothing can be converted into it
+    except OSError as error:  # a shared model folder on read-only storage: nothing can be converted into it
+        if error.errno not in READ_ONLY_ERRORS:
+            raise
         raise HistoclassError(f"'{run}' is read-only, so no converted engine can be cached in it") from None
     records = json.loads(cache.parity.read_text()) if cache.parity.is_file() else {}
     admitted, reasons = [], []
@@ -159,7 +164,7 @@ def _admitted(run: Path, engine: str, reference: Reference) -> tuple[list[tuple[
             _CHECK_VERSION,
         ):  # not checked here, or before
             records[name] = _check(reference(), candidate, run)
-            with contextlib.suppress(PermissionError):  # read-only: checked again next time
+            with contextlib.suppress(OSError):  # read-only storage: checked again next time
                 write_json(cache.parity, records)
         if records[name]["passed"]:
             admitted.append((candidate, records[name] | {"name": name}))
