@@ -172,3 +172,7 @@ def test_serving_slides_without_a_slide_reader_is_one_line(trained_run: Path, tm
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "histoclass[slides]" in result.stderr, result.stderr[-2000:]
     assert len(result.stderr.strip().splitlines()) == 1
+    workers = run_cli(
+        "serve", str(trained_run), "--slides", str(tmp_path), "--port", str(free_port()), "--workers", "2"
+    )
+    assert workers.returncode == 2 and "--workers 1" in workers.stderr and len(workers.stderr.strip().splitlines()) == 1

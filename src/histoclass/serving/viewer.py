@@ -36,6 +36,8 @@ def check_slides(settings: ServeConfig) -> None:
         raise HistoclassError(f"--slides: '{folder}' is not a folder; pass the folder that holds the slides")
     if not has_slide_reader():
         raise HistoclassError(f"--slides: viewing slides needs OpenSlide or tiffslide: {_EXTRA}")
+    if settings.workers > 1:  # each worker would map the same slide into the same folder at once
+        raise HistoclassError("--slides: maps are made by the serving process; serve slides with --workers 1")
 
 
 def open_library(settings: ServeConfig, predictor: Predictor) -> SlideLibrary:
