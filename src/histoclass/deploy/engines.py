@@ -159,10 +159,8 @@ def _admitted(run: Path, engine: str, reference: Reference) -> tuple[list[tuple[
         opened = ENGINES[engine](cache.root, precision) if precision else ENGINES[engine](cache.root)
         candidate = Predictor(opened, origin=run)
         record = records.get(name, {})
-        if (record.get("machine"), record.get("check")) != (
-            describe_machine(),
-            _CHECK_VERSION,
-        ):  # not checked here, or before
+        checked_here = (record.get("machine"), record.get("check")) == (describe_machine(), _CHECK_VERSION)
+        if not checked_here:  # on another machine, by an older check, or never
             records[name] = _check(reference(), candidate, run)
             with contextlib.suppress(OSError):  # read-only storage: checked again next time
                 write_json(cache.parity, records)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import errno
 import os
 import socket
@@ -12,16 +10,10 @@ from histoclass.config import ServeConfig
 from histoclass.console import console
 from histoclass.errors import HistoclassError
 from histoclass.serving.app import SETTINGS_ENV, create_app
+from histoclass.serving.heap import limit_arenas
 from histoclass.serving.viewer import check_slides
 
 __all__ = ["bind", "serve"]
-
-
-def _limit_allocator_arenas() -> None:
-    """glibc gives each thread that allocates its own memory arena; a server's many threads then hold on to
-    memory they freed. Two arenas bound that growth (measured in docs/benchmarks.md); other C libraries skip."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -47,7 +39,7 @@ def serve(settings: ServeConfig) -> None:
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    _limit_allocator_arenas()
+    limit_arenas()  # before the server starts its threads
     sock = bind(settings.host, settings.port)  # a taken port is one line before the model loads
     if settings.slides:
         check_slides(settings)  # so is a slide folder that cannot be shown

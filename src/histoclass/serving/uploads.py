@@ -8,8 +8,6 @@ that many requests of large images at once cost a bounded amount of memory, hand
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import io
 import re
 import warnings
@@ -20,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from histoclass.data.images import EMPTY_FILE, IMAGE_EXTENSIONS, open_rgb, resize_square
+from histoclass.serving.heap import give_back_freed_memory
 
 __all__ = ["DecodeBudget", "UploadRejected", "UploadsRejected", "checked_pixels", "decode_resized", "kept_name"]
 
@@ -121,12 +120,4 @@ class DecodeBudget:
                 if idle:
                     self._since_trim = 0
             if idle:
-                _give_back_heap()
-
-
-def _give_back_heap() -> None:
-    """Return freed heap pages of every arena to the system (glibc only; a no-op elsewhere)."""
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+                give_back_freed_memory()
