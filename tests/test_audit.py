@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from benchmarks.audit import pair_scores
 from benchmarks.copies import read_truth
+from benchmarks.tissue_copies import make_tissue_sets
 from sklearn.metrics import adjusted_rand_score
 
-from conftest import BLOOD_TEST, LITE0, run_cli
+from conftest import BLOOD_TEST, LITE0, SLIDE, run_cli
 from histoclass.audit.copies import AuditSettings, find_copies
+from histoclass.audit.names import named_slides
 from histoclass.audit.search import neighbour_pairs
 from histoclass.data.sources import read_source
 from test_cli import assert_one_line_error
@@ -36,6 +38,47 @@ def test_clusters_recover_the_sources_of_augmented_copies(copies: Path) -> None:
     assert precision >= 0.9 and recall >= 0.95, (precision, recall)
     joined = [c for c in np.flatnonzero(found.sizes > 1) if len(set(truth[found.members(c)])) > 1]
     assert len(joined) <= 3, joined  # a cluster joins two sources' images only rarely
+
+
+@pytest.fixture(scope="module")
+def tissue(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiles of the real H&E slide with known sources: augmented copies, overlapping tiles, glass."""
+    return make_tissue_sets(SLIDE, tmp_path_factory.mktemp("tissue"))
+
+
+@pytest.mark.parametrize("kind", ["augmented", "overlapping"])
+def test_copies_of_tissue_tiles_are_found(tissue: dict[str, Path], kind: str) -> None:
+    """Rotated, shifted, flipped and recoloured tiles (black corners left), and tiles sharing 25-75% of their
+    area, recovered from the pixels alone without joining two different places of the slide."""
+    records = read_source(str(tissue[kind])).splits["all"]
+    found = find_copies(records, AuditSettings("tf_efficientnet_lite0", str(LITE0)))
+    truth = truth_of(tissue[kind], records.ids)
+    precision, recall = pair_scores(truth, found.clusters)
+    assert adjusted_rand_score(truth, found.clusters) >= 0.9 and precision >= 0.99, (precision, recall)
+
+
+def test_glass_is_never_joined_to_other_glass(tissue: dict[str, Path]) -> None:
+    """Copies of empty glass cannot be told from other glass: the audit must not chain them together."""
+    records = read_source(str(tissue["textureless"])).splits["all"]
+    found = find_copies(records, AuditSettings("tf_efficientnet_lite0", str(LITE0)))
+    precision, _ = pair_scores(truth_of(tissue["textureless"], records.ids), found.clusters)
+    assert precision >= 0.99 and found.sizes.max() <= 10
+
+
+def test_slide_ids_in_names_are_read_and_cell_names_are_not(tissue: dict[str, Path], tmp_path: Path) -> None:
+    tiles = [f"EPI/TCGA-A1-{slide}-01Z_{x}_{y}.png" for slide in (17, 42) for x in (0, 512) for y in (0, 256)]
+    assert named_slides(tiles).slides == 2 and named_slides(tiles).example == "TCGA-A1-17-01Z"
+    assert named_slides([f"A/slide{k} [x={x},y=0,w=256,h=256].png" for k in (1, 2) for x in (0, 256, 512)])
+    assert named_slides(read_source(str(BLOOD_TEST)).splits["all"].ids) is None  # "_4_8814.jpeg": no slide
+    data = tmp_path / "named"
+    chosen = [path for folder in ("pink", "purple") for path in sorted((tissue["augmented"] / folder).iterdir())[:12]]
+    for k, path in enumerate(chosen):
+        (data / path.parent.name).mkdir(parents=True, exist_ok=True)
+        (data / path.parent.name / f"slide{k % 3}_{k * 150}_0.png").symlink_to(path)
+    result = run_cli("check-data", str(data), "--duplicates", *AUDIT, "--out", str(tmp_path / "audit"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = " ".join(result.stderr.split())
+    assert "carry a slide id" in text and "3 slides" in text and "--group-by" in text
 
 
 def test_embedding_similarity_alone_cannot_tell_copies_from_lookalikes(copies: Path) -> None:

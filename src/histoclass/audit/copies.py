@@ -1,4 +1,5 @@
-"""Finding copies: embed (mean of the 8 views), whiten, search neighbours, verify geometrically, cluster."""
+"""Finding copies: embed (the image and its half-turn), whiten, search neighbours, verify geometrically and by
+the pixels, cluster."""
 
 from __future__ import annotations
 
@@ -14,11 +15,7 @@ from histoclass.embeddings.compute import embed_records
 from histoclass.embeddings.extractors import create_extractor
 from histoclass.errors import HistoclassError
 
-__all__ = ["DEFAULT_THRESHOLD", "AuditSettings", "Copies", "copies_in_reference", "find_copies"]
-
-#: Cosine similarity (whitened embeddings) above which a pair is a candidate; chosen by measurement
-#: (docs/benchmarks.md): low enough to miss no copy among each image's nearest neighbours.
-DEFAULT_THRESHOLD = 0.2
+__all__ = ["AuditSettings", "Copies", "copies_in_reference", "find_copies"]
 
 
 @dataclass(frozen=True)
@@ -29,9 +26,9 @@ class AuditSettings:
     weights: str | None = None
     pretrained: bool = True
     image_size: int = 96
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float | None = None
     neighbours: int = 10
-    min_inliers: int = 20
+    min_inliers: int = 8
     batch_size: int = 64
 
 
@@ -55,7 +52,7 @@ def _describe(records: ImageRecords, settings: AuditSettings):
     extractor = create_extractor(
         settings.model, settings.weights, settings.image_size, "multiscale", settings.pretrained
     )
-    embedded = embed_records(records, extractor, views="mean", batch_size=settings.batch_size, what="Embedding")
+    embedded = embed_records(records, extractor, views="half-turn", batch_size=settings.batch_size, what="Embedding")
     return embedded.features[:, 0, :], embedded.errors
 
 
@@ -92,8 +89,8 @@ def copies_in_reference(query: ImageRecords, reference: ImageRecords, settings: 
     if not len(q_ok) or not len(r_ok):
         return match
     whiten = whitening(np.concatenate([query_features[q_ok], reference_features[r_ok]]))
-    found = neighbour_pairs(whiten(query_features[q_ok]), whiten(reference_features[r_ok]), settings.neighbours,
-                            settings.threshold)  # fmt: skip
+    query_vectors, reference_vectors = whiten(query_features[q_ok]), whiten(reference_features[r_ok])
+    found = neighbour_pairs(query_vectors, reference_vectors, settings.neighbours, settings.threshold)
     candidates = list(zip(q_ok[found.left].tolist(), r_ok[found.right].tolist(), strict=True))
     verify = _verifier(KeypointCache(query), KeypointCache(reference), settings)
     for start in range(0, len(candidates), 256):  # most similar first; a query once matched is not checked again

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
+from rich.markup import escape
 
 from histoclass.atomic import write_csv, write_text
 from histoclass.audit.copies import AuditSettings, Copies
+from histoclass.audit.names import slide_hint
 from histoclass.console import console
 from histoclass.data.records import ImageRecords
 
@@ -59,10 +61,11 @@ def _describe_cluster(found: AuditFindings, cluster: int) -> str:
 
 def print_findings(found: AuditFindings, settings: AuditSettings) -> None:
     sizes = found.copies.sizes
-    verified = f", confirmed by >= {settings.min_inliers} matched keypoints" if settings.min_inliers else ""
+    verified = f", confirmed by >= {settings.min_inliers} keypoints and the pixels" if settings.min_inliers else ""
+    floor = f" above {settings.threshold}" if settings.threshold is not None else ""
     console.print(
         f"[bold]Near-duplicates[/] ({settings.model} at {settings.image_size} px; "
-        f"{settings.neighbours} neighbours above {settings.threshold}{verified})"
+        f"{settings.neighbours} nearest neighbours{floor}{verified})"
     )
     console.print(
         f"  {len(found.records)} images in {len(sizes)} clusters; {found.in_clusters} images have a copy "
@@ -77,6 +80,8 @@ def print_findings(found: AuditFindings, settings: AuditSettings) -> None:
     console.print(f"  [{style}]clusters with different labels: {len(found.mixed)}[/]")
     for cluster in found.mixed[:10]:
         console.print(f"    {_describe_cluster(found, cluster)}")
+    if hint := slide_hint(found.records.ids):
+        console.print(f"  {escape(hint)}")
 
 
 def _thumbnail(records: ImageRecords, i: int) -> str:

@@ -57,9 +57,11 @@ class InferenceOptions(ConfigModel):
 class AuditOptions(ConfigModel):
     """How near-duplicates are searched (check-data --duplicates, --group-by auto, evaluate's overlap check)."""
 
-    threshold: float = option(0.2, "cosine similarity of whitened embeddings that makes a pair a candidate", gt=0, le=1)
+    threshold: float | None = option(
+        None, "least cosine similarity (whitened embeddings) of a candidate (default: every neighbour)", gt=0, le=1
+    )
     neighbours: int = option(10, "candidates per image (its most similar images)", ge=1)
-    min_inliers: int = option(20, "matched keypoints that confirm a copy (0: embedding similarity alone)", ge=0)
+    min_inliers: int = option(8, "matched keypoints that confirm a copy (0: embedding similarity alone)", ge=0)
     audit_size: int = option(96, "image size the audit embeds at", ge=32, le=1024)
 
 

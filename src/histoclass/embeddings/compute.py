@@ -11,7 +11,7 @@ from histoclass.data.records import ImageRecords
 from histoclass.data.sources import cache_root
 from histoclass.embeddings.extractors import Extractor
 from histoclass.embeddings.store import EmbeddingStore, image_keys
-from histoclass.inference.embedder import Embedder, Views, view_count
+from histoclass.inference.embedder import Embedder, Views, view_count, view_passes
 
 __all__ = ["Embedded", "embed_records"]
 
@@ -61,12 +61,13 @@ def _compute(
 ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    embedder = Embedder(extractor.engine())
+    engine = extractor.engine(passes=len(records) * view_passes(views))
+    embedder = Embedder(engine)
     computed, errors = {}, {}
     columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeRemainingColumn()]  # fmt: skip
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(f"{what} {len(records)} images", total=len(records))
+        task = progress.add_task(f"{what} {len(records)} images ({engine.name})", total=len(records))
         for batch in embedder.embed_records(records, batch_size, views):
             computed.update(zip(batch.indices, batch.features, strict=True))
             errors.update(batch.errors)

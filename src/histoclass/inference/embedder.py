@@ -16,16 +16,23 @@ from histoclass.data.records import ImageRecords
 from histoclass.inference.engines import Engine
 from histoclass.inference.preprocess import DIHEDRAL_VIEWS
 
-__all__ = ["Embedder", "EmbeddingBatch", "Views", "view_count"]
+__all__ = ["Embedder", "EmbeddingBatch", "Views", "view_count", "view_passes"]
 
-#: ``identity``: the image as it is; ``mean``: the mean over the 8 flips and rotations (invariant to them);
-#: ``all``: each of the 8 kept, as extra training samples for a probe.
-Views = Literal["identity", "mean", "all"]
+#: ``identity``: the image as it is; ``half-turn``: the mean over it and its 180-degree rotation (the
+#: near-duplicate search's: a quarter of the cost of ``mean``, as good at finding copies, docs/benchmarks.md);
+#: ``mean``: the mean over the 8 flips and rotations (invariant to them); ``all``: each of the 8 kept, as extra
+#: training samples for a probe.
+Views = Literal["identity", "half-turn", "mean", "all"]
 
 
 def view_count(views: Views) -> int:
     """How many vectors an image gets."""
     return DIHEDRAL_VIEWS if views == "all" else 1
+
+
+def view_passes(views: Views) -> int:
+    """How many times the model sees each image."""
+    return {"identity": 1, "half-turn": 2}.get(views, DIHEDRAL_VIEWS)
 
 
 @dataclass
@@ -45,6 +52,9 @@ class Embedder:
 
     def embed_pixels(self, pixels: np.ndarray, views: Views = "identity") -> np.ndarray:
         """N x views x D features of uint8 NHWC images at the model's size."""
+        if views == "half-turn":
+            turned = np.ascontiguousarray(pixels[:, ::-1, ::-1])
+            return (self.engine.view_outputs(pixels) + self.engine.view_outputs(turned)) / 2
         features = self.engine.view_outputs(pixels, all_views=views != "identity")
         return features.mean(axis=1, keepdims=True) if views == "mean" else features
 

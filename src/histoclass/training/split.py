@@ -7,8 +7,10 @@ pixels (:mod:`histoclass.audit`), so copies of one image never straddle the spli
 from __future__ import annotations
 
 import numpy as np
+from rich.markup import escape
 
 from histoclass.audit.copies import AuditSettings, find_copies
+from histoclass.audit.names import slide_hint
 from histoclass.config import Config
 from histoclass.console import console
 from histoclass.data.checks import DataReport
@@ -30,6 +32,8 @@ def auto_groups(records: ImageRecords, config: Config) -> list[str]:
     copies = find_copies(records, settings)
     sizes = copies.sizes
     console.print(f"auto groups: {len(sizes)} clusters from {len(records)} images, largest {int(sizes.max())}")
+    if hint := slide_hint(records.ids):
+        console.print(f"  {escape(hint)}")
     return [f"copies-{cluster}" for cluster in copies.clusters]
 
 

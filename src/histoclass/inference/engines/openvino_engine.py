@@ -9,13 +9,14 @@ there (docs/benchmarks.md: 96-99% top-1 agreement with PyTorch alone, 99.9-100% 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from histoclass.errors import HistoclassError
 from histoclass.inference.engines.base import NumpyEngine, read_export_info, register_engine
-from histoclass.runs import ExportDir
+from histoclass.runs import ExportDir, ModelInfo
 
 __all__ = ["OpenVinoEngine", "openvino_core"]
 
@@ -49,16 +50,35 @@ class OpenVinoEngine(NumpyEngine):
         core = openvino_core()
         self.source = _model_file(path)
         self.info = read_export_info(self.source)
-        native = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        self.precision = precision or ("bf16" if native else "f32")
-        precisions = [self.precision, "f32"] if self.precision == "bf16" else [self.precision]
         try:
-            model = core.read_model(str(self.source))
-            compiled = [core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": p}) for p in precisions]
+            self._compile(core, core.read_model(str(self.source)), precision, recheck=True)
         except Exception as error:  # OpenVINO raises RuntimeError subclasses with long native messages
             raise HistoclassError(
                 f"OpenVINO cannot load '{self.source}' ({str(error).splitlines()[0][:160]})"
             ) from None
+
+    @classmethod
+    def from_module(cls, module, info: ModelInfo) -> OpenVinoEngine:
+        """A PyTorch feature module converted in memory (a few seconds), any batch size; no near-tie re-check,
+        which is about logits. Raises what OpenVINO raises when it cannot convert the module."""
+        import openvino as ov
+        import torch
+
+        engine = cls.__new__(cls)
+        engine.source, engine.info = Path(info.name), info
+        size = info.image_size
+        with warnings.catch_warnings():  # the tracer's deprecation and shape notes: nothing a user can act on
+            warnings.simplefilter("ignore")
+            model = ov.convert_model(module.float().eval(), example_input=torch.zeros(1, 3, size, size))
+        model.reshape([-1, 3, size, size])
+        engine._compile(openvino_core(), model, None, recheck=False)
+        return engine
+
+    def _compile(self, core, model, precision: str | None, recheck: bool) -> None:
+        native = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        self.precision = precision or ("bf16" if native else "f32")
+        precisions = [self.precision, "f32"] if self.precision == "bf16" and recheck else [self.precision]
+        compiled = [core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": p}) for p in precisions]
         self.request = compiled[0].create_infer_request()
         self.recheck = compiled[1].create_infer_request() if len(compiled) > 1 else None
 
