@@ -33,7 +33,7 @@ FLOORS = [
     {"prediction", "export", "serving", "slides"},
     {"evaluation"},
     {"training"},
-    {"adaptation", "benchmark"},
+    {"adaptation", "benchmark", "tuning"},
     {"verbs", "cli", "__main__", ""},
 ]
 #: Where a predictor may be constructed: the inference layer's own loader and the one opener above it.

@@ -38,6 +38,13 @@ def train(config: configs.Config) -> Any:
     return train(config)
 
 
+def tune(config: configs.TuneConfig) -> Any:
+    """Search training settings with Optuna on validation: each trial a run, the best linked as tune-NAME/best."""
+    from histoclass.tuning.job import tune
+
+    return tune(config)
+
+
 def check_data(config: configs.CheckDataConfig) -> Any:
     """Count images per class and split, report unreadable files and, with --duplicates, near-duplicates."""
     from histoclass.audit.job import check_data
@@ -125,6 +132,7 @@ def bench(config: configs.BenchConfig) -> Any:
 #: Command-line name -> verb, in the order ``histoclass --help`` lists them.
 VERBS: dict[str, Verb] = {
     "train": Verb(configs.Config, train),
+    "tune": Verb(configs.TuneConfig, tune),
     "check-data": Verb(configs.CheckDataConfig, check_data),
     "evaluate": Verb(configs.EvaluateConfig, evaluate),
     "predict": Verb(configs.PredictConfig, predict),

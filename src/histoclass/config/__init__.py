@@ -12,6 +12,7 @@ from histoclass.config.train import (
     TrainConfig,
     build_config,
 )
+from histoclass.config.tune import TuneConfig, TuneOptions, parse_duration
 from histoclass.config.verbs import (
     ENGINE_CHOICES,
     AdaptConfig,
@@ -57,10 +58,13 @@ __all__ = [
     "ServeConfig",
     "SlideConfig",
     "TrainConfig",
+    "TuneConfig",
+    "TuneOptions",
     "apply_overrides",
     "build_config",
     "load_yaml",
     "option",
+    "parse_duration",
     "parse_set",
     "validate",
 ]

@@ -152,7 +152,7 @@ class AdaptConfig(LabelledData):
 class CompareConfig(ConfigModel):
     """``histoclass compare``."""
 
-    runs: list[str] = option(..., "run directories to put side by side", argument=True)
+    runs: list[str] = option(..., "run directories, or tune study directories (their 5 best trials)", argument=True)
     data: str | None = option(None, "evaluate every run on this labelled data")
     split: str | None = option(None, "split of --data to use")
     out: str | None = option(None, "output folder [runs/compare]")

@@ -13,7 +13,7 @@ from histoclass.config import CompareConfig, EvaluateConfig
 from histoclass.console import console
 from histoclass.errors import HistoclassError
 from histoclass.evaluation.figures import plt, save_figure
-from histoclass.runs import EvalDir, ModelInfo, RunDir
+from histoclass.runs import EvalDir, ModelInfo, RunDir, StudyDir
 
 __all__ = ["compare"]
 
@@ -84,12 +84,27 @@ def _plot(rows: list[dict], out: Path) -> Path:
     return save_figure(figure, out)
 
 
+#: Trials of a study put side by side: its best ones.
+STUDY_TOP = 5
+
+
+def _runs(path: Path) -> list[Path]:
+    """A run directory as itself; a study directory (``tune``'s) as its best complete trials, best first."""
+    study = StudyDir(path)
+    if not study.is_study():
+        return [path]
+    runs = study.top_runs(STUDY_TOP)
+    if not runs:
+        raise HistoclassError(f"'{path}': no trial of this study has finished yet")
+    return runs
+
+
 def compare(config: CompareConfig) -> Path:
     """Write ``compare.csv``, ``compare.md`` and ``compare.png`` into ``config.out`` and print the table."""
     from rich.table import Table
 
     data = config.data
-    paths = [Path(r) for r in config.runs]
+    paths = [run for given in config.runs for run in _runs(Path(given))]
     rows = [_row(run, data, config.split) for run in paths]
     out_dir = Path(config.out) if config.out else paths[0].parent / "compare"
     write_csv(out_dir / "compare.csv", COLUMNS, ([row[c] for c in COLUMNS] for row in rows))

@@ -14,6 +14,7 @@ from histoclass.runs.layout import (
     create_run_dir,
 )
 from histoclass.runs.model_info import Calibration, ModelInfo, read_labels, write_labels
+from histoclass.runs.study import StudyDir
 
 __all__ = [
     "RUN_DIR_ENV",
@@ -24,6 +25,7 @@ __all__ = [
     "RunDir",
     "SlideDir",
     "SlideIndex",
+    "StudyDir",
     "claim_run_dir",
     "create_run_dir",
     "read_labels",

@@ -1,0 +1,1 @@
+"""``histoclass tune``: Optuna studies whose trials are ordinary training runs."""

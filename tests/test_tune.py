@@ -1,0 +1,122 @@
+"""histoclass tune on real data: trials are runs, two processes share one study, a killed one's study resumes,
+compare reads a study, and bad input is one line."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BREAST, LITE0, run_cli, run_cli_process
+from test_cli import assert_one_line_error
+
+optuna = pytest.importorskip("optuna")
+
+SPACE = """
+data.image_size: {choices: [32]}
+train.lr: {low: 0.001, high: 0.01, log: true}
+train.unfreeze_last: {choices: [1, 2]}
+augment.preset: null
+"""
+
+
+def tune_args(folder: Path, trials: int) -> list[str]:
+    """A small study on BreastMNIST's official split: 32 px, 2 epochs a trial."""
+    space = folder / "space.yaml"
+    space.write_text(SPACE)
+    return [
+        "tune", "--data", str(BREAST), "--model", "tf_efficientnet_lite0", "--weights", str(LITE0),
+        "--epochs", "2", "--phase1-epochs", "1", "--workers", "0", "--space", str(space),
+        "--runs-dir", str(folder / "runs"), "--study", "breast", "--trials", str(trials),
+    ]  # fmt: skip
+
+
+def trials_of(folder: Path) -> list:
+    database = folder / "runs" / "tune-breast" / "study.db"
+    try:
+        return (
+            optuna.load_study(study_name="breast", storage=f"sqlite:///{database}").trials if database.is_file() else []
+        )
+    except KeyError:  # the database is there, the study not yet
+        return []
+
+
+def wait_for(condition, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Process A starts a 3-trial study; once a trial of A's is done, B joins; A is killed in its next trial;
+    B finishes the study; a third run asks for a 4th trial (the study resumed)."""
+    folder = tmp_path_factory.mktemp("tune")
+    command = [sys.executable, "-m", "histoclass", *tune_args(folder, 3)]
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: any(t.state.name == "COMPLETE" for t in trials_of(folder)))
+        second = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: sum(t.state.name == "RUNNING" for t in trials_of(folder)) == 2)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    _, errors = second.communicate(timeout=600)
+    assert second.returncode == 0, errors[-2000:]
+    resumed = run_cli_process(*tune_args(folder, 4))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    return folder
+
+
+def test_processes_share_one_study_without_losing_or_repeating_a_trial(study: Path) -> None:
+    trials = trials_of(study)
+    assert [t.number for t in trials] == list(range(len(trials))) and len(trials) == 4
+    states = [t.state.name for t in trials]
+    assert states.count("RUNNING") + states.count("FAIL") == 1  # the killed process's trial, left as it was
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 3 and len({tuple(sorted(t.params.items())) for t in finished}) == 3
+    root = study / "runs" / "tune-breast"
+    for trial in trials:
+        run = root / f"trial-{trial.number:04d}"
+        assert (run / "model.safetensors").is_file() == (trial.state.name == "COMPLETE"), trial
+    with open(root / "trials.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 and rows[0]["state"] == "COMPLETE"
+    best = [t for t in trials if t.state.name == "COMPLETE"]
+    assert float(rows[0]["value"]) == min(t.value for t in best)
+    assert os.readlink(root / "best") == rows[0]["run"] and (root / "best" / "model.json").is_file()
+    assert (root / "plots" / "history.png").stat().st_size > 1000
+
+
+def test_the_best_trial_evaluates_and_compare_reads_the_study(study: Path) -> None:
+    root = study / "runs" / "tune-breast"
+    evaluated = run_cli("evaluate", str(root / "best"), "--data", str(BREAST), "--split", "test", "--no-tta")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    compared = run_cli("compare", str(root))
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    with open(root / "compare" / "compare.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) >= 2
+
+
+def test_tune_bad_input_is_one_line(tmp_path: Path) -> None:
+    args = tune_args(tmp_path, 2)
+    space = tmp_path / "space.yaml"
+    for text, expected in (
+        ("train.learning_rate: {low: 0.001, high: 0.01}", "unknown parameter"),
+        ("train.lr: {low: 0.01, high: 0.001}", "empty range"),
+        ("train.unfreeze_last: {choices: []}", "no choices"),
+        ("train.lr: {low: 0, high: 0.1, log: true}", "log scale"),
+    ):
+        space.write_text(text)
+        assert_one_line_error(run_cli(*args), expected)
+    space.write_text(SPACE)
+    for storage in ("postgresql://nobody@127.0.0.1:9/study", f"sqlite:///{tmp_path}/missing/folder/study.db"):
+        assert_one_line_error(run_cli(*args, "--storage", storage), "--storage")
+    assert_one_line_error(run_cli(*args, "--timeout", "soon"), "duration")
