@@ -23,7 +23,7 @@ setup: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev,slides,openvino,tune]'
+	$(BIN)/pip install -q -e '.[dev,slides,openvino,tune,mlflow]'
 	$(BIN)/pip install -q -e '.[tflite]'
 	touch $@
 

@@ -120,3 +120,29 @@ def test_tune_bad_input_is_one_line(tmp_path: Path) -> None:
     for storage in ("postgresql://nobody@127.0.0.1:9/study", f"sqlite:///{tmp_path}/missing/folder/study.db"):
         assert_one_line_error(run_cli(*args, "--storage", storage), "--storage")
     assert_one_line_error(run_cli(*args, "--timeout", "soon"), "duration")
+
+
+def test_a_tracked_run_shows_its_params_metrics_artifacts_and_evaluation_in_mlflow(tmp_path, monkeypatch) -> None:
+    """Through MLflow's own client, offline: the local SQLite store beside the runs."""
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    runs = tmp_path / "runs"
+    trained = run_cli(
+        "train", "--data", str(BREAST), "--model", "tf_efficientnet_lite0", "--weights", str(LITE0),
+        "--image-size", "32", "--epochs", "2", "--phase1-epochs", "1", "--workers", "0", "--lr", "0.003",
+        "--logger", "mlflow", "--runs-dir", str(runs), "--name", "tracked",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    evaluated = run_cli("evaluate", str(runs / "tracked"), "--data", str(BREAST), "--split", "test", "--no-tta")
+    assert evaluated.returncode == 0 and "MLflow run" in evaluated.stderr, evaluated.stderr[-2000:]
+    client = mlflow.MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("histoclass")
+    found = client.search_runs([experiment.experiment_id])
+    assert len(found) == 1
+    tracked = found[0]
+    assert tracked.data.params["train.lr"] == "0.003" and tracked.info.run_name == "tracked"
+    assert len(client.get_metric_history(tracked.info.run_id, "val_loss")) == 2  # one value an epoch
+    assert 0.5 < tracked.data.metrics["eval.breastmnist-test-no-tta.accuracy"] <= 1
+    artifacts = {a.path for a in client.list_artifacts(tracked.info.run_id)}
+    assert {"config.yaml", "metrics.json", "history.csv", "model.json"} <= artifacts
+    assert not (Path.cwd() / "mlruns").exists()  # nothing written where the command happened to run

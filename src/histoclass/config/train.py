@@ -226,6 +226,9 @@ class RunConfig(ConfigModel):
     name: str | None = option(None, "run name (default: dataset-model); an existing run is never overwritten")
     runs_dir: str = option("runs", "parent folder of run directories")
     resume: str | None = option(None, "continue an interrupted run (runs/NAME) from its newest checkpoint")
+    logger: Literal["tensorboard", "csv", "mlflow", "wandb"] = option(
+        "tensorboard", "training logs: tensorboard | csv | mlflow | wandb (MLFLOW_TRACKING_URI etc. as usual)"
+    )
 
 
 class Config(ConfigModel):

@@ -35,6 +35,7 @@ from histoclass.inference.predictor import Predictor
 from histoclass.prediction.batch import Predictions, report_errors, report_shift, run_predictions, write_predictions_csv
 from histoclass.runs import EvalDir, RunDir
 from histoclass.runs.config_file import read_run_config
+from histoclass.runs.tracking import log_evaluation
 from histoclass.shift.verdict import unlike_share
 
 __all__ = ["SelfChecks", "evaluate", "evaluate_predictor", "print_metrics"]
@@ -237,4 +238,6 @@ def evaluate(config: EvaluateConfig) -> Path:
     )  # fmt: skip
     print_metrics(metrics)
     console.print(f"Evaluation written to [bold]{out_dir}[/] (open report.html)")
+    if run is not None and (tracked := log_evaluation(run.root, out_dir.name, metrics)):
+        console.print(f"Added to the MLflow run {tracked} as eval.{out_dir.name}.*")
     return out_dir

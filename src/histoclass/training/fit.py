@@ -30,6 +30,7 @@ from histoclass.runs.config_file import write_run_config
 from histoclass.runs.split import SplitRow, write_split
 from histoclass.training.datamodule import HistoDataModule
 from histoclass.training.finish import finish_run
+from histoclass.training.loggers import record_tracking
 from histoclass.training.module import ClassifierModule
 from histoclass.training.plan import TrainingPlan
 from histoclass.training.probe import probe_parts
@@ -154,6 +155,7 @@ def fit_run(plan: TrainingPlan) -> bool:
     finished = trainer.is_global_zero
     if finished:
         finish_run(plan, module, _model_info(plan, module), run_callbacks)
+        record_tracking(trainer.logger, config, run)
         console.print(f"Done: results in [bold]{run.root}[/]")
     return finished
 

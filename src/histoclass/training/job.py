@@ -14,6 +14,7 @@ from histoclass.models.factory import check_model_name
 from histoclass.models.hub import resolve_weights_path
 from histoclass.runs import RunDir
 from histoclass.runs.config_file import read_run_config
+from histoclass.training.loggers import check_logger
 
 __all__ = ["train"]
 
@@ -29,6 +30,7 @@ def train(config: Config, callbacks: list | None = None) -> Path:
         config = read_run_config(resumed)
     if not config.data.path:
         raise HistoclassError("--data is required: a class-folder dataset, a labels CSV, an .npz or medmnist:NAME")
+    check_logger(config.run.logger)
     source = read_source(config.data.path, config.data)
     check_model_name(config.model.name)
     if config.model.weights:

@@ -8,7 +8,6 @@ import warnings
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import RichProgressBar, ThroughputMonitor
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from histoclass.config import Config
 from histoclass.runs import RunDir
@@ -24,6 +23,7 @@ from histoclass.training.callbacks import (
     RunClock,
     TwoPhaseFinetuning,
 )
+from histoclass.training.loggers import build_logger
 
 __all__ = ["RunCallbacks", "build_trainer", "quiet_lightning"]
 
@@ -125,13 +125,13 @@ class RunCallbacks:
 
 
 def build_trainer(config: Config, run: RunDir, callbacks: list[L.Callback]) -> L.Trainer:
-    """A Trainer writing checkpoints atomically and TensorBoard logs into ``run``."""
+    """A Trainer writing checkpoints atomically into ``run``, logging where ``--logger`` says."""
     return L.Trainer(
         max_epochs=config.train.epochs,
         num_nodes=config.train.num_nodes,
         sync_batchnorm=config.train.sync_batchnorm,
         callbacks=callbacks,
-        logger=TensorBoardLogger(run.root, name=run.tensorboard, version=""),
+        logger=build_logger(config, run),
         default_root_dir=run.root,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
