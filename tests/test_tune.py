@@ -128,10 +128,30 @@ def test_a_tracked_run_shows_its_params_metrics_artifacts_and_evaluation_in_mlfl
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     runs = tmp_path / "runs"
     trained = run_cli(
-        "train", "--data", str(BREAST), "--model", "tf_efficientnet_lite0", "--weights", str(LITE0),
-        "--image-size", "32", "--epochs", "2", "--phase1-epochs", "1", "--workers", "0", "--lr", "0.003",
-        "--logger", "mlflow", "--runs-dir", str(runs), "--name", "tracked",
-    )  # fmt: skip
+        "train",
+        "--data",
+        str(BREAST),
+        "--model",
+        "tf_efficientnet_lite0",
+        "--weights",
+        str(LITE0),
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--phase1-epochs",
+        "1",
+        "--workers",
+        "0",
+        "--lr",
+        "0.003",
+        "--logger",
+        "mlflow",
+        "--runs-dir",
+        str(runs),
+        "--name",
+        "tracked",
+    )
     assert trained.returncode == 0, trained.stderr[-2000:]
     evaluated = run_cli("evaluate", str(runs / "tracked"), "--data", str(BREAST), "--split", "test", "--no-tta")
     assert evaluated.returncode == 0 and "MLflow run" in evaluated.stderr, evaluated.stderr[-2000:]

@@ -249,6 +249,11 @@ class RunDir:
         return self.plots / "curves.png"
 
     @property
+    def key_files(self) -> list[Path]:
+        """What a tracking server keeps of a finished run (the weights stay in the run directory)."""
+        return [self.config, self.metrics, self.history, self.model_info, self.labels, self.split, self.plots]
+
+    @property
     def tensorboard(self) -> str:
         """The logger's sub-folder name (TensorBoard writes below it)."""
         return "tensorboard"

@@ -2,8 +2,9 @@
 
 MLflow and W&B read their usual environment (``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``,
 ``WANDB_PROJECT``, ``WANDB_MODE=offline``); without a tracking URI, MLflow writes a SQLite store and the artifacts
-beside the runs (``RUNS_DIR/mlflow.db``, ``RUNS_DIR/mlflow-artifacts``). A tracked run gets its config as parameters, its epochs as metrics and, once finished,
-its key files as artifacts and ``tracking.json`` in the run directory.
+beside the runs (``RUNS_DIR/mlflow.db``, ``RUNS_DIR/mlflow-artifacts``). A tracked run gets its config as
+parameters, its epochs as metrics and, once finished, its key files as artifacts and ``tracking.json`` in the run
+directory.
 """
 
 from __future__ import annotations
@@ -17,10 +18,7 @@ from histoclass.errors import HistoclassError
 from histoclass.runs import RunDir
 from histoclass.runs.tracking import TRACKING_FILE
 
-__all__ = ["ARTIFACTS", "build_logger", "check_logger", "record_tracking", "tracking_uri"]
-
-#: The files of a finished run a tracking server keeps (the weights stay in the run directory).
-ARTIFACTS = ("config.yaml", "metrics.json", "history.csv", "model.json", "labels.txt", "split.csv", "plots")
+__all__ = ["build_logger", "check_logger", "record_tracking", "tracking_uri"]
 _EXTRAS = {"mlflow": ("mlflow", "mlflow"), "wandb": ("wandb", "wandb")}
 
 
@@ -66,11 +64,13 @@ def build_logger(config: Config, run: RunDir):
         logger = loggers.CSVLogger(run.root, name="csv", version="")
     elif name == "mlflow":
         experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or _experiment(config)
-        local = None if os.environ.get("MLFLOW_TRACKING_URI") else Path(config.run.runs_dir).resolve() / "mlflow-artifacts"
+        local = Path(config.run.runs_dir).resolve() / "mlflow-artifacts"
         logger = loggers.MLFlowLogger(
-            experiment_name=experiment, run_name=run.root.name, tracking_uri=tracking_uri(config),
-            artifact_location=local.as_uri() if local else None,
-        )  # fmt: skip
+            experiment_name=experiment,
+            run_name=run.root.name,
+            tracking_uri=tracking_uri(config),
+            artifact_location=None if os.environ.get("MLFLOW_TRACKING_URI") else local.as_uri(),
+        )
     else:
         project = os.environ.get("WANDB_PROJECT") or _experiment(config)
         logger = loggers.WandbLogger(project=project, name=run.root.name, save_dir=str(run.root))
@@ -84,10 +84,9 @@ def record_tracking(logger, config: Config, run: RunDir) -> None:
 
     if not isinstance(logger, MLFlowLogger):
         return
-    for name in ARTIFACTS:
-        path = run.root / name
+    for path in run.key_files:
         if path.is_dir():
-            logger.experiment.log_artifacts(logger.run_id, str(path), artifact_path=name)
+            logger.experiment.log_artifacts(logger.run_id, str(path), artifact_path=path.name)
         elif path.is_file():
             logger.experiment.log_artifact(logger.run_id, str(path))
     record = {"tracking_uri": tracking_uri(config), "experiment_id": logger.experiment_id, "run_id": logger.run_id}

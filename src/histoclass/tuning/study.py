@@ -45,9 +45,12 @@ def _storage(optuna, url: str):
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
     try:
         return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+            url,
+            engine_kwargs=engine,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS,
             heartbeat_stale_trial_callback=retry,
-        )  # fmt: skip
+        )
     except Exception as error:  # SQLAlchemy's driver and connection errors: long, and all mean the same here
         raise HistoclassError(f"--storage: cannot open '{url}' ({str(error).splitlines()[0][:160]})") from None
 
@@ -61,9 +64,13 @@ def open_study(options: TuneOptions, study: StudyDir, name: str, first_epoch: in
     sampler = optuna.samplers.TPESampler(n_startup_trials=5)
     try:
         return optuna.create_study(
-            study_name=name, storage=storage, direction=options.direction, sampler=sampler, pruner=pruner,
+            study_name=name,
+            storage=storage,
+            direction=options.direction,
+            sampler=sampler,
+            pruner=pruner,
             load_if_exists=True,
-        )  # fmt: skip
+        )
     except optuna.exceptions.DuplicatedStudyError:  # another process created it between the check and the insert
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
