@@ -31,10 +31,28 @@ def tune_args(folder: Path, trials: int) -> list[str]:
     space = folder / "space.yaml"
     space.write_text(SPACE)
     return [
-        "tune", "--data", str(BREAST), "--model", "tf_efficientnet_lite0", "--weights", str(LITE0),
-        "--epochs", "2", "--phase1-epochs", "1", "--workers", "0", "--space", str(space),
-        "--runs-dir", str(folder / "runs"), "--study", "breast", "--trials", str(trials),
-    ]  # fmt: skip
+        "tune",
+        "--data",
+        str(BREAST),
+        "--model",
+        "tf_efficientnet_lite0",
+        "--weights",
+        str(LITE0),
+        "--epochs",
+        "2",
+        "--phase1-epochs",
+        "1",
+        "--workers",
+        "0",
+        "--space",
+        str(space),
+        "--runs-dir",
+        str(folder / "runs"),
+        "--study",
+        "breast",
+        "--trials",
+        str(trials),
+    ]
 
 
 def trials_of(folder: Path) -> list:
