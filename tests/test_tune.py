@@ -30,29 +30,19 @@ def tune_args(folder: Path, trials: int) -> list[str]:
     """A small study on BreastMNIST's official split: 32 px, 2 epochs a trial."""
     space = folder / "space.yaml"
     space.write_text(SPACE)
-    return [
-        "tune",
-        "--data",
-        str(BREAST),
-        "--model",
-        "tf_efficientnet_lite0",
-        "--weights",
-        str(LITE0),
-        "--epochs",
-        "2",
-        "--phase1-epochs",
-        "1",
-        "--workers",
-        "0",
-        "--space",
-        str(space),
-        "--runs-dir",
-        str(folder / "runs"),
-        "--study",
-        "breast",
-        "--trials",
-        str(trials),
-    ]
+    flags = {
+        "--data": BREAST,
+        "--model": "tf_efficientnet_lite0",
+        "--weights": LITE0,
+        "--epochs": 2,
+        "--phase1-epochs": 1,
+        "--workers": 0,
+        "--space": space,
+        "--runs-dir": folder / "runs",
+        "--study": "breast",
+        "--trials": trials,
+    }
+    return ["tune", *(str(part) for pair in flags.items() for part in pair)]
 
 
 def trials_of(folder: Path) -> list:
@@ -145,31 +135,9 @@ def test_a_tracked_run_shows_its_params_metrics_artifacts_and_evaluation_in_mlfl
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     runs = tmp_path / "runs"
-    trained = run_cli(
-        "train",
-        "--data",
-        str(BREAST),
-        "--model",
-        "tf_efficientnet_lite0",
-        "--weights",
-        str(LITE0),
-        "--image-size",
-        "32",
-        "--epochs",
-        "2",
-        "--phase1-epochs",
-        "1",
-        "--workers",
-        "0",
-        "--lr",
-        "0.003",
-        "--logger",
-        "mlflow",
-        "--runs-dir",
-        str(runs),
-        "--name",
-        "tracked",
-    )
+    flags = {"--image-size": 32, "--lr": 0.003, "--logger": "mlflow", "--runs-dir": runs, "--name": "tracked"}
+    common = tune_args(tmp_path, 1)[1:13]  # data, model, weights, epochs, phase-1 epochs, workers
+    trained = run_cli("train", *common, *(str(part) for pair in flags.items() for part in pair))
     assert trained.returncode == 0, trained.stderr[-2000:]
     evaluated = run_cli("evaluate", str(runs / "tracked"), "--data", str(BREAST), "--split", "test", "--no-tta")
     assert evaluated.returncode == 0 and "MLflow run" in evaluated.stderr, evaluated.stderr[-2000:]
