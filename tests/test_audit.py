@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from conftest import BLOOD_TEST, LITE0, SLIDE, run_cli
 from histoclass.audit.copies import AuditSettings, find_copies
 from histoclass.audit.names import named_slides
 from histoclass.audit.search import neighbour_pairs
-from histoclass.data.sources import read_source
+from histoclass.data.sources import cache_root, read_source
 from test_cli import assert_one_line_error
 
 AUDIT = ["--model", "tf_efficientnet_lite0", "--weights", str(LITE0)]
@@ -55,6 +56,21 @@ def test_copies_of_tissue_tiles_are_found(tissue: dict[str, Path], kind: str) ->
     truth = truth_of(tissue[kind], records.ids)
     precision, recall = pair_scores(truth, found.clusters)
     assert adjusted_rand_score(truth, found.clusters) >= 0.9 and precision >= 0.99, (precision, recall)
+
+
+def test_an_audit_is_read_back_until_a_file_changes(tissue: dict[str, Path]) -> None:
+    """Each trial of a study, or a second run, reuses the audit of the same files (identity: path, size, time)."""
+    records = read_source(str(tissue["overlapping"])).splits["all"]
+    settings = AuditSettings("tf_efficientnet_lite0", str(LITE0))
+    first = find_copies(records, settings)
+    audits = set((cache_root() / "audits").iterdir())
+    again = find_copies(records, settings)
+    assert set((cache_root() / "audits").iterdir()) == audits and np.array_equal(again.clusters, first.clusters)
+    stat = records.paths[0].stat()
+    os.utime(records.paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    changed = find_copies(records, settings)
+    assert len(set((cache_root() / "audits").iterdir()) - audits) == 1
+    assert np.array_equal(changed.clusters, first.clusters)
 
 
 def test_glass_is_never_joined_to_other_glass(tissue: dict[str, Path]) -> None:

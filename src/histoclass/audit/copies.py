@@ -3,19 +3,27 @@ the pixels, cluster."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from histoclass.atomic import write_json
 from histoclass.audit.clusters import connected_clusters, exact_duplicates
 from histoclass.audit.search import Pairs, neighbour_pairs, whitening
 from histoclass.audit.verify import KeypointCache, verify_pairs
 from histoclass.data.records import ImageRecords
+from histoclass.data.sources import cache_root
 from histoclass.embeddings.compute import embed_records
-from histoclass.embeddings.extractors import create_extractor
+from histoclass.embeddings.extractors import create_extractor, file_identity
+from histoclass.embeddings.store import image_keys
 from histoclass.errors import HistoclassError
 
 __all__ = ["AuditSettings", "Copies", "copies_in_reference", "find_copies"]
+
+#: Changes whenever the way copies are found changes, so cached audits made the old way are not reused.
+AUDIT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -62,10 +70,29 @@ def _verifier(left: KeypointCache, right: KeypointCache, settings: AuditSettings
     return lambda pairs: verify_pairs(left, right, pairs, settings.min_inliers)
 
 
+def _cache_file(records: ImageRecords, settings: AuditSettings):
+    """Where the audit of these files (by path, size and time) with these settings is kept."""
+    weights = file_identity(settings.weights) if settings.weights else ""
+    text = "\n".join([*image_keys(records), repr(asdict(settings)), weights, str(AUDIT_VERSION)])
+    return cache_root() / "audits" / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.json"
+
+
 def find_copies(records: ImageRecords, settings: AuditSettings) -> Copies:
-    """Clusters of copies among ``records``."""
+    """Clusters of copies among ``records``; the same files audited the same way again (each trial of a study,
+    a second run on the data) are read back from the cache."""
     if len(records) < 2:
         raise HistoclassError(f"an audit needs at least 2 images; found {len(records)}")
+    cached = _cache_file(records, settings)
+    if cached.is_file():
+        found = json.loads(cached.read_text())
+        unreadable = {int(i): reason for i, reason in found["unreadable"].items()}
+        return Copies(np.asarray(found["clusters"], dtype=np.int64), found["exact"], unreadable)
+    copies = _find_copies(records, settings)
+    write_json(cached, {"clusters": copies.clusters.tolist(), "exact": copies.exact, "unreadable": copies.unreadable})
+    return copies
+
+
+def _find_copies(records: ImageRecords, settings: AuditSettings) -> Copies:
     features, errors = _describe(records, settings)
     readable = np.asarray([i for i in range(len(records)) if i not in errors], dtype=np.int64)
     pairs = Pairs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
