@@ -95,7 +95,8 @@ class Objective:
 
         values = self.space.sample(trial)
         config = self.config(values, trial.number)
-        console.rule(f"trial {trial.number}: " + ", ".join(f"{k}={shown(v)}" for k, v in values.items()))
+        console.rule(f"trial {trial.number}")
+        console.print(", ".join(f"{key}={shown(value)}" for key, value in values.items()))
         try:
             run = Path(train(config, [PyTorchLightningPruningCallback(trial, monitor=self.metric)]))
         except optuna.TrialPruned:
