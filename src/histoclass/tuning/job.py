@@ -20,17 +20,18 @@ from histoclass.tuning.study import Objective, open_study, shown
 __all__ = ["tune"]
 
 
-def _base(config: TuneConfig) -> Config:
-    """The training config every trial starts from; the data and model are checked before any trial."""
+def _base(config: TuneConfig) -> tuple[Config, str]:
+    """The training config every trial starts from and the data's name; the data and model are checked before
+    any trial."""
     if not config.data.path:
         raise HistoclassError("--data is required: a class-folder dataset, a labels CSV, an .npz or medmnist:NAME")
     if config.run.resume:
         raise HistoclassError("--resume continues a run; a study resumes by running tune again with its --study")
     if config.tune.trials is None and config.tune.timeout is None:
         raise HistoclassError("a study needs an end: pass --trials, --timeout or both")
-    read_source(config.data.path, config.data)
+    source = read_source(config.data.path, config.data)
     check_model_name(config.model.name)
-    return Config.model_validate(config.model_dump(exclude={"tune"}))
+    return Config.model_validate(config.model_dump(exclude={"tune"})), source.name
 
 
 def _trial_rows(study, direction: str) -> tuple[list[str], list[list]]:
@@ -105,8 +106,8 @@ def _report(study, study_dir: StudyDir, config: TuneConfig) -> None:
 
 def tune(config: TuneConfig) -> Path:
     """Search the training config for the best validation ``--metric``; returns the study directory."""
-    base = _base(config)
-    name = config.tune.study or read_source(config.data.path, config.data).name
+    base, data_name = _base(config)
+    name = config.tune.study or data_name
     study_dir = StudyDir(Path(base.run.runs_dir) / f"tune-{name}")
     study_dir.root.mkdir(parents=True, exist_ok=True)
     space = SearchSpace.build(base, config.tune.space)
