@@ -55,6 +55,10 @@ def trials_of(folder: Path) -> list:
         return []
 
 
+def states_of(folder: Path) -> list[str]:
+    return [trial.state.name for trial in trials_of(folder)]
+
+
 def wait_for(condition, seconds: float = 300) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -64,39 +68,39 @@ def wait_for(condition, seconds: float = 300) -> None:
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Process A starts a 3-trial study; once a trial of A's is done, B joins; A is killed in its next trial;
-    B finishes the study; a third run asks for a 4th trial (the study resumed)."""
+    """Processes A and B start a 4-trial study together; once a trial is done and both are running one, A is
+    killed; B finishes the study; a third run asks for a 5th trial (the study resumed)."""
     folder = tmp_path_factory.mktemp("tune")
-    command = [sys.executable, "-m", "histoclass", *tune_args(folder, 3)]
+    command = [sys.executable, "-m", "histoclass", *tune_args(folder, 4)]
+    log = folder / "second.log"
     first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log, "w") as output:
+        second = subprocess.Popen(command, stdout=output, stderr=output)
     try:
-        wait_for(lambda: any(t.state.name == "COMPLETE" for t in trials_of(folder)))
-        second = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wait_for(lambda: sum(t.state.name == "RUNNING" for t in trials_of(folder)) == 2)
+        wait_for(lambda: "COMPLETE" in states_of(folder) and states_of(folder).count("RUNNING") == 2)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    _, errors = second.communicate(timeout=600)
-    assert second.returncode == 0, errors[-2000:]
-    resumed = run_cli_process(*tune_args(folder, 4))
+    assert second.wait(timeout=600) == 0, log.read_text()[-2000:]
+    resumed = run_cli_process(*tune_args(folder, 5))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     return folder
 
 
 def test_processes_share_one_study_without_losing_or_repeating_a_trial(study: Path) -> None:
     trials = trials_of(study)
-    assert [t.number for t in trials] == list(range(len(trials))) and len(trials) == 4
+    assert [t.number for t in trials] == list(range(len(trials))) and len(trials) == 5
     states = [t.state.name for t in trials]
     assert states.count("RUNNING") + states.count("FAIL") == 1  # the killed process's trial, left as it was
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
-    assert len(finished) == 3 and len({tuple(sorted(t.params.items())) for t in finished}) == 3
+    assert len(finished) == 4 and len({tuple(sorted(t.params.items())) for t in finished}) == 4
     root = study / "runs" / "tune-breast"
     for trial in trials:
         run = root / f"trial-{trial.number:04d}"
         assert (run / "model.safetensors").is_file() == (trial.state.name == "COMPLETE"), trial
     with open(root / "trials.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 4 and rows[0]["state"] == "COMPLETE"
+    assert len(rows) == 5 and rows[0]["state"] == "COMPLETE"
     best = [t for t in trials if t.state.name == "COMPLETE"]
     assert float(rows[0]["value"]) == min(t.value for t in best)
     assert os.readlink(root / "best") == rows[0]["run"] and (root / "best" / "model.json").is_file()

@@ -115,18 +115,23 @@ def tune(config: TuneConfig) -> Path:
     import optuna
     from optuna.trial import TrialState
 
+    # Trials of every process count, running ones included, so that together they stop at --trials.
     counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-    limit = optuna.study.MaxTrialsCallback(config.tune.trials, states=counted) if config.tune.trials else None
-    done = len([t for t in study.trials if t.state.is_finished()])
+    taken = len(study.get_trials(deepcopy=False, states=counted))
+    left = None if config.tune.trials is None else max(config.tune.trials - taken, 0)
     console.print(
-        f"Study [bold]{name}[/] in {study_dir.root}: {done} trial(s) already finished; "
-        f"{len(space.parameters)} parameters ({', '.join(p.key for p in space.parameters)})"
+        f"Study [bold]{name}[/] in {study_dir.root}: {taken} trial(s) taken, "
+        f"{'no limit' if left is None else left} left; {len(space.parameters)} parameters "
+        f"({', '.join(p.key for p in space.parameters)})"
     )
-    study.optimize(
-        Objective(base, space, study_dir, config.tune.metric),
-        timeout=config.tune.timeout_seconds,
-        callbacks=[limit] if limit else None,
-        catch=(HistoclassError,),
-    )
+    if left != 0:
+        limit = [optuna.study.MaxTrialsCallback(config.tune.trials, states=counted)] if left is not None else None
+        study.optimize(
+            Objective(base, space, study_dir, config.tune.metric),
+            n_trials=left,
+            timeout=config.tune.timeout_seconds,
+            callbacks=limit,
+            catch=(HistoclassError,),
+        )
     _report(study, study_dir, config)
     return study_dir.root
