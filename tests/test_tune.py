@@ -134,6 +134,7 @@ def test_tune_bad_input_is_one_line(tmp_path: Path) -> None:
     for storage in ("postgresql://nobody@127.0.0.1:9/study", f"sqlite:///{tmp_path}/missing/folder/study.db"):
         assert_one_line_error(run_cli(*args, "--storage", storage), "--storage")
     assert_one_line_error(run_cli(*args, "--timeout", "soon"), "duration")
+    assert_one_line_error(run_cli(*args[:-2]), "--trials, --timeout")  # a study needs an end
 
 
 def test_a_tracked_run_shows_its_params_metrics_artifacts_and_evaluation_in_mlflow(tmp_path, monkeypatch) -> None:

@@ -27,7 +27,7 @@ def parse_duration(text: str) -> float:
 class TuneOptions(ConfigModel):
     """The study: how many trials, for how long, stored where, judged by which validation metric."""
 
-    trials: int | None = option(20, "trials in the study, all processes together (none: until --timeout)", ge=1)
+    trials: int | None = option(None, "trials in the study, all processes together [none: until --timeout]", ge=1)
     timeout: str | None = option(None, "stop starting trials after this long: 30m, 2h, 5400 (seconds)")
     study: str | None = option(None, "study name [the data's name]; its directory is RUNS_DIR/tune-NAME")
     storage: str | None = option(
