@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -43,16 +44,21 @@ def _storage(optuna, url: str):
     """The RDB storage at ``url`` (SQLite waits for the other processes' locks), or one line."""
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
-    try:
-        return optuna.storages.RDBStorage(
-            url,
-            engine_kwargs=engine,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=retry,
-        )
-    except Exception as error:  # SQLAlchemy's driver and connection errors: long, and all mean the same here
-        raise HistoclassError(f"--storage: cannot open '{url}' ({str(error).splitlines()[0][:160]})") from None
+    for attempt in range(3):  # two processes creating one database's tables at once: the loser tries again
+        try:
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=retry,
+            )
+        except ImportError as error:
+            raise HistoclassError(f"--storage: cannot open '{url}' ({error})") from None
+        except Exception as error:  # SQLAlchemy's connection errors: long, and all mean the same here
+            if attempt == 2:
+                raise HistoclassError(f"--storage: cannot open '{url}' ({str(error).splitlines()[0][:160]})") from None
+            time.sleep(1 + attempt)
 
 
 def open_study(options: TuneOptions, study: StudyDir, name: str, first_epoch: int):
