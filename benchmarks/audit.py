@@ -37,7 +37,9 @@ SAME_IMAGE_AGAIN = {"_4_8814.jpeg", "_6_7701.jpeg", "_24_8655.jpeg", "_37_3964.j
 
 def distinct_sources(count: int = 60) -> list[Path]:
     """``count`` distinct test_simple cells, spread over the classes."""
-    files = sorted(p for p in (SHARED / "test_simple").rglob("*.jpeg") if p.name not in SAME_IMAGE_AGAIN)
+    files = sorted(
+        p for p in (SHARED / "test_simple").rglob("*.jpeg") if p.name not in SAME_IMAGE_AGAIN
+    )
     step = len(files) / count
     return [files[int(i * step)] for i in range(count)]
 
@@ -68,17 +70,23 @@ def score(name: str, folder: Path, settings: AuditSettings) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="tf_efficientnet_lite0")
     parser.add_argument("--weights")
     parser.add_argument("--slide", help="a slide to cut the tissue sets from")
     parser.add_argument("--real", help="a class-folder dataset to audit whole")
-    parser.add_argument("--other", help="with --real: images of another source, none of them a copy")
+    parser.add_argument(
+        "--other", help="with --real: images of another source, none of them a copy"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HISTOCLASS_CACHE", tempfile.mkdtemp(prefix="histoclass-audit-"))
     settings = AuditSettings(args.model, args.weights)
     with tempfile.TemporaryDirectory() as folder:
-        print("| set | images / sources | clusters | ARI | pair precision | pair recall | seconds |")
+        print(
+            "| set | images / sources | clusters | ARI | pair precision | pair recall | seconds |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|")
         cells = make_copies(distinct_sources(), Path(folder) / "cells")
         score("blood-cell copies", cells, settings)
@@ -98,7 +106,9 @@ def main() -> None:
         if args.other:
             other = read_source(args.other).splits["all"]
             matched = copies_in_reference(other, records, settings)
-            shown = ", ".join(f"{other.ids[q]} -> {records.ids[r]}" for q, r in enumerate(matched) if r >= 0)
+            shown = ", ".join(
+                f"{other.ids[q]} -> {records.ids[r]}" for q, r in enumerate(matched) if r >= 0
+            )
             print(f"{args.other}: {(matched >= 0).sum()} of {len(other)} matched as copies {shown}")
 
 

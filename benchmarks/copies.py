@@ -48,13 +48,20 @@ def make_copies(
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     augment = copy_augmentation()
-    in_class = {name: sum(s.parent.name == name for s in sources) for name in {s.parent.name for s in sources}}
+    in_class = {
+        name: sum(s.parent.name == name for s in sources)
+        for name in {s.parent.name for s in sources}
+    }
     rows = []
     for number, source in enumerate(sources):
         image = v2.functional.pil_to_tensor(Image.open(source).convert("RGB"))
         folder = out / source.parent.name
         folder.mkdir(parents=True, exist_ok=True)
-        count = round(per_class / in_class[source.parent.name]) if per_class else int(rng.integers(fewest, most + 1))
+        count = (
+            round(per_class / in_class[source.parent.name])
+            if per_class
+            else int(rng.integers(fewest, most + 1))
+        )
         for _ in range(count):
             name = f"{rng.integers(10**9):09d}.jpeg"
             v2.functional.to_pil_image(augment(image)).save(folder / name, quality=92)

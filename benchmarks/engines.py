@@ -26,19 +26,25 @@ def _speed(engine, pixels: np.ndarray, batch: int, repeats: int) -> tuple[float,
     best, logits = 0.0, None
     for _ in range(repeats):
         started = time.perf_counter()
-        logits = np.concatenate([engine.logits(pixels[s : s + batch]) for s in range(0, len(pixels), batch)])
+        logits = np.concatenate(
+            [engine.logits(pixels[s : s + batch]) for s in range(0, len(pixels), batch)]
+        )
         best = max(best, len(pixels) / (time.perf_counter() - started))
     return best, logits
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run")
     parser.add_argument("--sizes", default="")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--models", default="", help="more timm architectures, random weights (speed only)")
+    parser.add_argument(
+        "--models", default="", help="more timm architectures, random weights (speed only)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -58,18 +64,36 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",") if s] or [info.image_size]
     print(f"CPU: {cpu_name()} ({torch.get_num_threads()} threads); flags: {' '.join(cpu_flags())}")
     print(
-        f"model: {info.architecture}, {len(pixels)} validation images, batch {args.batch_size}, best of {args.repeats}"
+        f"model: {info.architecture}, {len(pixels)} validation images, batch {args.batch_size}, "
+        f"best of {args.repeats}"
     )
     print("| model | size | engine | img/s | vs torch fp32 | top-1 agreement |")
     print("|---|---|---|---|---|---|")
     extra = [m for m in args.models.split(",") if m]
-    for architecture, size in [(info.architecture, s) for s in sizes] + [(m, s) for m in extra for s in sizes]:
+    for architecture, size in [(info.architecture, s) for s in sizes] + [
+        (m, s) for m in extra for s in sizes
+    ]:
         trained = architecture == info.architecture
-        model = load_model(run)[0] if trained else create_model(architecture, info.num_classes, pretrained=False)
+        model = (
+            load_model(run)[0]
+            if trained
+            else create_model(architecture, info.num_classes, pretrained=False)
+        )
         sized = info.model_copy(update={"image_size": size, "architecture": architecture})
-        images = pixels if size == info.image_size else torch.nn.functional.interpolate(
-            torch.from_numpy(pixels).permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear"
-        ).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()  # fmt: skip
+        images = (
+            pixels
+            if size == info.image_size
+            else torch.nn.functional.interpolate(
+                torch.from_numpy(pixels).permute(0, 3, 1, 2).float(),
+                size=(size, size),
+                mode="bilinear",
+            )
+            .round()
+            .clamp(0, 255)
+            .byte()
+            .permute(0, 2, 3, 1)
+            .numpy()
+        )
         with tempfile.TemporaryDirectory() as folder:
             export = convert_run(model.eval(), sized, Path(folder), openvino=True)
             engines = {
@@ -85,8 +109,15 @@ def main() -> None:
                 if baseline is None:
                     baseline, reference = speed, logits.argmax(1)
                 agreement = f"{(logits.argmax(1) == reference).mean():.4f}" if trained else "—"
-                row = f"| {architecture} | {size} | {name} | {speed:.0f} | {speed / baseline:.2f}x | {agreement} |"
-                print(row, flush=True)
+                cells = [
+                    architecture,
+                    size,
+                    name,
+                    f"{speed:.0f}",
+                    f"{speed / baseline:.2f}x",
+                    agreement,
+                ]
+                print("| " + " | ".join(map(str, cells)) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
     python benchmarks/export_formats.py runs/NAME --data PATH [--latency-images 64]
 
-Exports any missing format first (``histoclass export``), then prints a markdown table. Latency is the median
-of single-image calls (batch 1) after a warm-up, and throughput is images/s at batch 32, on this machine's CPU.
+Exports any missing format first (``histoclass export``), then prints a markdown table. Latency is
+the median of single-image calls (batch 1) after a warm-up, and throughput is images/s at batch 32,
+on this machine's CPU.
 """
 
 from __future__ import annotations
@@ -43,15 +44,22 @@ def latency_ms(predictor: Predictor, pixels: np.ndarray, count: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run", type=Path)
     parser.add_argument("--data", required=True, help="held-out labelled images")
     parser.add_argument("--latency-images", type=int, default=64)
     args = parser.parse_args()
     run = RunDir(args.run)
     folder = run.export
-    formats = {"pytorch": run.weights, "onnx": folder.model("onnx"), "onnx-int8": folder.int8_onnx,
-               "tflite": folder.model("tflite"), "torchscript": folder.model("torchscript")}  # fmt: skip
+    formats = {
+        "pytorch": run.weights,
+        "onnx": folder.model("onnx"),
+        "onnx-int8": folder.int8_onnx,
+        "tflite": folder.model("tflite"),
+        "torchscript": folder.model("torchscript"),
+    }
     for fmt, path in (
         ("onnx", folder.int8_onnx),
         ("tflite", formats["tflite"]),
@@ -61,25 +69,37 @@ def main() -> None:
             export(ExportConfig(run=str(args.run), format=fmt, int8=fmt == "onnx"))
     reference = open_predictor(args.run, "torch", device="cpu", shift=False)
     pixels = held_out_pixels(args.data, reference.info.image_size)
-    expected = np.concatenate([reference.predict_pixels(pixels[i : i + 64]) for i in range(0, len(pixels), 64)])
+    expected = np.concatenate(
+        [reference.predict_pixels(pixels[i : i + 64]) for i in range(0, len(pixels), 64)]
+    )
     print(f"{len(pixels)} held-out images from {args.data}; CPU: {os.cpu_count()} cores\n")
-    print("| format | file size | top-1 agreement | max abs diff | latency, batch 1 | throughput, batch 32 |")
+    print(
+        "| format | file size | top-1 agreement | max abs diff | latency, batch 1 | throughput, batch 32 |"
+    )
     print("|---|---|---|---|---|---|")
     for fmt, path in formats.items():
         if not path.is_file():
             int8 = json.loads(folder.parity.read_text())["onnx"].get("int8", {})
-            print(f"| {fmt} | {int8.get('size_bytes_int8', 0) / 1e6:.1f} MB | discarded by the export's check "
-                  f"({int8.get('top1_agreement', 0):.1%} agreement on its check images) | | | |")  # fmt: skip
+            print(
+                f"| {fmt} | {int8.get('size_bytes_int8', 0) / 1e6:.1f} MB | discarded by the export's check "
+                f"({int8.get('top1_agreement', 0):.1%} agreement on its check images) | | | |"
+            )
             continue
         predictor = reference if fmt == "pytorch" else open_predictor(path)
         probabilities = np.concatenate(
             [predictor.predict_pixels(pixels[i : i + 64]) for i in range(0, len(pixels), 64)]
         )
         agreement = (probabilities.argmax(1) == expected.argmax(1)).mean()
-        latency, rate = latency_ms(predictor, pixels, args.latency_images), images_per_second(predictor, pixels)
+        latency, rate = (
+            latency_ms(predictor, pixels, args.latency_images),
+            images_per_second(predictor, pixels),
+        )
         difference = np.abs(probabilities - expected).max()
         size = path.stat().st_size / 1e6
-        print(f"| {fmt} | {size:.1f} MB | {agreement:.2%} | {difference:.1e} | {latency:.2f} ms | {rate:.0f} img/s |")
+        print(
+            f"| {fmt} | {size:.1f} MB | {agreement:.2%} | {difference:.1e} | {latency:.2f} ms | "
+            f"{rate:.0f} img/s |"
+        )
 
 
 if __name__ == "__main__":

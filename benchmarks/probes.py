@@ -38,7 +38,9 @@ def _rate(images: int, started: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", default=str(SHARED / "data" / "bloodcells" / "train"))
     parser.add_argument("--images", type=int, default=2000, help="images timed for the passes")
     parser.add_argument("--image-size", type=int, default=96)
@@ -57,8 +59,15 @@ def main() -> None:
     embed_records(sample, extractor)
     warm = _rate(len(sample), started)
     classifier = Classifier(backbone, create_head("linear", backbone.num_features, 4)).eval()
-    info = ModelInfo(architecture=model, labels=list("abcd"), image_size=size, mean=list(backbone.mean),
-                     std=list(backbone.std), resize=extractor.info.resize, name=model)  # fmt: skip
+    info = ModelInfo(
+        architecture=model,
+        labels=list("abcd"),
+        image_size=size,
+        mean=list(backbone.mean),
+        std=list(backbone.std),
+        resize=extractor.info.resize,
+        name=model,
+    )
     rates = {"embedding, empty cache": cold, "embedding, from cache": warm}
     for bf16 in (False, True):  # the embedding pass uses bf16 where the CPU computes it natively
         predictor = Predictor(TorchEngine(classifier, info, Path(model), bf16=bf16))
@@ -67,7 +76,9 @@ def main() -> None:
             pass
         rates[f"Predictor, {'bf16' if bf16 else 'fp32'}"] = _rate(len(sample), started)
     reference = rates[f"Predictor, {'bf16' if extractor.engine().bf16 else 'fp32'}"]
-    print(f"{len(sample)} images at {size} px, {model}; embedding in bf16: {extractor.engine().bf16}")
+    print(
+        f"{len(sample)} images at {size} px, {model}; embedding in bf16: {extractor.engine().bf16}"
+    )
     print("| pass | images/s | / predictor at the same precision |\n|---|---|---|")
     for name, rate in rates.items():
         print(f"| {name} | {rate:.0f} | {rate / reference:.2f} |")
@@ -75,7 +86,11 @@ def main() -> None:
         values = {
             "data": {"path": args.data, "image_size": size, "batch_size": 256},
             "model": {"name": model, "weights": str(WEIGHTS)},
-            "train": {"probe": "linear", "epochs": args.epochs, "early_stopping_patience": args.epochs},
+            "train": {
+                "probe": "linear",
+                "epochs": args.epochs,
+                "early_stopping_patience": args.epochs,
+            },
             "run": {"runs_dir": runs, "name": "probe"},
         }
         started = time.perf_counter()
@@ -85,8 +100,10 @@ def main() -> None:
         fit = sum(float(row["seconds"]) for row in read_history(run / "history.csv"))
     embedded = sum(len(r) for r in read_source(args.data).splits.values())
     print(
-        f"\nlinear probe on {embedded} images' cached embeddings: {metrics['epochs_run']} epochs (training and "
-        f"validation) in {fit:.1f} s; embedding pass + epochs {metrics['train_seconds']:.1f} s; whole command "
+        f"\nlinear probe on {embedded} images' cached embeddings: {metrics['epochs_run']} epochs "
+        "(training and "
+        f"validation) in {fit:.1f} s; embedding pass + epochs {metrics['train_seconds']:.1f} s; "
+        "whole command "
         f"{total:.0f} s"
     )
 

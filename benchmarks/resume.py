@@ -1,4 +1,5 @@
-"""Resume against an uninterrupted run, the case a user reported diverging: batch 8, 10 epochs, killed after 4.
+"""Resume against an uninterrupted run, the case a user reported diverging: batch 8, 10 epochs,
+killed after 4.
 
     python -m benchmarks.resume [--folder /tmp/resume-check]
 
@@ -36,20 +37,52 @@ def _dataset(root: Path, per_class: int = 31) -> Path:
 
 
 def _train(data: Path, runs: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "histoclass", "train", "--data", str(data), "--model", "tf_efficientnet_lite0",
-            "--weights", str(WEIGHTS), "--image-size", "48", "--epochs", "10", "--phase1-epochs", "1",
-            "--batch-size", "8", "--workers", "0", "--accelerator", "cpu", "--runs-dir", str(runs), "--name", name,
-            "--set", "train.early_stopping_patience=20", "--set", "train.lr_patience=1"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "histoclass",
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "tf_efficientnet_lite0",
+        "--weights",
+        str(WEIGHTS),
+        "--image-size",
+        "48",
+        "--epochs",
+        "10",
+        "--phase1-epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--accelerator",
+        "cpu",
+        "--runs-dir",
+        str(runs),
+        "--name",
+        name,
+        "--set",
+        "train.early_stopping_patience=20",
+        "--set",
+        "train.lr_patience=1",
+    ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--folder", default="/tmp/resume-check")
     root = Path(parser.parse_args().folder)
     shutil.rmtree(root, ignore_errors=True)
     data = _dataset(root / "data")
     subprocess.run(_train(data, root, "straight"), capture_output=True, check=True)
-    process = subprocess.Popen(_train(data, root, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        _train(data, root, "killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     history, last = root / "killed" / "history.csv", root / "killed" / "checkpoints" / "last.ckpt"
     while not history.is_file() or len(read_history(history)) < 4:
         time.sleep(0.05)
@@ -57,15 +90,23 @@ def main() -> None:
         time.sleep(0.01)  # epoch 4's checkpoint is on disk: kill during epoch 5
     process.send_signal(signal.SIGKILL)
     process.wait()
-    subprocess.run([sys.executable, "-m", "histoclass", "train", "--resume", str(root / "killed")],
-                   capture_output=True, check=True)  # fmt: skip
-    states = [torch.load(root / n / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-              for n in ("straight", "killed")]  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "histoclass", "train", "--resume", str(root / "killed")],
+        capture_output=True,
+        check=True,
+    )
+    states = [
+        torch.load(root / n / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        for n in ("straight", "killed")
+    ]
     differing = [key for key in states[0] if not torch.equal(states[0][key], states[1][key])]
     print(f"tensors that differ: {len(differing)} of {len(states[0])}")
     for name in ("straight", "killed"):
         rows = read_history(root / name / "history.csv")
-        print(name, " ".join(f"{r['epoch']}:{float(r['val_loss']):.4f}@{float(r['lr']):g}" for r in rows))
+        print(
+            name,
+            " ".join(f"{r['epoch']}:{float(r['val_loss']):.4f}@{float(r['lr']):g}" for r in rows),
+        )
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
-"""A run on another lab's images: zero-shot, after unlabelled adaptation, after few-shot adaptation; and how well
-the shift score tells other sources and other kinds of image from unseen images of the training lab.
+"""A run on another lab's images: zero-shot, after unlabelled adaptation, after few-shot adaptation;
+and how well the shift score tells other sources and other kinds of image from unseen images of the
+training lab.
 
-    python -m benchmarks.robustness --run runs/blood [--shots 1,5,10,20] [--draws 3] [--results robust.json]
-    python -m benchmarks.robustness --row 128px-robust --results robust.json   # train the row first (quality.py)
+    python -m benchmarks.robustness --run runs/blood [--shots 1,5,10,20] [--draws 3] [--results
+    robust.json] python -m benchmarks.robustness --row 128px-robust --results robust.json   # train
+    the row first (quality.py)
 
 The new source is ``../shared/data/wbc_tecom`` (299 cells of another lab); same-lab unseen cells are
-``test_simple``. Few-shot rows draw K labelled cells a class (seeds 0..draws-1), fine-tune from the run and score
-balanced accuracy on every other cell of the new source; the mean over draws is printed. Other kinds: BreastMNIST
-test images and H&E tiles cut from the tissue of ``slides/small_HE.svs``. Nothing here is tuned on the new source:
-it is only scored.
+``test_simple``. Few-shot rows draw K labelled cells a class (seeds 0..draws-1), fine-tune from the
+run and score balanced accuracy on every other cell of the new source; the mean over draws is
+printed. Other kinds: BreastMNIST test images and H&E tiles cut from the tissue of
+``slides/small_HE.svs``. Nothing here is tuned on the new source: it is only scored.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ def other_kinds(folder: Path, count: int = 100) -> Path:
 def _evaluate(run: Path, data: Path) -> dict:
     out = evaluate(EvaluateConfig(model=str(run), data=str(data), tta=True, overlap_check=False))
     metrics = json.loads((out / "metrics.json").read_text())
-    return {key: metrics[key] for key in ("accuracy", "balanced_accuracy")} | {"shift": metrics.get("shift")}
+    return {key: metrics[key] for key in ("accuracy", "balanced_accuracy")} | {
+        "shift": metrics.get("shift")
+    }
 
 
 def _shift_scores(run: Path, data: Path) -> np.ndarray:
@@ -70,7 +74,9 @@ def _auroc(same: np.ndarray, other: np.ndarray) -> float:
 def _adapt(run: Path, out: Path, name: str, **options) -> Path:
     from histoclass.adaptation.job import adapt
 
-    return adapt(AdaptConfig(run=str(run), data=str(TECOM), runs_dir=str(out), name=name, **options)).root
+    return adapt(
+        AdaptConfig(run=str(run), data=str(TECOM), runs_dir=str(out), name=name, **options)
+    ).root
 
 
 def measure(run: Path, shots: list[int], draws: int, work: Path) -> dict:
@@ -84,27 +90,42 @@ def measure(run: Path, shots: list[int], draws: int, work: Path) -> dict:
     }
     started = time.perf_counter()
     adapted = _adapt(run, work, "adabn")
-    result["adabn"] = _evaluate(adapted, TECOM) | {"seconds": round(time.perf_counter() - started, 1)}
+    result["adabn"] = _evaluate(adapted, TECOM) | {
+        "seconds": round(time.perf_counter() - started, 1)
+    }
     result["shots"] = {}
     for k in shots:
         rows = []
         for seed in range(draws):
             folder = _adapt(run, work, f"shots-{k}-{seed}", shots=k, seed=seed)
-            rows.append(json.loads((folder / "adaptation.json").read_text())["rest"]["balanced_accuracy"])
+            rows.append(
+                json.loads((folder / "adaptation.json").read_text())["rest"]["balanced_accuracy"]
+            )
         result["shots"][k] = {"balanced_accuracy": rows, "mean": float(np.mean(rows))}
     return result
 
 
 def _print(result: dict) -> None:
     print(f"run {result['run']}")
-    print(f"same lab (test_simple, TTA): balanced accuracy {result['same_lab']['balanced_accuracy']:.3f}")
-    print(f"new lab zero-shot:           balanced accuracy {result['zero_shot']['balanced_accuracy']:.3f}")
-    print(f"new lab after adapt (no labels): balanced accuracy {result['adabn']['balanced_accuracy']:.3f}")
+    print(
+        f"same lab (test_simple, TTA): balanced accuracy {result['same_lab']['balanced_accuracy']:.3f}"
+    )
+    print(
+        f"new lab zero-shot:           balanced accuracy {result['zero_shot']['balanced_accuracy']:.3f}"
+    )
+    print(
+        f"new lab after adapt (no labels): balanced accuracy {result['adabn']['balanced_accuracy']:.3f}"
+    )
     for k, row in result["shots"].items():
         draws = ", ".join(f"{v:.3f}" for v in row["balanced_accuracy"])
-        print(f"new lab, {k} labelled cells a class: balanced accuracy {row['mean']:.3f} (draws {draws})")
+        print(
+            f"new lab, {k} labelled cells a class: balanced accuracy {row['mean']:.3f} (draws {draws})"
+        )
     auroc = result["shift_auroc"]
-    print(f"shift AUROC: new lab {auroc['tecom_vs_same_lab']:.3f}, other kinds {auroc['other_kinds_vs_same_lab']:.3f}")
+    print(
+        f"shift AUROC: new lab {auroc['tecom_vs_same_lab']:.3f}, other kinds "
+        f"{auroc['other_kinds_vs_same_lab']:.3f}"
+    )
 
 
 def main() -> None:
@@ -118,7 +139,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
-        run = Path(args.run) if args.run else train_row("blood", args.row, 0, Path(args.runs_dir))[0]
+        run = (
+            Path(args.run) if args.run else train_row("blood", args.row, 0, Path(args.runs_dir))[0]
+        )
         result = measure(run, [int(k) for k in args.shots.split(",") if k], args.draws, work)
         _print(result)
         if args.results:

@@ -1,16 +1,16 @@
-"""Requests per second of `histoclass serve` on each engine, against PyTorch's server measured in the same run;
-with ``--memory``, the server's memory under many large legal images at once.
+"""Requests per second of `histoclass serve` on each engine, against PyTorch's server measured in
+the same run; with ``--memory``, the server's memory under many large legal images at once.
 
     python -m benchmarks.serve RUN --engines torch,auto --requests 200 --clients 20 --rounds 3 [--tta]
     python -m benchmarks.serve RUN --memory --clients 12 [--side 7000 --files 6]
 
-Each engine gets its own server process (one uvicorn worker, as `histoclass serve` starts by default). After a
-warm-up, ``--clients`` threads each send their share of ``--requests`` one-image ``POST /api/predict`` requests
-(real 320x240 blood-cell JPEGs, multipart bodies encoded beforehand) back to back on kept-alive connections, so
-that the load generator, which shares the machine, takes under a tenth of a core; the round's requests/s is
-requests over wall time, and every request's latency is kept for the median and 95th percentile. Rounds
-alternate between the engines (A B A B ...) so that a drift of the machine's speed hits both; the median round
-is reported.
+Each engine gets its own server process (one uvicorn worker, as `histoclass serve` starts by
+default). After a warm-up, ``--clients`` threads each send their share of ``--requests`` one-image
+``POST /api/predict`` requests (real 320x240 blood-cell JPEGs, multipart bodies encoded beforehand)
+back to back on kept-alive connections, so that the load generator, which shares the machine, takes
+under a tenth of a core; the round's requests/s is requests over wall time, and every request's
+latency is kept for the median and 95th percentile. Rounds alternate between the engines (A B A B
+...) so that a drift of the machine's speed hits both; the median round is reported.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ import httpx
 import numpy as np
 import psutil
 
-IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bloodcells" / "test_simple"
+IMAGES = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "bloodcells" / "test_simple"
+)
 
 
 def free_port() -> int:
@@ -45,8 +47,10 @@ def start_server(model: str | Path, *options: str) -> tuple[subprocess.Popen, st
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "histoclass", "serve", str(model), "--port", str(port), *options],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -65,13 +69,16 @@ def multipart(name: str, data: bytes) -> tuple[str, bytes]:
         f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
         "Content-Type: image/jpeg\r\n\r\n"
     )
-    return f"multipart/form-data; boundary={boundary}", head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return (
+        f"multipart/form-data; boundary={boundary}",
+        head.encode() + data + f"\r\n--{boundary}--\r\n".encode(),
+    )
 
 
 def one_round(url: str, bodies: list[tuple[str, bytes]], requests: int, clients: int) -> dict:
-    """``requests`` requests from ``clients`` threads on kept-alive ``http.client`` connections: requests/s,
-    latency percentiles (ms) and the cores the clients used (httpx clients took 0.6 of a core at 250 requests/s,
-    a third of this machine, and capped what they measured)."""
+    """``requests`` requests from ``clients`` threads on kept-alive ``http.client`` connections:
+    requests/s, latency percentiles (ms) and the cores the clients used (httpx clients took 0.6 of a
+    core at 250 requests/s, a third of this machine, and capped what they measured)."""
     address = urlsplit(url)
 
     def client(index: int) -> list[float]:
@@ -81,7 +88,9 @@ def one_round(url: str, bodies: list[tuple[str, bytes]], requests: int, clients:
             for k in range(index, requests, clients):
                 content_type, body = bodies[k % len(bodies)]
                 started = time.perf_counter()
-                connection.request("POST", "/api/predict", body=body, headers={"Content-Type": content_type})
+                connection.request(
+                    "POST", "/api/predict", body=body, headers={"Content-Type": content_type}
+                )
                 response = connection.getresponse()
                 response.read()
                 if response.status != 200:
@@ -142,20 +151,32 @@ def memory_round(model: str, clients: int, side: int, files: int) -> None:
         process.terminate()
         process.wait(timeout=60)
     statuses = sorted({reply.result() for reply in replies})
-    print(f"{2 * clients} requests of {files} {side}x{side} PNGs ({len(png) / 1e6:.1f} MB each), {clients} at once")
-    print(f"statuses {statuses}; RSS idle {idle:.0f} MiB, peak {peak:.0f} MiB (+{peak - idle:.0f}), after {after:.0f}")
+    print(
+        f"{2 * clients} requests of {files} {side}x{side} PNGs ({len(png) / 1e6:.1f} MB each), "
+        f"{clients} at once"
+    )
+    print(
+        f"statuses {statuses}; RSS idle {idle:.0f} MiB, peak {peak:.0f} MiB (+{peak - idle:.0f}), "
+        f"after {after:.0f}"
+    )
     print(f"after / idle {after / idle:.3f}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", help="run directory")
     parser.add_argument("--engines", default="torch,auto", help="the first is the baseline")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tta", action="store_true", help="serve's default 8 views (off: one view per image)")
-    parser.add_argument("--memory", action="store_true", help="measure memory under large images instead")
+    parser.add_argument(
+        "--tta", action="store_true", help="serve's default 8 views (off: one view per image)"
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help="measure memory under large images instead"
+    )
     parser.add_argument("--side", type=int, default=7000, help="--memory: the PNGs' side in pixels")
     parser.add_argument("--files", type=int, default=6, help="--memory: PNGs a request")
     args = parser.parse_args()
@@ -165,7 +186,8 @@ def main() -> None:
     bodies = [multipart(p.name, p.read_bytes()) for p in sorted(IMAGES.rglob("*.jpeg"))]
     engines = args.engines.split(",")
     servers = {
-        engine: start_server(args.model, "--engine", engine, "--tta" if args.tta else "--no-tta") for engine in engines
+        engine: start_server(args.model, "--engine", engine, "--tta" if args.tta else "--no-tta")
+        for engine in engines
     }
     rounds: dict[str, list[dict]] = {engine: [] for engine in engines}
     try:
@@ -178,10 +200,15 @@ def main() -> None:
         for process, _ in servers.values():
             process.terminate()
             process.wait(timeout=60)
-    median = {engine: sorted(r, key=lambda x: x["requests_per_s"])[len(r) // 2] for engine, r in rounds.items()}
+    median = {
+        engine: sorted(r, key=lambda x: x["requests_per_s"])[len(r) // 2]
+        for engine, r in rounds.items()
+    }
     baseline = median[engines[0]]["requests_per_s"]
     print(f"{args.requests} requests from {args.clients} clients, median of {args.rounds} rounds\n")
-    print("| engine | requests/s | vs " + engines[0] + " | p50 latency | p95 latency | client cores |")
+    print(
+        "| engine | requests/s | vs " + engines[0] + " | p50 latency | p95 latency | client cores |"
+    )
     print("|---|---|---|---|---|---|")
     for engine, result in median.items():
         print(

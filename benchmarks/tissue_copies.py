@@ -2,10 +2,11 @@
 
 Three sets, each written as class folders with a ``truth.csv`` (copy id -> source), as benchmarks/copies.py:
 
-- ``augmented``: distinct 150 px tissue tiles, each copied 10 times as Keras' generator copies a tile (rotation
-  ±20° leaving black corners, shifts up to 15 px, horizontal flips, brightness and contrast ±15%);
-- ``overlapping``: distinct anchor tiles, each with 5 tiles cut around it that share 25-75% of its area: the
-  tiles a tiler cuts with overlap, unaugmented;
+- ``augmented``: distinct 150 px tissue tiles, each copied 10 times as Keras' generator copies a
+  tile (rotation ±20° leaving black corners, shifts up to 15 px, horizontal flips, brightness and
+  contrast ±15%);
+- ``overlapping``: distinct anchor tiles, each with 5 tiles cut around it that share 25-75% of its
+  area: the tiles a tiler cuts with overlap, unaugmented;
 - ``textureless``: glass tiles (no tissue), copied as in ``augmented``.
 
 Class folders split each set's sources in two by stain (haematoxylin-rich "purple", eosin-rich "pink"; the
@@ -35,7 +36,8 @@ SETS = ("augmented", "overlapping", "textureless")
 
 
 def keras_augmentation() -> v2.Compose:
-    """The issue's copies: rotation ±20° (black corners), shift ≤ 15 px, horizontal flip, ±15% brightness/contrast."""
+    """The issue's copies: rotation ±20° (black corners), shift ≤ 15 px, horizontal flip, ±15%
+    brightness/contrast."""
     return v2.Compose(
         [
             v2.RandomAffine(degrees=20, translate=(15 / SIZE, 15 / SIZE), fill=0),
@@ -45,7 +47,9 @@ def keras_augmentation() -> v2.Compose:
     )
 
 
-def _spread(candidates: list[tuple[int, int]], count: int, spacing: int, rng) -> list[tuple[int, int]]:
+def _spread(
+    candidates: list[tuple[int, int]], count: int, spacing: int, rng
+) -> list[tuple[int, int]]:
     """Up to ``count`` of the (x, y) corners, in random order, no two closer than ``spacing`` in both axes."""
     chosen: list[tuple[int, int]] = []
     for k in rng.permutation(len(candidates)):
@@ -87,14 +91,18 @@ def _classes(pixels: np.ndarray, corners: list[tuple[int, int]], glass: bool) ->
     return [names[int(v > np.median(values))] for v in values]
 
 
-def _write(out: Path, name: str, rows: list, folder: str, tile: np.ndarray, source: int, rng) -> None:
+def _write(
+    out: Path, name: str, rows: list, folder: str, tile: np.ndarray, source: int, rng
+) -> None:
     (out / folder).mkdir(parents=True, exist_ok=True)
     file = f"{rng.integers(10**9):09d}.png"
     Image.fromarray(tile).save(out / folder / file)
     rows.append((f"{folder}/{file}", source, name))
 
 
-def make_tissue_sets(slide_path: Path, out: Path, sources: int = 24, copies: int = 10, seed: int = 0) -> dict:
+def make_tissue_sets(
+    slide_path: Path, out: Path, sources: int = 24, copies: int = 10, seed: int = 0
+) -> dict:
     """Write the three sets under ``out/<set>/``; returns {set: folder}."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -115,7 +123,15 @@ def make_tissue_sets(slide_path: Path, out: Path, sources: int = 24, copies: int
                 shifts = [(0, 0)] + [_offset(rng) for _ in range(5)]
                 for dx, dy in shifts:
                     tile = pixels[y + dy : y + dy + SIZE, x + dx : x + dx + SIZE]
-                    _write(folder, f"{x}_{y}", rows, classes[number], np.ascontiguousarray(tile), number, rng)
+                    _write(
+                        folder,
+                        f"{x}_{y}",
+                        rows,
+                        classes[number],
+                        np.ascontiguousarray(tile),
+                        number,
+                        rng,
+                    )
                 continue
             tile = torch.from_numpy(pixels[y : y + SIZE, x : x + SIZE]).permute(2, 0, 1)
             for _ in range(copies):

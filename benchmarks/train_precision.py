@@ -42,23 +42,33 @@ def _speed(model, inputs: torch.Tensor, labels: torch.Tensor, bf16: bool, steps:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="tf_efficientnet_lite0")
     parser.add_argument("--sizes", default="96,128,160")
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args()
-    print(f"{args.model}, batch 32, {torch.get_num_threads()} threads, native bf16: "
-          f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}")  # fmt: skip
+    print(
+        f"{args.model}, batch 32, {torch.get_num_threads()} threads, native bf16: "
+        f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}"
+    )
     print("| size | trained | fp32 img/s | bf16 img/s | bf16 / fp32 |")
     print("|---|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         inputs = torch.randn(32, 3, size, size).contiguous(memory_format=torch.channels_last)
         labels = torch.randint(0, 4, (32,))
         for phase in ("head", "last3", "all"):
-            model = create_model(args.model, 4, pretrained=False).to(memory_format=torch.channels_last).train()
+            model = (
+                create_model(args.model, 4, pretrained=False)
+                .to(memory_format=torch.channels_last)
+                .train()
+            )
             _trainable(model, phase)
             fp32, bf16 = (_speed(model, inputs, labels, flag, args.steps) for flag in (False, True))
-            print(f"| {size} | {phase} | {fp32:.0f} | {bf16:.0f} | {bf16 / fp32:.2f}x |", flush=True)
+            print(
+                f"| {size} | {phase} | {fp32:.0f} | {bf16:.0f} | {bf16 / fp32:.2f}x |", flush=True
+            )
 
 
 if __name__ == "__main__":

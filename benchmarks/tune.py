@@ -1,5 +1,5 @@
-"""What ``histoclass tune`` buys: a study on validation only, then its chosen config trained with fresh seeds and
-scored on test once per seed.
+"""What ``histoclass tune`` buys: a study on validation only, then its chosen config trained with
+fresh seeds and scored on test once per seed.
 
     python -m benchmarks.tune --weights ../shared/weights/tf_efficientnet_lite0.in1k.safetensors --timeout 30m
 
@@ -30,7 +30,9 @@ def histoclass(*args: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", default=str(BREAST))
     parser.add_argument("--model", default="tf_efficientnet_lite0")
     parser.add_argument("--weights")
@@ -42,7 +44,16 @@ def main() -> None:
     started = time.perf_counter()
     model = ["--model", args.model] + (["--weights", args.weights] if args.weights else [])
     histoclass(
-        "tune", "--data", args.data, *model, "--timeout", args.timeout, "--study", "study", "--runs-dir", str(runs)
+        "tune",
+        "--data",
+        args.data,
+        *model,
+        "--timeout",
+        args.timeout,
+        "--study",
+        "study",
+        "--runs-dir",
+        str(runs),
     )
     minutes = (time.perf_counter() - started) / 60
     study = StudyDir(runs / "tune-study")
@@ -50,9 +61,21 @@ def main() -> None:
     scores = []
     for seed in args.seeds.split(","):
         name = f"chosen-seed{seed}"
-        histoclass("train", "--config", str(best.config), "--seed", seed, "--name", name, "--runs-dir", str(runs))
+        histoclass(
+            "train",
+            "--config",
+            str(best.config),
+            "--seed",
+            seed,
+            "--name",
+            name,
+            "--runs-dir",
+            str(runs),
+        )
         histoclass("evaluate", str(runs / name), "--data", args.data, "--split", "test")
-        metrics = json.loads((runs / name / "eval" / "breastmnist-test" / "metrics.json").read_text())
+        metrics = json.loads(
+            (runs / name / "eval" / "breastmnist-test" / "metrics.json").read_text()
+        )
         scores.append((metrics["accuracy"], metrics["roc_auc"]))
     trials = study.trials.read_text().splitlines()[1:]
     states = [row.split(",")[1] for row in trials]

@@ -3,10 +3,11 @@ DeepZoomGenerator rendering the same tiles in this process, measured in the same
 
     python -m benchmarks.viewer RUN [--slide ../shared/data/slides/small_HE.svs] [--clients 4] [--rounds 3]
 
-Every tile of every Deep Zoom level is requested once a round (a viewer's cold cache: a pan and zoom through the
-whole slide), in a shuffled order, by ``--clients`` threads on kept-alive connections. The reference renders the
-same tiles with ``openslide.deepzoom.DeepZoomGenerator`` (same tile size and overlap, JPEG quality 80), without
-HTTP: the ceiling of the slide library itself. The median round is reported.
+Every tile of every Deep Zoom level is requested once a round (a viewer's cold cache: a pan and zoom
+through the whole slide), in a shuffled order, by ``--clients`` threads on kept-alive connections.
+The reference renders the same tiles with ``openslide.deepzoom.DeepZoomGenerator`` (same tile size
+and overlap, JPEG quality 80), without HTTP: the ceiling of the slide library itself. The median
+round is reported.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def served_round(url: str, name: str, tiles: list[tuple[int, int, int]], clients
     def client(index: int) -> None:
         connection = http.client.HTTPConnection(address.hostname, address.port, timeout=120)
         for level, column, row in tiles[index::clients]:
-            connection.request("GET", f"/api/slides/{quote(name)}_files/{level}/{column}_{row}.jpeg")
+            connection.request(
+                "GET", f"/api/slides/{quote(name)}_files/{level}/{column}_{row}.jpeg"
+            )
             reply = connection.getresponse()
             assert reply.status == 200, reply.status
             reply.read()
@@ -72,7 +75,9 @@ def openslide_round(path: Path, tiles: list[tuple[int, int, int]]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", help="run directory")
     parser.add_argument("--slide", type=Path, default=SLIDE)
     parser.add_argument("--clients", type=int, default=4)
@@ -84,7 +89,9 @@ def main() -> None:
     random.Random(0).shuffle(tiles)
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / args.slide.name).symlink_to(args.slide.resolve())
-        process, url = start_server(args.model, "--slides", folder, "--slide-maps", str(Path(folder) / "maps"))
+        process, url = start_server(
+            args.model, "--slides", folder, "--slide-maps", str(Path(folder) / "maps")
+        )
         try:
             served, reference = [], []
             for _ in range(args.rounds):
@@ -94,7 +101,9 @@ def main() -> None:
             process.terminate()
             process.wait(timeout=60)
     ours, theirs = sorted(served)[len(served) // 2], sorted(reference)[len(reference) // 2]
-    print(f"{args.slide.name}: {len(tiles)} Deep Zoom tiles a round, median of {args.rounds}; CPU: {cpu_name()}")
+    print(
+        f"{args.slide.name}: {len(tiles)} Deep Zoom tiles a round, median of {args.rounds}; CPU: {cpu_name()}"
+    )
     print("| path | tiles/s | vs OpenSlide DeepZoomGenerator |\n|---|---|---|")
     served_by = f"histoclass serve --slides, HTTP, one worker, {args.clients} clients"
     print(f"| {served_by} | {ours:.0f} | {ours / theirs:.2f}x |")

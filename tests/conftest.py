@@ -32,7 +32,9 @@ BLOOD_GROUPS = r"^([^/]+/_\d+)_"
 
 def pytest_configure(config: pytest.Config) -> None:
     if not BLOOD.is_dir():
-        raise pytest.UsageError(f"the shared data is missing: expected {BLOOD} (../shared beside the checkout)")
+        raise pytest.UsageError(
+            f"the shared data is missing: expected {BLOOD} (../shared beside the checkout)"
+        )
 
 
 def blood_files(per_class: int, offset: int = 0) -> dict[str, list[Path]]:
@@ -54,19 +56,25 @@ def link_class_folders(target: Path, files: dict[str, list[Path]]) -> Path:
     return target
 
 
-def run_cli_all(calls: list[list[str]], env: dict[str, str] | None = None) -> list[subprocess.CompletedProcess]:
+def run_cli_all(
+    calls: list[list[str]], env: dict[str, str] | None = None
+) -> list[subprocess.CompletedProcess]:
     """Several ``histoclass`` commands, one after another."""
     return [run_cli(*args, env=env) for args in calls]
 
 
 def run_cli_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``histoclass ARGS`` in a fresh process: for what a process is part of (Lightning's DDP launcher starts the
-    command again, libraries read ``env`` at import)."""
+    """``histoclass ARGS`` in a fresh process: for what a process is part of (Lightning's DDP
+    launcher starts the command again, libraries read ``env`` at import)."""
     command = [sys.executable, "-m", "histoclass", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})}
+    )
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``histoclass ARGS`` as a user would: the command line's own entry point, its exit status and both
     streams, in this process (a fresh interpreter adds seconds of imports and tests nothing more; tests of
     signals, imports, servers and DDP start their own). ``env``: variables added to ours, read at import by
@@ -92,7 +100,9 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     finally:
         sys.argv = saved[0]
         os.chdir(saved[1])
-    return subprocess.CompletedProcess(["histoclass", *args], status, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(
+        ["histoclass", *args], status, out.getvalue(), err.getvalue()
+    )
 
 
 @pytest.fixture(scope="session")
@@ -102,10 +112,17 @@ def blood_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def small_config(data: Path, runs: Path, name: str, **train) -> dict:
-    """The settings every test training shares: 96 px, 5 epochs, group-aware split; the last 3 blocks fine-tuned
-    (every block, the default, costs 60% more time; the CLI's end-to-end run keeps the default)."""
+    """The settings every test training shares: 96 px, 5 epochs, group-aware split; the last 3
+    blocks fine-tuned (every block, the default, costs 60% more time; the CLI's end-to-end run keeps
+    the default)."""
     return {
-        "data": {"path": str(data), "image_size": 96, "batch_size": 32, "group_by": BLOOD_GROUPS, "workers": 1},
+        "data": {
+            "path": str(data),
+            "image_size": 96,
+            "batch_size": 32,
+            "group_by": BLOOD_GROUPS,
+            "workers": 1,
+        },
         "model": {"name": "tf_efficientnet_lite0", "weights": str(LITE0)},
         "train": {"epochs": 5, "phase1_epochs": 1, "lr": 2e-3, "unfreeze_last": 3, **train},
         "run": {"name": name, "runs_dir": str(runs)},

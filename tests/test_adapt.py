@@ -20,7 +20,9 @@ from histoclass.runs import ModelInfo
 
 
 def _digests(run: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.iterdir() if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -30,16 +32,30 @@ def adapted(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
     out = tmp_path_factory.mktemp("adapted")
     calls = [
         ["adapt", str(trained_run), "--data", str(TECOM), "--runs-dir", str(out), "--name", "bn"],
-        ["adapt", str(trained_run), "--data", str(TECOM), "--shots", "5", "--epochs", "10", "--runs-dir", str(out),
-         "--name", "shots"],
-    ]  # fmt: skip
+        [
+            "adapt",
+            str(trained_run),
+            "--data",
+            str(TECOM),
+            "--shots",
+            "5",
+            "--epochs",
+            "10",
+            "--runs-dir",
+            str(out),
+            "--name",
+            "shots",
+        ],
+    ]
     for result in run_cli_all(calls):
         assert result.returncode == 0, result.stderr[-3000:]
     assert _digests(trained_run) == before, "the parent run must not change"
     return out / "bn", out / "shots", before
 
 
-def test_unlabelled_adaptation_writes_a_run_that_records_its_parent(adapted, trained_run: Path) -> None:
+def test_unlabelled_adaptation_writes_a_run_that_records_its_parent(
+    adapted, trained_run: Path
+) -> None:
     bn, _, _ = adapted
     info = ModelInfo.load(bn / "model.json")
     assert info.parent == str(trained_run.resolve())
@@ -52,7 +68,9 @@ def test_unlabelled_adaptation_writes_a_run_that_records_its_parent(adapted, tra
         for a, b in zip(batchnorm_layers(parent_model), batchnorm_layers(model), strict=True)
     ]
     assert all(moved)
-    weights = {k: v for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    weights = {
+        k: v for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k
+    }
     assert all(torch.equal(v, parent_model.state_dict()[k]) for k, v in weights.items())
 
 
@@ -63,7 +81,9 @@ def test_batchnorm_statistics_are_the_new_images_own(trained_run: Path) -> None:
     pixels = np.stack([load_resized(p, info.image_size) for p in paths[:48]])
     first = batchnorm_layers(model)[0]
     seen = []
-    handle = first.register_forward_pre_hook(lambda module, args: seen.append(args[0].mean(dim=(0, 2, 3))))
+    handle = first.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].mean(dim=(0, 2, 3)))
+    )
     reestimate_batchnorm(model, [pixels[:24], pixels[24:]], info.mean, info.std)
     handle.remove()
     torch.testing.assert_close(first.running_mean, torch.stack(seen).mean(0), rtol=1e-4, atol=1e-5)
@@ -88,13 +108,18 @@ def test_an_adapted_run_evaluates_and_exports_like_any_run(adapted, tmp_path: Pa
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert exported.returncode == 0, exported.stderr[-2000:]
     metrics = json.loads((bn / "eval" / "wbc_tecom-no-tta" / "metrics.json").read_text())
-    assert metrics["shift"]["verdict"] is None, "adapted to these cells, it no longer calls them unlike"
+    assert metrics["shift"]["verdict"] is None, (
+        "adapted to these cells, it no longer calls them unlike"
+    )
     assert json.loads((bn / "export" / "parity.json").read_text())
 
 
 def test_bad_adapt_input_is_one_line(trained_run: Path, tmp_path: Path) -> None:
     cases = [
-        (["adapt", str(trained_run), "--data", str(tmp_path / "missing")], "no such file or folder"),
+        (
+            ["adapt", str(trained_run), "--data", str(tmp_path / "missing")],
+            "no such file or folder",
+        ),
         (["adapt", str(tmp_path), "--data", str(TECOM)], "not a finished run directory"),
         (["adapt", str(trained_run), "--data", str(TECOM), "--shots", "50"], "--shots 50"),
     ]

@@ -15,9 +15,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "histoclass"
 
 #: Layers that know nothing above them: they import only from these packages and modules of ours.
 BASE = {"errors", "console", "atomic", "registry", "machine"}
-LOW_LAYERS = {"config": BASE | {"config"}, "data": BASE | {"config", "data"}, "runs": BASE | {"config", "data", "runs"}}
+LOW_LAYERS = {
+    "config": BASE | {"config"},
+    "data": BASE | {"config", "data"},
+    "runs": BASE | {"config", "data", "runs"},
+}
 #: Third-party packages a layer must not reach, directly or through our own modules.
-FORBIDDEN_THIRD_PARTY = {"runs": {"torch", "timm", "lightning", "torchvision"}, "inference": {"lightning"}}
+FORBIDDEN_THIRD_PARTY = {
+    "runs": {"torch", "timm", "lightning", "torchvision"},
+    "inference": {"lightning"},
+}
 #: Our packages a layer must not reach, directly or through our own modules.
 FORBIDDEN_OURS = {"inference": {"training"}, "evaluation": {"training"}, "export": {"training"}}
 #: The house from the ground up: a package (or top-level module) imports only from its own floor or below.
@@ -39,10 +46,23 @@ FLOORS = [
 #: Where a predictor may be constructed: the inference layer's own loader and the one opener above it.
 PREDICTOR_MAKERS = {"histoclass.inference.predictor", "histoclass.deploy.engines"}
 RUN_FILE_NAMES = [
-    "config.yaml", "model.json", "model.safetensors", "history.csv", "split.csv", "metrics.json", "labels.txt",
-    "skipped_files.txt", "preprocess.json", "parity.json", "best.ckpt", "last.ckpt", "checkpoints/",
-    "calibration_history.json", "tiles.csv", "summary.json",
-]  # fmt: skip
+    "config.yaml",
+    "model.json",
+    "model.safetensors",
+    "history.csv",
+    "split.csv",
+    "metrics.json",
+    "labels.txt",
+    "skipped_files.txt",
+    "preprocess.json",
+    "parity.json",
+    "best.ckpt",
+    "last.ckpt",
+    "checkpoints/",
+    "calibration_history.json",
+    "tiles.csv",
+    "summary.json",
+]
 #: The same names meaning something else: the Hugging Face hub's file names, looked up in its cache.
 ALLOWED_NAMES = {"histoclass.models.hub": {"model.safetensors"}}
 
@@ -60,7 +80,11 @@ def read_package(root: Path = PACKAGE) -> dict[str, str]:
 def imports_of(name: str, source: str, modules: set[str]) -> tuple[set[str], set[str]]:
     """(our modules, third-party top-level packages) that ``name`` imports anywhere, lazy imports included."""
     ours, others = set(), set()
-    package = name if f"{name}.__init__" in modules or any(m.startswith(name + ".") for m in modules) else ""
+    package = (
+        name
+        if f"{name}.__init__" in modules or any(m.startswith(name + ".") for m in modules)
+        else ""
+    )
     package = package or name.rpartition(".")[0]
     for node in ast.walk(ast.parse(source)):
         targets: list[str] = []
@@ -70,9 +94,13 @@ def imports_of(name: str, source: str, modules: set[str]) -> tuple[set[str], set
             base = node.module or ""
             if node.level:
                 base = ".".join(
-                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                    package.split(".")[: len(package.split(".")) - node.level + 1]
+                    + ([base] if base else [])
                 )
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                for alias in node.names
+            ]
         for target in targets:
             if target.split(".")[0] != "histoclass":
                 others.add(target.split(".")[0])
@@ -171,7 +199,9 @@ def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
     """Package -> the other packages its modules import."""
     packages: dict[str, set[str]] = {}
     for module, targets in graph.items():
-        packages.setdefault(layer(module), set()).update(layer(t) for t in targets if layer(t) != layer(module))
+        packages.setdefault(layer(module), set()).update(
+            layer(t) for t in targets if layer(t) != layer(module)
+        )
     return packages
 
 
@@ -203,7 +233,10 @@ def predictor_constructions(sources: dict[str, str]) -> Iterator[str]:
         if module in PREDICTOR_MAKERS:
             continue
         for node in ast.walk(ast.parse(source)):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "Predictor":
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", "")) == "Predictor"
+            ):
                 yield f"{module}:{node.lineno}"
 
 
@@ -215,7 +248,9 @@ def spelled_run_files(sources: dict[str, str]) -> Iterator[str]:
             continue
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                spelled = {m.group(0) for m in pattern.finditer(node.value)} - ALLOWED_NAMES.get(module, set())
+                spelled = {m.group(0) for m in pattern.finditer(node.value)} - ALLOWED_NAMES.get(
+                    module, set()
+                )
                 if spelled:
                     yield f"{module}:{node.lineno}: {node.value[:60]!r}"
 
@@ -249,7 +284,9 @@ def test_layers_hold_and_there_is_no_circle(sources: dict[str, str]) -> None:
 
 def test_inference_imports_no_torch_until_an_engine_runs(sources: dict[str, str]) -> None:
     heavy = {"torch", "timm", "lightning", "torchvision"}
-    loaded = {m: module_level_imports(s) & heavy for m, s in sources.items() if layer(m) == "inference"}
+    loaded = {
+        m: module_level_imports(s) & heavy for m, s in sources.items() if layer(m) == "inference"
+    }
     assert {m: found for m, found in loaded.items() if found} == {}
 
 
@@ -266,15 +303,29 @@ def test_only_runs_spells_run_directory_file_names(sources: dict[str, str]) -> N
 @pytest.mark.parametrize(
     ("module", "source", "expected"),
     [
-        ("histoclass.data.leak", "from histoclass.training.job import train\n", "imports histoclass.training.job"),
+        (
+            "histoclass.data.leak",
+            "from histoclass.training.job import train\n",
+            "imports histoclass.training.job",
+        ),
         ("histoclass.runs.heavy", "import torch\n", "reaches torch"),
         ("histoclass.inference.slow", "def f():\n    import lightning\n", "reaches lightning"),
-        ("histoclass.export.up", "from histoclass.training import job\n", "reaches histoclass.training"),
+        (
+            "histoclass.export.up",
+            "from histoclass.training import job\n",
+            "reaches histoclass.training",
+        ),
         ("histoclass.evaluation.circle", "import histoclass.evaluation.circle2\n", "import circle"),
-        ("histoclass.inference.up", "from histoclass.deploy import open_predictor\n", "package inference (floor 5)"),
+        (
+            "histoclass.inference.up",
+            "from histoclass.deploy import open_predictor\n",
+            "package inference (floor 5)",
+        ),
     ],
 )
-def test_each_rule_catches_a_violation(sources: dict[str, str], module: str, source: str, expected: str) -> None:
+def test_each_rule_catches_a_violation(
+    sources: dict[str, str], module: str, source: str, expected: str
+) -> None:
     planted = dict(sources) | {module: source}
     if module.endswith("circle"):
         planted["histoclass.evaluation.circle2"] = "from histoclass.evaluation import circle\n"
@@ -283,4 +334,6 @@ def test_each_rule_catches_a_violation(sources: dict[str, str], module: str, sou
 
 def test_the_file_name_check_catches_a_spelled_name(sources: dict[str, str]) -> None:
     planted = dict(sources) | {"histoclass.serving.bad": 'path = folder / "metrics.json"\n'}
-    assert list(spelled_run_files(without_docstrings(planted))) == ["histoclass.serving.bad:1: 'metrics.json'"]
+    assert list(spelled_run_files(without_docstrings(planted))) == [
+        "histoclass.serving.bad:1: 'metrics.json'"
+    ]

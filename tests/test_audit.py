@@ -55,17 +55,23 @@ def test_copies_of_tissue_tiles_are_found(tissue: dict[str, Path], kind: str) ->
     found = find_copies(records, AuditSettings("tf_efficientnet_lite0", str(LITE0)))
     truth = truth_of(tissue[kind], records.ids)
     precision, recall = pair_scores(truth, found.clusters)
-    assert adjusted_rand_score(truth, found.clusters) >= 0.9 and precision >= 0.99, (precision, recall)
+    assert adjusted_rand_score(truth, found.clusters) >= 0.9 and precision >= 0.99, (
+        precision,
+        recall,
+    )
 
 
 def test_an_audit_is_read_back_until_a_file_changes(tissue: dict[str, Path]) -> None:
-    """Each trial of a study, or a second run, reuses the audit of the same files (identity: path, size, time)."""
+    """Each trial of a study, or a second run, reuses the audit of the same files (identity: path,
+    size, time)."""
     records = read_source(str(tissue["overlapping"])).splits["all"]
     settings = AuditSettings("tf_efficientnet_lite0", str(LITE0))
     first = find_copies(records, settings)
     audits = set((cache_root() / "audits").iterdir())
     again = find_copies(records, settings)
-    assert set((cache_root() / "audits").iterdir()) == audits and np.array_equal(again.clusters, first.clusters)
+    assert set((cache_root() / "audits").iterdir()) == audits and np.array_equal(
+        again.clusters, first.clusters
+    )
     stat = records.paths[0].stat()
     os.utime(records.paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     changed = find_copies(records, settings)
@@ -81,24 +87,41 @@ def test_glass_is_never_joined_to_other_glass(tissue: dict[str, Path]) -> None:
     assert precision >= 0.99 and found.sizes.max() <= 10
 
 
-def test_slide_ids_in_names_are_read_and_cell_names_are_not(tissue: dict[str, Path], tmp_path: Path) -> None:
-    tiles = [f"EPI/TCGA-A1-{slide}-01Z_{x}_{y}.png" for slide in (17, 42) for x in (0, 512) for y in (0, 256)]
+def test_slide_ids_in_names_are_read_and_cell_names_are_not(
+    tissue: dict[str, Path], tmp_path: Path
+) -> None:
+    tiles = [
+        f"EPI/TCGA-A1-{slide}-01Z_{x}_{y}.png"
+        for slide in (17, 42)
+        for x in (0, 512)
+        for y in (0, 256)
+    ]
     assert named_slides(tiles).slides == 2 and named_slides(tiles).example == "TCGA-A1-17-01Z"
-    assert named_slides([f"A/slide{k} [x={x},y=0,w=256,h=256].png" for k in (1, 2) for x in (0, 256, 512)])
-    assert named_slides(read_source(str(BLOOD_TEST)).splits["all"].ids) is None  # "_4_8814.jpeg": no slide
+    assert named_slides(
+        [f"A/slide{k} [x={x},y=0,w=256,h=256].png" for k in (1, 2) for x in (0, 256, 512)]
+    )
+    # "_4_8814.jpeg": no slide
+    assert named_slides(read_source(str(BLOOD_TEST)).splits["all"].ids) is None
     data = tmp_path / "named"
-    chosen = [path for folder in ("pink", "purple") for path in sorted((tissue["augmented"] / folder).iterdir())[:12]]
+    chosen = [
+        path
+        for folder in ("pink", "purple")
+        for path in sorted((tissue["augmented"] / folder).iterdir())[:12]
+    ]
     for k, path in enumerate(chosen):
         (data / path.parent.name).mkdir(parents=True, exist_ok=True)
         (data / path.parent.name / f"slide{k % 3}_{k * 150}_0.png").symlink_to(path)
-    result = run_cli("check-data", str(data), "--duplicates", *AUDIT, "--out", str(tmp_path / "audit"))
+    result = run_cli(
+        "check-data", str(data), "--duplicates", *AUDIT, "--out", str(tmp_path / "audit")
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     text = " ".join(result.stderr.split())
     assert "carry a slide id" in text and "3 slides" in text and "--group-by" in text
 
 
 def test_embedding_similarity_alone_cannot_tell_copies_from_lookalikes(copies: Path) -> None:
-    """The control for the verification step: without it, the same search chains almost everything together."""
+    """The control for the verification step: without it, the same search chains almost everything
+    together."""
     records = read_source(str(copies)).splits["all"]
     found = find_copies(records, AuditSettings("tf_efficientnet_lite0", str(LITE0), min_inliers=0))
     assert adjusted_rand_score(truth_of(copies, records.ids), found.clusters) < 0.5
@@ -121,8 +144,8 @@ def test_blockwise_search_equals_the_full_matrix(rng: np.random.Generator) -> No
 
 @pytest.fixture(scope="module")
 def leaky(copies: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """train/ and val/ folders with the copies dealt out at random: most sources on both sides, and one copy of
-    each of three sources filed under another class (label errors)."""
+    """train/ and val/ folders with the copies dealt out at random: most sources on both sides, and
+    one copy of each of three sources filed under another class (label errors)."""
     root = tmp_path_factory.mktemp("leaky") / "data"
     rng = np.random.default_rng(1)
     truth, mislabelled = read_truth(copies), set()
@@ -138,7 +161,9 @@ def leaky(copies: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_check_data_duplicates_reports_leaks_and_label_conflicts(leaky: Path, tmp_path: Path) -> None:
+def test_check_data_duplicates_reports_leaks_and_label_conflicts(
+    leaky: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "audit"
     result = run_cli("check-data", str(leaky), "--duplicates", *AUDIT, "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
@@ -148,21 +173,43 @@ def test_check_data_duplicates_reports_leaks_and_label_conflicts(leaky: Path, tm
     assert crossing >= 40 and mixed >= 1
     with open(out / "duplicates.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == len(list(leaky.rglob("*.jpeg"))) and {"id", "cluster", "split", "label"} <= set(rows[0])
+    assert len(rows) == len(list(leaky.rglob("*.jpeg"))) and {
+        "id",
+        "cluster",
+        "split",
+        "label",
+    } <= set(rows[0])
     page = (out / "duplicates.html").read_text()
-    assert 'id="crossing"' in page and 'id="mixed"' in page and page.count("data:image/jpeg;base64,") > 100
+    assert (
+        'id="crossing"' in page
+        and 'id="mixed"' in page
+        and page.count("data:image/jpeg;base64,") > 100
+    )
 
 
 def test_against_finds_the_sources_of_the_copies(copies: Path, tmp_path: Path) -> None:
-    result = run_cli("check-data", str(BLOOD_TEST), "--against", str(copies), *AUDIT, "--out", str(tmp_path / "a"))
+    result = run_cli(
+        "check-data",
+        str(BLOOD_TEST),
+        "--against",
+        str(copies),
+        *AUDIT,
+        "--out",
+        str(tmp_path / "a"),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    crossing = int(" ".join(result.stderr.split()).split("clusters crossing splits: ")[1].split()[0])
+    crossing = int(
+        " ".join(result.stderr.split()).split("clusters crossing splits: ")[1].split()[0]
+    )
     assert crossing >= 55  # 60 sources were copied; each original and its copies form one cluster
 
 
 def test_audit_bad_inputs_are_one_line(copies: Path, tmp_path: Path) -> None:
     for threshold in ("0", "1.5", "-0.1"):
-        assert_one_line_error(run_cli("check-data", str(copies), "--duplicates", "--threshold", threshold), "threshold")
+        assert_one_line_error(
+            run_cli("check-data", str(copies), "--duplicates", "--threshold", threshold),
+            "threshold",
+        )
     missing = run_cli("check-data", str(copies), "--against", str(tmp_path / "nowhere"), *AUDIT)
     assert_one_line_error(missing, "nowhere")
     single = tmp_path / "single"
@@ -175,10 +222,28 @@ def test_audit_bad_inputs_are_one_line(copies: Path, tmp_path: Path) -> None:
 
 def test_group_by_auto_keeps_every_source_on_one_side(copies: Path, tmp_path: Path) -> None:
     result = run_cli(
-        "train", "--data", str(copies), "--group-by", "auto", "--model", "tf_efficientnet_lite0",
-        "--weights", str(LITE0), "--image-size", "32", "--epochs", "1", "--phase1-epochs", "1",
-        "--workers", "0", "--runs-dir", str(tmp_path), "--name", "auto",
-    )  # fmt: skip
+        "train",
+        "--data",
+        str(copies),
+        "--group-by",
+        "auto",
+        "--model",
+        "tf_efficientnet_lite0",
+        "--weights",
+        str(LITE0),
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--phase1-epochs",
+        "1",
+        "--workers",
+        "0",
+        "--runs-dir",
+        str(tmp_path),
+        "--name",
+        "auto",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "auto groups:" in result.stderr
     with open(tmp_path / "auto" / "split.csv", newline="") as handle:
@@ -193,19 +258,38 @@ def test_group_by_auto_keeps_every_source_on_one_side(copies: Path, tmp_path: Pa
     assert stray <= 0.01 * len(rows), stray
 
 
-def test_evaluate_finds_copies_in_the_training_data_and_gives_intervals(copies: Path, tmp_path: Path) -> None:
+def test_evaluate_finds_copies_in_the_training_data_and_gives_intervals(
+    copies: Path, tmp_path: Path
+) -> None:
     """A run trained on copies, evaluated on their originals: the overlap is found and warned about."""
     trained = run_cli(
-        "train", "--data", str(copies), "--model", "tf_efficientnet_lite0", "--weights", str(LITE0),
-        "--image-size", "32", "--epochs", "1", "--phase1-epochs", "1", "--workers", "0",
-        "--runs-dir", str(tmp_path), "--name", "leaky",
-    )  # fmt: skip
+        "train",
+        "--data",
+        str(copies),
+        "--model",
+        "tf_efficientnet_lite0",
+        "--weights",
+        str(LITE0),
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--phase1-epochs",
+        "1",
+        "--workers",
+        "0",
+        "--runs-dir",
+        str(tmp_path),
+        "--name",
+        "leaky",
+    )
     assert trained.returncode == 0, trained.stderr[-2000:]
     result = run_cli("evaluate", str(tmp_path / "leaky"), "--data", str(BLOOD_TEST))
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "leaky" / "eval" / "test_simple" / "metrics.json").read_text())
     overlap = metrics["overlap_with_training"]
-    assert overlap["share"] > 0.6  # 80% of the copies trained; their 60 sources are among the 71 images
+    # 80% of the copies trained; their 60 sources are among the 71 images
+    assert overlap["share"] > 0.6
     assert any("near-copy" in warning for warning in metrics["warnings"])
     assert "near-copy" in result.stderr and "metrics_without_overlap" in result.stderr
     assert metrics["metrics_without_overlap"]["n"] == metrics["n"] - overlap["n"]

@@ -22,7 +22,9 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 def cell() -> torch.Tensor:
     """One real blood-cell image, float CxHxW in [0, 1] (asymmetric, so geometry shows in its statistics)."""
     path = sorted((BLOOD / "EOSINOPHIL").iterdir())[0]
-    return torch.from_numpy(resize_square(open_rgb(path, SIZE), SIZE)).permute(2, 0, 1).float() / 255
+    return (
+        torch.from_numpy(resize_square(open_rgb(path, SIZE), SIZE)).permute(2, 0, 1).float() / 255
+    )
 
 
 def reference(augment: AugmentConfig, image: torch.Tensor, seed: int) -> torch.Tensor:
@@ -32,14 +34,17 @@ def reference(augment: AugmentConfig, image: torch.Tensor, seed: int) -> torch.T
     return torch.stack([transform(image) for _ in range(N)])
 
 
-def batched(augment: AugmentConfig, image: torch.Tensor, device: str, seed: int = 1) -> torch.Tensor:
+def batched(
+    augment: AugmentConfig, image: torch.Tensor, device: str, seed: int = 1
+) -> torch.Tensor:
     images = image.to(device).expand(N, -1, -1, -1).contiguous()
     out = BatchAugment(augment, seed)(images, torch.arange(N, device=device), epoch=0, step=0)
     return out.cpu()
 
 
 def summaries(images: torch.Tensor) -> dict[str, np.ndarray]:
-    """Per-image statistics that move with colour (channel means, spread) and geometry (centroid, quadrant)."""
+    """Per-image statistics that move with colour (channel means, spread) and geometry (centroid,
+    quadrant)."""
     luma = images.mean(1)
     mass = luma.sum((1, 2)).clamp(min=1e-6)
     coords = torch.arange(SIZE, dtype=torch.float32)
@@ -66,19 +71,24 @@ def worst_distance(a: torch.Tensor, b: torch.Tensor) -> tuple[str, float]:
     return max(((k, float(ks_2samp(sa[k], sb[k]).statistic)) for k in sa), key=lambda kv: kv[1])
 
 
-# Two samples of N from one distribution differ by KS ~0.03 (0.06 at p=0.001); a changed range lands far beyond.
+# Two samples of N from one distribution differ by KS ~0.03 (0.06 at p=0.001); a changed range lands
+# far beyond.
 LIMIT = 0.06
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("preset", ["keras", "histology", "tfdata", "robust", "stain+erasing"])
-def test_batched_augmentation_matches_torchvision(cell: torch.Tensor, preset: str, device: str) -> None:
+def test_batched_augmentation_matches_torchvision(
+    cell: torch.Tensor, preset: str, device: str
+) -> None:
     augment = (
         AugmentConfig(preset="none", stain=0.1, erasing=0.5)
         if preset == "stain+erasing"
         else AugmentConfig(preset=preset)
     )
-    name, distance = worst_distance(reference(augment, cell, seed=0), batched(augment, cell, device))
+    name, distance = worst_distance(
+        reference(augment, cell, seed=0), batched(augment, cell, device)
+    )
     assert distance < LIMIT, f"{preset} on {device}: '{name}' differs (KS {distance:.3f})"
 
 
@@ -92,16 +102,20 @@ def test_the_comparison_detects_a_different_range(cell: torch.Tensor) -> None:
         ({"preset": "none", "erasing": 0.3}, {"erasing": 0.6}),
     ):
         name, distance = worst_distance(
-            reference(AugmentConfig(**base), cell, seed=0), batched(AugmentConfig(**base | changed), cell, "cpu")
+            reference(AugmentConfig(**base), cell, seed=0),
+            batched(AugmentConfig(**base | changed), cell, "cpu"),
         )
         assert distance > 2 * LIMIT, f"{changed} not detected (worst '{name}', KS {distance:.3f})"
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_flips_and_quarter_turns_are_exact_and_uniform(cell: torch.Tensor, device: str) -> None:
-    """Flips and 90-degree turns move pixels without interpolation, and each of the 8 results is equally likely."""
+    """Flips and 90-degree turns move pixels without interpolation, and each of the 8 results is
+    equally likely."""
     out = batched(AugmentConfig(preset="none", hflip=True, vflip=True, rot90=True), cell, device)
-    views = torch.stack([v for k in range(4) for v in (cell.rot90(k, (1, 2)), cell.rot90(k, (1, 2)).flip(2))])
+    views = torch.stack(
+        [v for k in range(4) for v in (cell.rot90(k, (1, 2)), cell.rot90(k, (1, 2)).flip(2))]
+    )
     error = ((out[:, None] - views[None]) ** 2).mean((2, 3, 4))
     assert float(error.min(1).values.max()) < 1e-10
     counts = np.bincount(error.argmin(1).numpy(), minlength=8)
@@ -115,7 +129,9 @@ def test_parameters_depend_only_on_seed_epoch_and_index() -> None:
     assert torch.equal(hashed_uniforms(7, 3, index.flip(0), 4), draws.flip(0))
     assert not torch.equal(hashed_uniforms(7, 4, index, 4), draws)
     assert not torch.equal(hashed_uniforms(8, 3, index, 4), draws)
-    assert abs(float(draws.mean()) - 0.5) < 0.02 and float(draws.min()) >= 0 and float(draws.max()) < 1
+    assert (
+        abs(float(draws.mean()) - 0.5) < 0.02 and float(draws.min()) >= 0 and float(draws.max()) < 1
+    )
 
 
 def test_stain_deconvolution_and_jitter_match_skimage(cell: torch.Tensor) -> None:
@@ -124,8 +140,13 @@ def test_stain_deconvolution_and_jitter_match_skimage(cell: torch.Tensor) -> Non
     image = cell[None].double()
     as_hwc = lambda t: t[0].permute(1, 2, 0).numpy()  # noqa: E731
     stains = rgb2hed(as_hwc(image))
-    assert np.allclose(np.maximum(as_hwc(rgb_to_hed(image)), 0), stains, atol=1e-9)  # skimage clips at zero
-    assert np.allclose(as_hwc(hed_to_rgb(torch.from_numpy(stains).permute(2, 0, 1)[None])), hed2rgb(stains), atol=1e-9)
+    # skimage clips at zero
+    assert np.allclose(np.maximum(as_hwc(rgb_to_hed(image)), 0), stains, atol=1e-9)
+    assert np.allclose(
+        as_hwc(hed_to_rgb(torch.from_numpy(stains).permute(2, 0, 1)[None])),
+        hed2rgb(stains),
+        atol=1e-9,
+    )
     # Tellez et al.: haematoxylin x1.3 and eosin +0.02, DAB kept; skimage's deconvolution of the result agrees
     jittered = hed_jitter(image, torch.tensor([[1.3, 1.0, 1.0]]), torch.tensor([[0.0, 0.02, 0.0]]))
     inside = lambda t: ((t > 1e-6) & (t < 1)).all(dim=1)[0].numpy()  # noqa: E731  (neither floor nor clip hit)

@@ -22,38 +22,70 @@ def small_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return link_class_folders(tmp_path_factory.mktemp("bench") / "blood", blood_files(40))
 
 
-def test_bench_measures_every_stage_and_writes_json_and_markdown(small_folder: Path, tmp_path: Path) -> None:
+def test_bench_measures_every_stage_and_writes_json_and_markdown(
+    small_folder: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "bench"
     done = run_cli(
-        "bench", "--data", str(small_folder), "--image-size", "32", "--batch-size", "16",
-        "--warmup", "1", "--steps", "3", "--workers", "1", "--out", str(out),
-    )  # fmt: skip
+        "bench",
+        "--data",
+        str(small_folder),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--warmup",
+        "1",
+        "--steps",
+        "3",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((out / "bench.json").read_text())
     stages = result["stages"]
     assert list(stages) == list(STAGES)
     ran = {name for name, row in stages.items() if "skipped" not in row}
-    assert set(STAGES) - ran <= {"engine_torch_bf16", "engine_openvino_bf16"}  # only bf16, on CPUs without it
+    # only bf16, on CPUs without it
+    assert set(STAGES) - ran <= {"engine_torch_bf16", "engine_openvino_bf16"}
     for name in ran:
         assert stages[name]["images_per_s"] > 0, name
-        assert stages[name]["host_peak_mib"] > 50, name  # a Python process with torch loaded, at least
-    for name in ("engine_torch_fp32", "engine_onnx", "engine_openvino_f32"):  # float engines agree on real images
+        # a Python process with torch loaded, at least
+        assert stages[name]["host_peak_mib"] > 50, name
+    # float engines agree on real images
+    for name in ("engine_torch_fp32", "engine_onnx", "engine_openvino_f32"):
         assert stages[name]["top1_agreement"] >= 0.99, (name, stages[name])
     assert set(result["ratios"]) == {name for name, (a, b) in RATIOS.items() if {a, b} <= ran}
     table = (out / "bench.md").read_text()
-    assert "train / naive" in table and "| ours_train |" in table and "| ratio | value |" in done.stdout
+    assert (
+        "train / naive" in table
+        and "| ours_train |" in table
+        and "| ratio | value |" in done.stdout
+    )
     assert "onnx / torch_fp32" in table and "| engine_openvino_f32 |" in table
 
 
-def test_a_missing_engine_runtime_is_a_skipped_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_missing_engine_runtime_is_a_skipped_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import importlib.util
 
     from histoclass.benchmark.engine_stages import EngineBench, StageSkipped
 
     found = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else found(name, *a))
-    with pytest.raises(StageSkipped, match=r"openvino needs openvino: pip install 'histoclass\[openvino\]'"):
-        EngineBench(tmp_path, tmp_path, np.zeros((1, 8, 8, 3), np.uint8)).stage("engine_openvino_f32", None, None)
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "openvino" else found(name, *a),
+    )
+    with pytest.raises(
+        StageSkipped, match=r"openvino needs openvino: pip install 'histoclass\[openvino\]'"
+    ):
+        EngineBench(tmp_path, tmp_path, np.zeros((1, 8, 8, 3), np.uint8)).stage(
+            "engine_openvino_f32", None, None
+        )
 
 
 def test_bench_rejects_bad_input_in_one_line(small_folder: Path, tmp_path: Path) -> None:
@@ -63,7 +95,11 @@ def test_bench_rejects_bad_input_in_one_line(small_folder: Path, tmp_path: Path)
         (["--data", str(small_folder), "--cache", "gpu"], "not ram or disk"),
     ):
         done = run_cli("bench", *args, "--out", str(tmp_path / "out"))
-        assert done.returncode == 2 and words in done.stderr and len(done.stderr.strip().splitlines()) == 1, args
+        assert (
+            done.returncode == 2
+            and words in done.stderr
+            and len(done.stderr.strip().splitlines()) == 1
+        ), args
     assert not (tmp_path / "out").exists()
 
 
@@ -74,11 +110,16 @@ def test_disk_cache_is_built_once_reused_and_invalidated(
     records = read_source(str(small_folder), DataConfig(path=str(small_folder))).splits["all"]
     first = decoded_cache(records, 48, "disk")
     files = list((tmp_path / "cache" / "decoded").iterdir())
-    assert len(files) == 1 and files[0].suffix == ".npy" and first.shape == (len(records), 48, 48, 3)
+    assert (
+        len(files) == 1 and files[0].suffix == ".npy" and first.shape == (len(records), 48, 48, 3)
+    )
     for i in (0, 37, len(records) - 1):
         assert np.array_equal(first[i], records.load(i, 48))
     built = files[0].stat().st_mtime_ns
-    assert np.array_equal(decoded_cache(records, 48, "disk"), first) and files[0].stat().st_mtime_ns == built
+    assert (
+        np.array_equal(decoded_cache(records, 48, "disk"), first)
+        and files[0].stat().st_mtime_ns == built
+    )
     # A changed image (new modification time) is a new cache, never stale pixels.
     target = Path(os.path.realpath(records.paths[0]))
     copy = tmp_path / "changed" / records.ids[0]

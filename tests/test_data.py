@@ -60,7 +60,10 @@ def test_csv_route_ids_without_extension(tmp_path: Path) -> None:
     assert source.missing == [("no-such-image", f"no image for this id in '{images}'")]
     assert source.splits["all"].groups[0] == rows[0]["patient"]
     with pytest.raises(HistoclassError, match="no column 'diagnosis'.*--label-column"):
-        read_source(str(tmp_path / "train_labels.csv"), DataConfig(image_dir=str(images), label_column="diagnosis"))
+        read_source(
+            str(tmp_path / "train_labels.csv"),
+            DataConfig(image_dir=str(images), label_column="diagnosis"),
+        )
 
 
 def test_npz_route_official_splits_and_label_shapes(tmp_path: Path) -> None:
@@ -77,7 +80,9 @@ def test_npz_route_official_splits_and_label_shapes(tmp_path: Path) -> None:
     assert np.array_equal(reread.splits["test"].labels, source.splits["test"].labels)
 
 
-def test_medmnist_name_reads_the_local_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_medmnist_name_reads_the_local_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "medmnist").mkdir()
     shutil.copy(BREAST, tmp_path / "medmnist" / "breastmnist.npz")
     monkeypatch.setenv("HISTOCLASS_CACHE", str(tmp_path))
@@ -142,8 +147,11 @@ def test_missing_and_empty_inputs_raise_clear_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("dtype", "scale"), [(np.int64, 1), (np.int32, 1), (np.uint16, 16)])
-def test_wide_integer_npz_images_are_read_at_their_real_range(tmp_path: Path, dtype, scale: int) -> None:
-    """0-255 stored as int64/int32, and 12-bit data in uint16, are not divided by the type's maximum (black)."""
+def test_wide_integer_npz_images_are_read_at_their_real_range(
+    tmp_path: Path, dtype, scale: int
+) -> None:
+    """0-255 stored as int64/int32, and 12-bit data in uint16, are not divided by the type's maximum
+    (black)."""
     with np.load(BREAST) as data:
         images, labels = data["train_images"][:40], data["train_labels"][:40]
     np.savez(tmp_path / "wide.npz", images=images.astype(dtype) * scale, labels=labels)
@@ -153,7 +161,8 @@ def test_wide_integer_npz_images_are_read_at_their_real_range(tmp_path: Path, dt
 
 
 def test_exif_orientation_is_applied_on_decoding(tmp_path: Path) -> None:
-    """A camera's JPEG stored unturned with orientation 6 is decoded as it is meant to be seen (turned 90°)."""
+    """A camera's JPEG stored unturned with orientation 6 is decoded as it is meant to be seen
+    (turned 90°)."""
     image = Image.open(sorted((BLOOD / "MONOCYTE").iterdir())[0]).convert("RGB")
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise to display
@@ -179,7 +188,11 @@ def test_a_csv_with_another_separator_is_read(tmp_path: Path, separator: str) ->
     """A European spreadsheet's ``;`` (or a tab) separates the columns: read as such, not as one column."""
     images = link_class_folders(tmp_path / "images", blood_files(3))
     lines = ["id;label".replace(";", separator)]
-    lines += [f"{label}/{p.name}{separator}{label}" for label, paths in blood_files(3).items() for p in paths]
+    lines += [
+        f"{label}/{p.name}{separator}{label}"
+        for label, paths in blood_files(3).items()
+        for p in paths
+    ]
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
     source = read_source(str(tmp_path / "labels.csv"), DataConfig(image_dir=str(images)))
     assert source.classes == CLASSES and len(source.splits["all"]) == 12

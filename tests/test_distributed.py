@@ -31,13 +31,36 @@ def uneven(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def train_args(data: Path, runs: Path, name: str, epochs: int = 3, *extra: str) -> list[str]:
     return [
-        "train", "--data", str(data), "--model", "tf_efficientnet_lite0", "--weights", str(LITE0),
-        "--image-size", "48", "--epochs", str(epochs), "--phase1-epochs", "1", "--batch-size", "8",
-        "--workers", "0", "--accelerator", "cpu", "--runs-dir", str(runs), "--name", name, *extra,
-    ]  # fmt: skip
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "tf_efficientnet_lite0",
+        "--weights",
+        str(LITE0),
+        "--image-size",
+        "48",
+        "--epochs",
+        str(epochs),
+        "--phase1-epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--accelerator",
+        "cpu",
+        "--runs-dir",
+        str(runs),
+        "--name",
+        name,
+        *extra,
+    ]
 
 
-def test_ddp_two_processes_metrics_equal_single_process_evaluation(uneven: Path, tmp_path: Path) -> None:
+def test_ddp_two_processes_metrics_equal_single_process_evaluation(
+    uneven: Path, tmp_path: Path
+) -> None:
     result = run_cli_process(*train_args(uneven, tmp_path, "ddp", 2, "--devices", "2"))
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "ddp"
@@ -48,8 +71,11 @@ def test_ddp_two_processes_metrics_equal_single_process_evaluation(uneven: Path,
         val = [(row["id"], row["label"]) for row in csv.DictReader(handle) if row["split"] == "val"]
     assert len(val) % 16 != 0
     predictor = histoclass.load(run)
-    pixels = np.stack([load_resized(uneven / image_id, predictor.info.image_size) for image_id, _ in val])
-    probabilities = calibrated_probabilities(predictor.view_logits(pixels), 1.0)  # uncalibrated, as in training
+    pixels = np.stack(
+        [load_resized(uneven / image_id, predictor.info.image_size) for image_id, _ in val]
+    )
+    # uncalibrated, as in training
+    probabilities = calibrated_probabilities(predictor.view_logits(pixels), 1.0)
     labels = predictor.labels
     truth = np.array([labels.index(label) for _, label in val])
     accuracy = float((probabilities.argmax(1) == truth).mean())
@@ -59,7 +85,9 @@ def test_ddp_two_processes_metrics_equal_single_process_evaluation(uneven: Path,
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
+        "state_dict"
+    ]
 
 
 def wait_for_epochs(run: Path, count: int, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -72,7 +100,10 @@ def wait_for_epochs(run: Path, count: int, process: subprocess.Popen, timeout: f
 
 def start(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "histoclass", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "histoclass", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -83,7 +114,8 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(uneven: Path, tmp_p
     wait_for_epochs(run, 2, process)
     last = run / "checkpoints" / "last.ckpt"
     while not last.is_file() or last.stat().st_mtime < (run / "history.csv").stat().st_mtime:
-        time.sleep(0.01)  # epoch 2's checkpoint is written just after its history row: kill in epoch 3
+        # epoch 2's checkpoint is written just after its history row: kill in epoch 3
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (run / "model.safetensors").exists()
@@ -114,7 +146,11 @@ def test_sigterm_saves_a_checkpoint_and_resume_finishes(uneven: Path, tmp_path: 
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert not (run / "model.safetensors").exists()
     unfinished = run_cli("predict", str(run), str(uneven), "--out", str(tmp_path / "p.csv"))
-    assert unfinished.returncode == 2 and "unfinished run" in unfinished.stderr and "--resume" in unfinished.stderr
+    assert (
+        unfinished.returncode == 2
+        and "unfinished run" in unfinished.stderr
+        and "--resume" in unfinished.stderr
+    )
     resumed = run_cli("train", "--resume", str(run))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     history = read_history(run / "history.csv")

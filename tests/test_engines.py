@@ -44,16 +44,25 @@ import numpy as np
 from histoclass.inference.engines.openvino_engine import OpenVinoEngine, openvino_core
 from histoclass.inference.predictor import Predictor
 images = [Path(p) for p in json.loads(sys.argv[2])]
-out = {p: Predictor(OpenVinoEngine(Path(sys.argv[1]), precision=p)).predict(images).tolist() for p in ("f32", "bf16")}
+def predict(precision):
+    return Predictor(OpenVinoEngine(Path(sys.argv[1]), precision=precision)).predict(images).tolist()
+out = {p: predict(p) for p in ("f32", "bf16")}
 out["native_bf16"] = "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 print(json.dumps(out))
 """
 
 
 def openvino_probabilities(model: Path) -> dict[str, np.ndarray]:
-    command = [sys.executable, "-c", OPENVINO_CHECK, str(model), json.dumps([str(p) for p in IMAGES])]
+    command = [
+        sys.executable,
+        "-c",
+        OPENVINO_CHECK,
+        str(model),
+        json.dumps([str(p) for p in IMAGES]),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return {k: np.array(v) for k, v in json.loads(result.stdout.splitlines()[-1]).items()}  # native_bf16: 0-d
+    # native_bf16: 0-d
+    return {k: np.array(v) for k, v in json.loads(result.stdout.splitlines()[-1]).items()}
 
 
 def test_every_engine_agrees_with_pytorch_on_real_images(run_copy: Path) -> None:
@@ -80,7 +89,9 @@ def predict_auto(run: Path, out: Path) -> str:
     return result.stderr.split("engine: ")[1].split()[0]  # e.g. "openvino-f32", "onnx", "torch"
 
 
-def test_auto_uses_a_checked_engine_and_caches_it_by_the_weights(run_copy: Path, tmp_path: Path) -> None:
+def test_auto_uses_a_checked_engine_and_caches_it_by_the_weights(
+    run_copy: Path, tmp_path: Path
+) -> None:
     chosen = predict_auto(run_copy, tmp_path / "a.csv")
     [cache] = RunDir(run_copy).engines.iterdir()
     records = json.loads(ExportDir(cache).parity.read_text())
@@ -91,11 +102,15 @@ def test_auto_uses_a_checked_engine_and_caches_it_by_the_weights(run_copy: Path,
     assert chosen == (best if faster else "torch")  # the fastest checked engine, measured here
     assert predict_auto(run_copy, tmp_path / "b.csv") == chosen
     assert list(RunDir(run_copy).engines.iterdir()) == [cache]  # reused, not rebuilt
-    assert all(r["machine"] for r in records.values())  # speeds hold for the machine they were measured on
+    # speeds hold for the machine they were measured on
+    assert all(r["machine"] for r in records.values())
     opened = "from histoclass.deploy import open_predictor as o; import sys; "
     opened += f"print(o({str(run_copy)!r}).engine.name, 'torch' in sys.modules)"
-    answer = subprocess.run([sys.executable, "-c", opened], capture_output=True, text=True, check=True).stdout.split()
-    assert answer == [chosen.split("-")[0], str(chosen == "torch")]  # a recorded engine opens without torch
+    answer = subprocess.run(
+        [sys.executable, "-c", opened], capture_output=True, text=True, check=True
+    ).stdout.split()
+    # a recorded engine opens without torch
+    assert answer == [chosen.split("-")[0], str(chosen == "torch")]
     info = ModelInfo.load(RunDir(run_copy).model_info)
     info.calibration.temperature *= 1.5  # new calibration: the conversion must follow
     info.save(RunDir(run_copy).model_info)
@@ -105,15 +120,23 @@ def test_auto_uses_a_checked_engine_and_caches_it_by_the_weights(run_copy: Path,
     expected = load(run_copy).predict(IMAGES[:8])
     with (tmp_path / "c.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    got = np.array([[float(row[f"prob_{label}"]) for label in load(run_copy).labels] for row in rows])
+    got = np.array(
+        [[float(row[f"prob_{label}"]) for label in load(run_copy).labels] for row in rows]
+    )
     assert np.abs(got - expected).max() < 1e-3
 
 
 def test_auto_falls_back_when_runtimes_are_missing(run_copy: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setitem(engines._RUNTIMES, "openvino", "openvino_is_not_installed")  # as where it is absent
+    # as where it is absent
+    monkeypatch.setitem(engines._RUNTIMES, "openvino", "openvino_is_not_installed")
     assert open_predictor(run_copy, "auto").engine.name in ("onnx", "torch")
-    assert "openvino needs openvino_is_not_installed: pip install 'histoclass[openvino]'" in capsys.readouterr().err
-    records = json.loads(next(RunDir(run_copy).engines.iterdir()).joinpath("parity.json").read_text())
+    assert (
+        "openvino needs openvino_is_not_installed: pip install 'histoclass[openvino]'"
+        in capsys.readouterr().err
+    )
+    records = json.loads(
+        next(RunDir(run_copy).engines.iterdir()).joinpath("parity.json").read_text()
+    )
     assert set(records) == {"onnx"}  # nothing of openvino was tried
     monkeypatch.setitem(engines._RUNTIMES, "onnx", "onnxruntime_is_not_installed")
     assert open_predictor(run_copy, "auto").engine.name == "torch"
@@ -123,19 +146,36 @@ def test_a_conversion_that_disagrees_is_refused(run_copy: Path, tmp_path: Path) 
     good = open_predictor(run_copy, "onnx")
     cache = ExportDir(good.source.parent)
     untrained = create_model(good.info.architecture, good.info.num_classes, pretrained=False)
-    wrong = convert_run(untrained, good.info, tmp_path / "wrong")  # a broken conversion in its place
+    # a broken conversion in its place
+    wrong = convert_run(untrained, good.info, tmp_path / "wrong")
     shutil.copy(wrong.model("onnx"), cache.model("onnx"))
     cache.parity.unlink()
-    result = run_cli("predict", str(run_copy), str(IMAGES[0]), "--engine", "onnx", "--out", str(run_copy / "p.csv"))
-    assert result.returncode == 2 and "agrees with PyTorch on" in result.stderr and "Traceback" not in result.stderr
-    assert predict_auto(run_copy, tmp_path / "p.csv") == "torch"  # openvino reads the same broken conversion
+    result = run_cli(
+        "predict",
+        str(run_copy),
+        str(IMAGES[0]),
+        "--engine",
+        "onnx",
+        "--out",
+        str(run_copy / "p.csv"),
+    )
+    assert (
+        result.returncode == 2
+        and "agrees with PyTorch on" in result.stderr
+        and "Traceback" not in result.stderr
+    )
+    # openvino reads the same broken conversion
+    assert predict_auto(run_copy, tmp_path / "p.csv") == "torch"
 
 
 def test_export_openvino_passes_its_parity_gate(run_copy: Path) -> None:
     result = run_cli("export", str(run_copy), "--format", "openvino")
     assert result.returncode == 0, result.stderr
     export = RunDir(run_copy).export
-    assert export.model("openvino").is_file() and export.model("openvino").with_suffix(".bin").is_file()
+    assert (
+        export.model("openvino").is_file()
+        and export.model("openvino").with_suffix(".bin").is_file()
+    )
     assert json.loads(export.parity.read_text())["openvino"]["passed"]
     openvino = openvino_probabilities(export.model("openvino"))
     assert np.abs(openvino["f32"] - load(run_copy).predict(IMAGES)).max() < 1e-3
@@ -143,10 +183,14 @@ def test_export_openvino_passes_its_parity_gate(run_copy: Path) -> None:
 
 @pytest.fixture()
 def read_only_run(run_copy: Path, tmp_path: Path):
-    """The run on a read-only bind mount, as a shared model folder is (mounting needs root: skipped elsewhere)."""
+    """The run on a read-only bind mount, as a shared model folder is (mounting needs root: skipped
+    elsewhere)."""
     mount = tmp_path / "read-only"
     mount.mkdir()
-    steps = [["mount", "--bind", str(run_copy), str(mount)], ["mount", "-o", "remount,bind,ro", str(mount)]]
+    steps = [
+        ["mount", "--bind", str(run_copy), str(mount)],
+        ["mount", "-o", "remount,bind,ro", str(mount)],
+    ]
     if any(subprocess.run(step, capture_output=True).returncode for step in steps):
         subprocess.run(["umount", str(mount)], capture_output=True)
         pytest.skip("read-only bind mounts need root")
@@ -158,8 +202,12 @@ def test_a_run_on_read_only_storage_predicts_on_pytorch_and_writers_say_where_to
     read_only_run: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "predictions.csv"
-    predicted = run_cli("predict", str(read_only_run), str(BLOOD_TEST), "--out", str(out), "--no-tta")
-    assert predicted.returncode == 0 and "Traceback" not in predicted.stderr, predicted.stderr[-2000:]
+    predicted = run_cli(
+        "predict", str(read_only_run), str(BLOOD_TEST), "--out", str(out), "--no-tta"
+    )
+    assert predicted.returncode == 0 and "Traceback" not in predicted.stderr, predicted.stderr[
+        -2000:
+    ]
     assert "engine: torch" in predicted.stderr and "read-only" in predicted.stderr
     assert len(out.read_text().splitlines()) == 72
     for args in (
@@ -168,5 +216,9 @@ def test_a_run_on_read_only_storage_predicts_on_pytorch_and_writers_say_where_to
         ["calibrate", str(read_only_run), "--data", str(BLOOD_TEST)],
     ):
         result = run_cli(*args)
-        assert result.returncode == 2 and "read-only" in result.stderr and str(read_only_run) in result.stderr, args
+        assert (
+            result.returncode == 2
+            and "read-only" in result.stderr
+            and str(read_only_run) in result.stderr
+        ), args
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -14,7 +14,11 @@ from sklearn import metrics as skm
 
 import histoclass
 from conftest import BLOOD, BLOOD_TEST, BREAST, CLASSES, run_cli
-from histoclass.evaluation.metrics import METRIC_KEYS, ece_of_perfect_calibration, expected_calibration_error
+from histoclass.evaluation.metrics import (
+    METRIC_KEYS,
+    ece_of_perfect_calibration,
+    expected_calibration_error,
+)
 
 EVAL_FILES = [
     "metrics.json",
@@ -56,14 +60,20 @@ def test_metrics_agree_with_sklearn_from_predictions_csv(evaluated: Path) -> Non
     y_pred = np.array([CLASSES.index(r["label"]) for r in rows])
     probs = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
     assert metrics["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
-    assert metrics["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
+    assert metrics["balanced_accuracy"] == pytest.approx(
+        skm.balanced_accuracy_score(y_true, y_pred)
+    )
     assert metrics["macro_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro"))
     assert metrics["weighted_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, average="weighted"))
     assert metrics["macro_precision"] == pytest.approx(
         skm.precision_score(y_true, y_pred, average="macro", zero_division=0)
     )
-    assert metrics["roc_auc"] == pytest.approx(skm.roc_auc_score(y_true, probs, multi_class="ovr"), abs=1e-7)
-    assert metrics["log_loss"] == pytest.approx(skm.log_loss(y_true, probs, labels=range(4)), abs=1e-7)
+    assert metrics["roc_auc"] == pytest.approx(
+        skm.roc_auc_score(y_true, probs, multi_class="ovr"), abs=1e-7
+    )
+    assert metrics["log_loss"] == pytest.approx(
+        skm.log_loss(y_true, probs, labels=range(4)), abs=1e-7
+    )
     assert metrics["confusion_matrix"] == skm.confusion_matrix(y_true, y_pred).tolist()
     assert metrics["ece"] == pytest.approx(expected_calibration_error(y_true, probs), abs=1e-7)
     assert metrics["accuracy"] > 0.4  # held-out images, chance 0.25
@@ -88,21 +98,32 @@ def test_ece_agrees_with_torchmetrics_on_real_predictions(evaluated: Path) -> No
     assert expected_calibration_error(y_true, probs) == pytest.approx(expected, abs=1e-5)
 
 
-def test_the_ece_of_perfect_calibration_shrinks_with_images_and_exposes_overconfidence(evaluated: Path) -> None:
+def test_the_ece_of_perfect_calibration_shrinks_with_images_and_exposes_overconfidence(
+    evaluated: Path,
+) -> None:
     metrics = json.loads((evaluated / "metrics.json").read_text())
     rows = read_rows(evaluated / "predictions.csv")
     y_true = np.array([CLASSES.index(r["true_label"]) for r in rows])
     probs = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
     perfect = metrics["calibration"]["ece_if_perfect"]
-    assert (perfect["mean"], perfect["p95"]) == pytest.approx(ece_of_perfect_calibration(probs), abs=1e-6)
+    assert (perfect["mean"], perfect["p95"]) == pytest.approx(
+        ece_of_perfect_calibration(probs), abs=1e-6
+    )
     assert 0 < perfect["mean"] < perfect["p95"]
     many, _ = ece_of_perfect_calibration(np.concatenate([probs] * 16))
-    assert many < perfect["mean"] / 2.5  # sampling noise: about 1/sqrt(16) of it on 16 times the images
-    overconfident = np.eye(4)[probs.argmax(axis=1)] * 0.97 + 0.01  # 97% sure of answers right ~60% of the time
-    assert expected_calibration_error(y_true, overconfident) > 2 * ece_of_perfect_calibration(overconfident)[1]
+    # sampling noise: about 1/sqrt(16) of it on 16 times the images
+    assert many < perfect["mean"] / 2.5
+    # 97% sure of answers right ~60% of the time
+    overconfident = np.eye(4)[probs.argmax(axis=1)] * 0.97 + 0.01
+    assert (
+        expected_calibration_error(y_true, overconfident)
+        > 2 * ece_of_perfect_calibration(overconfident)[1]
+    )
 
 
-def test_quality_benchmark_counts_each_unseen_cell_from_evaluate_predictions(evaluated: Path, tmp_path: Path) -> None:
+def test_quality_benchmark_counts_each_unseen_cell_from_evaluate_predictions(
+    evaluated: Path, tmp_path: Path
+) -> None:
     from benchmarks.quality import cell_scores
 
     sources = sorted(BLOOD_TEST.rglob("*.jpeg"))  # each test_simple image as its own single copy
@@ -110,7 +131,9 @@ def test_quality_benchmark_counts_each_unseen_cell_from_evaluate_predictions(eva
     with open(tmp_path / "truth.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([("id", "source", "source_file"), *rows])
     cells = cell_scores(evaluated / "predictions.csv", tmp_path / "truth.csv")
-    assert sorted(cells) == sorted(row[0] for row in rows) and all(total == 1 for _, total in cells.values())
+    assert sorted(cells) == sorted(row[0] for row in rows) and all(
+        total == 1 for _, total in cells.values()
+    )
     accuracy = json.loads((evaluated / "metrics.json").read_text())["accuracy"]
     assert sum(right for right, _ in cells.values()) / len(cells) == pytest.approx(accuracy)
 
@@ -118,18 +141,40 @@ def test_quality_benchmark_counts_each_unseen_cell_from_evaluate_predictions(eva
 def test_report_html_renders_every_section_in_chromium(evaluated: Path, tmp_path: Path) -> None:
     html = (evaluated / "report.html").read_text()
     assert 'src="http' not in html and html.count("data:image/png;base64,") >= 4
-    for section in ("summary", "config", "curves", "per-class", "confusion", "roc", "calibration", "gallery"):
+    for section in (
+        "summary",
+        "config",
+        "curves",
+        "per-class",
+        "confusion",
+        "roc",
+        "calibration",
+        "gallery",
+    ):
         assert f'id="{section}"' in html
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.fail("chromium is not installed (.ci/run installs Debian's chromium package)")
     shot = tmp_path / "report.png"
     subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         f"--screenshot={shot}", "--window-size=1280,4000", f"file://{evaluated / 'report.html'}"],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1280,4000",
+            f"file://{evaluated / 'report.html'}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.stat().st_size > 50_000  # a page with plots, not a blank one
 
 
@@ -163,15 +208,25 @@ def test_predict_kaggle_columns_csv_input_and_tta(trained_run: Path, tmp_path: P
     ids = tmp_path / "ids.csv"
     ids.write_text("id\n" + "".join(f"{p.stem}\n" for p in files))
     out = tmp_path / "submission.csv"
-    result = run_cli("predict", str(trained_run), str(ids), "--image-dir", str(BLOOD_TEST / "LYMPHOCYTE"),
-                     "--columns", "id,label", "--out", str(out))  # fmt: skip
+    result = run_cli(
+        "predict",
+        str(trained_run),
+        str(ids),
+        "--image-dir",
+        str(BLOOD_TEST / "LYMPHOCYTE"),
+        "--columns",
+        "id,label",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     rows = read_rows(out)
     assert list(rows[0]) == ["id", "label"] and [r["id"] for r in rows] == [p.stem for p in files]
     predictor = histoclass.load(trained_run)
     plain, tta = predictor.predict(files), predictor.predict(files, tta=True)
     assert np.allclose(tta.sum(axis=1), 1) and not np.allclose(plain, tta)
-    assert [CLASSES[k] for k in tta.argmax(1)] == [r["label"] for r in rows]  # the CLI's default: 8 views
+    # the CLI's default: 8 views
+    assert [CLASSES[k] for k in tta.argmax(1)] == [r["label"] for r in rows]
 
 
 def test_evaluate_npz_test_split_and_class_mismatch(trained_run: Path) -> None:
@@ -187,10 +242,14 @@ def test_compare_two_runs(trained_run: Path, scratch_run: Path, tmp_path: Path) 
     assert [r["run"] for r in rows] == ["pretrained", "scratch"]
     assert float(rows[0]["accuracy"]) > float(rows[1]["accuracy"])
     assert float(rows[0]["parameters_m"]) > 3 and rows[0]["best_epoch"]
-    assert (out / "compare.png").stat().st_size > 10_000 and "| run |" in (out / "compare.md").read_text()
+    assert (out / "compare.png").stat().st_size > 10_000 and "| run |" in (
+        out / "compare.md"
+    ).read_text()
 
 
-def test_predict_never_writes_over_an_input_or_into_a_folder(trained_run: Path, tmp_path: Path) -> None:
+def test_predict_never_writes_over_an_input_or_into_a_folder(
+    trained_run: Path, tmp_path: Path
+) -> None:
     image = tmp_path / "cell.jpeg"
     shutil.copy(sorted((BLOOD / "MONOCYTE").iterdir())[0], image)
     before = image.read_bytes()
@@ -199,5 +258,9 @@ def test_predict_never_writes_over_an_input_or_into_a_folder(trained_run: Path, 
         run_cli("predict", str(trained_run), str(image), "--out", str(tmp_path)),
     )
     assert same.returncode == 2 and "is one of the input images" in same.stderr, same.stderr[-1000:]
-    assert folder.returncode == 2 and "is a folder" in folder.stderr and "Traceback" not in folder.stderr
+    assert (
+        folder.returncode == 2
+        and "is a folder" in folder.stderr
+        and "Traceback" not in folder.stderr
+    )
     assert image.read_bytes() == before

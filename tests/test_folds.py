@@ -1,5 +1,6 @@
-"""``train --folds``: group-aware folds that never see the run's validation split, per-fold figures as mean ± sd,
-and an ensemble that answers the mean of its folds and exports as one checked graph."""
+"""``train --folds``: group-aware folds that never see the run's validation split, per-fold figures
+as mean ± sd, and an ensemble that answers the mean of its folds and exports as one checked
+graph."""
 
 from __future__ import annotations
 
@@ -34,22 +35,31 @@ def _ids(path: Path, split: str) -> list[str]:
     return [row.id for row in read_split(path) if row.split == split]
 
 
-def test_folds_partition_the_training_images_by_group_and_keep_out_the_validation_split(folds_run: Path) -> None:
+def test_folds_partition_the_training_images_by_group_and_keep_out_the_validation_split(
+    folds_run: Path,
+) -> None:
     run = RunDir(folds_run)
     held_out, pool = set(_ids(run.split, "val")), set(_ids(run.split, "train"))
     fold_val = [set(_ids(run.fold(k).split, "val")) for k in range(1, FOLDS + 1)]
-    assert set().union(*fold_val) == pool and sum(len(v) for v in fold_val) == len(pool)  # each image once
+    # each image once
+    assert set().union(*fold_val) == pool and sum(len(v) for v in fold_val) == len(pool)
     for k in range(1, FOLDS + 1):
         rows = read_split(run.fold(k).split)
         assert not held_out & {row.id for row in rows}
-        groups = {split: {row.group for row in rows if row.split == split} for split in ("train", "val")}
+        groups = {
+            split: {row.group for row in rows if row.split == split} for split in ("train", "val")
+        }
         assert groups["val"] and not groups["train"] & groups["val"]
 
 
-def test_folds_report_mean_and_sd_and_the_ensemble_is_scored_on_the_held_out_split(folds_run: Path) -> None:
+def test_folds_report_mean_and_sd_and_the_ensemble_is_scored_on_the_held_out_split(
+    folds_run: Path,
+) -> None:
     run = RunDir(folds_run)
     metrics = json.loads(run.metrics.read_text())
-    per_fold = [json.loads(run.fold(k).metrics.read_text())["val_accuracy"] for k in range(1, FOLDS + 1)]
+    per_fold = [
+        json.loads(run.fold(k).metrics.read_text())["val_accuracy"] for k in range(1, FOLDS + 1)
+    ]
     assert metrics["folds"]["count"] == FOLDS
     assert metrics["folds"]["mean"]["val_accuracy"] == pytest.approx(np.mean(per_fold))
     assert metrics["folds"]["sd"]["val_accuracy"] == pytest.approx(np.std(per_fold, ddof=1))

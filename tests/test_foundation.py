@@ -35,7 +35,8 @@ def test_every_entry_builds_with_its_documented_embedding(name: str) -> None:
     assert parameters == pytest.approx(spec.parameters_m, rel=0.01)
     assert backbone.mean == spec.mean and backbone.std == spec.std
     named = {n for n, _ in backbone.module.named_parameters()}
-    assert named == {n for block in backbone.blocks for n in block}  # two-phase training sees every parameter
+    # two-phase training sees every parameter
+    assert named == {n for block in backbone.blocks for n in block}
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth", "folder"])
@@ -64,33 +65,54 @@ def test_a_downloaded_folder_builds_as_published(tmp_path) -> None:
     spec = FOUNDATION_MODELS["kaiko-vits16"]
     torch.manual_seed(0)
     source = timm.create_model(spec.architecture, num_classes=3, mlp_ratio=2.0).eval()
-    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in source.state_dict().items()},
+        str(tmp_path / "model.safetensors"),
+    )
     config = {"architecture": spec.architecture, "num_classes": 3, "model_args": {"mlp_ratio": 2.0}}
     (tmp_path / "config.json").write_text(json.dumps(config))
     loaded = build_foundation(spec, pretrained=False, weights=str(tmp_path)).module.eval()
     images = torch.rand(2, 3, 224, 224)
     with torch.no_grad():
-        assert torch.equal(source.forward_head(source.forward_features(images), pre_logits=True), loaded(images))
+        assert torch.equal(
+            source.forward_head(source.forward_features(images), pre_logits=True), loaded(images)
+        )
 
 
 def test_a_transformers_dinov2_checkpoint_converts_exactly(tmp_path) -> None:
     """Hibou-B as published (transformers DINOv2 with 4 registers) gives the same class token through timm."""
-    transformers = pytest.importorskip("transformers")  # installed with the tflite extra (make setup)
+    # installed with the tflite extra (make setup)
+    transformers = pytest.importorskip("transformers")
     config = transformers.Dinov2WithRegistersConfig(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=14,
-        num_register_tokens=4, layerscale_value=1e-5,
-    )  # fmt: skip
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        image_size=224,
+        patch_size=14,
+        num_register_tokens=4,
+        layerscale_value=1e-5,
+    )
     torch.manual_seed(0)
     reference = transformers.Dinov2WithRegistersModel(config).eval()
-    for parameter in reference.parameters():  # the default init leaves tokens at zero: make every entry count
+    # the default init leaves tokens at zero: make every entry count
+    for parameter in reference.parameters():
         torch.nn.init.normal_(parameter, std=0.05)
-    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(tmp_path / "model.safetensors"))
-    backbone = build_foundation(FOUNDATION_MODELS["hibou-b"], pretrained=False, weights=str(tmp_path))
+    save_file(
+        {k: v.contiguous() for k, v in reference.state_dict().items()},
+        str(tmp_path / "model.safetensors"),
+    )
+    backbone = build_foundation(
+        FOUNDATION_MODELS["hibou-b"], pretrained=False, weights=str(tmp_path)
+    )
     images = torch.rand(2, 3, 224, 224)
     with torch.no_grad():
         expected = reference(pixel_values=images).last_hidden_state[:, 0]
         assert torch.allclose(backbone.module.eval()(images), expected, atol=1e-4)
-    broken = {k: v.contiguous() for k, v in reference.state_dict().items() if k != "embeddings.register_tokens"}
+    broken = {
+        k: v.contiguous()
+        for k, v in reference.state_dict().items()
+        if k != "embeddings.register_tokens"
+    }
     save_file(broken, str(tmp_path / "model.safetensors"))
     with pytest.raises(HistoclassError, match="does not fit hibou-b"):
         build_foundation(FOUNDATION_MODELS["hibou-b"], pretrained=False, weights=str(tmp_path))
@@ -103,7 +125,10 @@ def test_a_dinobloom_training_checkpoint_loads_by_name_from_a_folder(tmp_path) -
     torch.manual_seed(0)
     source = create_backbone(spec.name, pretrained=False).module.eval()
     teacher = {f"backbone.{key}": value for key, value in source.state_dict().items()}
-    teacher |= {"backbone.mask_token": torch.zeros(1, spec.dim), "dino_head.last_layer.weight": torch.rand(8, 4)}
+    teacher |= {
+        "backbone.mask_token": torch.zeros(1, spec.dim),
+        "dino_head.last_layer.weight": torch.rand(8, 4),
+    }
     torch.save({"teacher": teacher, "iteration": 1}, tmp_path / "DinoBloom-S.pth")
     loaded = build_foundation(spec, pretrained=False, weights=str(tmp_path)).module.eval()
     images = torch.rand(2, 3, 224, 224)
@@ -136,11 +161,19 @@ def test_unknown_names_and_missing_access_are_one_line(tmp_path) -> None:
     ]
     hub_call = ["embed", "hf-hub:bioptimus/H-optimus-0", data, "--out", out]
     typo, gated, random, *hub = run_cli_all(calls + [hub_call] * offline, env=env)
-    assert typo.returncode == 2 and "did you mean uni2-h" in typo.stderr and "Traceback" not in typo.stderr
+    assert (
+        typo.returncode == 2
+        and "did you mean uni2-h" in typo.stderr
+        and "Traceback" not in typo.stderr
+    )
     assert gated.returncode == 2 and "Traceback" not in gated.stderr
     for needed in ("HF_TOKEN", "--weights", "https://huggingface.co/MahmoodLab/UNI2-h"):
         assert needed in gated.stderr
     for result in hub:  # without the hub, the download's own error
-        assert result.returncode == 2 and "--weights DIR" in result.stderr and "Traceback" not in result.stderr
+        assert (
+            result.returncode == 2
+            and "--weights DIR" in result.stderr
+            and "Traceback" not in result.stderr
+        )
     assert not (tmp_path / "e.npz").exists()
     assert random.returncode == 2 and "--probe needs a pretrained backbone" in random.stderr

@@ -25,8 +25,13 @@ def test_numpy_and_torch_normalisation_agree_on_real_images() -> None:
     )
     assert in_numpy.shape == (16, 3, 96, 96) and in_numpy.dtype == np.float32
     assert np.abs(in_numpy - in_torch.numpy()).max() < 1e-6
-    assert np.array_equal(normalize_numpy(pixels, mean, std, "NHWC"), in_numpy.transpose(0, 2, 3, 1))
-    assert abs(float(in_numpy[:, 0].mean()) - ((pixels[..., 0].mean() / 255 - mean[0]) / std[0])) < 1e-4
+    assert np.array_equal(
+        normalize_numpy(pixels, mean, std, "NHWC"), in_numpy.transpose(0, 2, 3, 1)
+    )
+    assert (
+        abs(float(in_numpy[:, 0].mean()) - ((pixels[..., 0].mean() / 255 - mean[0]) / std[0]))
+        < 1e-4
+    )
 
 
 def test_dihedral_views_are_the_eight_symmetries_identity_first() -> None:

@@ -1,5 +1,6 @@
-"""Probes on real blood-cell images: heads trained on cached embeddings of the shared ImageNet Lite0, the cache
-reused by a second run, and a probe run that evaluates, predicts, exports and serves like any run."""
+"""Probes on real blood-cell images: heads trained on cached embeddings of the shared ImageNet
+Lite0, the cache reused by a second run, and a probe run that evaluates, predicts, exports and
+serves like any run."""
 
 from __future__ import annotations
 
@@ -34,19 +35,28 @@ def probe_run(blood_subset: Path, runs_dir: Path) -> Path:
 
 def test_linear_probe_learns_and_keeps_only_the_head_in_checkpoints(probe_run: Path) -> None:
     assert val_accuracy(probe_run) > CHANCE + 0.2
-    checkpoint = torch.load(probe_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
-    assert checkpoint["state_dict"] and all(k.startswith("model.head.") for k in checkpoint["state_dict"])
-    saved = load_file(str(probe_run / "model.safetensors"))  # the whole classifier, backbone untouched
+    checkpoint = torch.load(
+        probe_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True
+    )
+    assert checkpoint["state_dict"] and all(
+        k.startswith("model.head.") for k in checkpoint["state_dict"]
+    )
+    # the whole classifier, backbone untouched
+    saved = load_file(str(probe_run / "model.safetensors"))
     lite0 = load_file(str(LITE0))
     assert torch.equal(saved["backbone.conv_stem.weight"], lite0["conv_stem.weight"])
     config = (probe_run / "config.yaml").read_text()
     assert "probe: linear" in config and "head: linear" in config
 
 
-def test_a_second_probe_reads_the_cache_instead_of_the_backbone(probe_run, blood_subset, runs_dir, monkeypatch):
+def test_a_second_probe_reads_the_cache_instead_of_the_backbone(
+    probe_run, blood_subset, runs_dir, monkeypatch
+):
     calls = []
     original = Embedder.embed_pixels
-    monkeypatch.setattr(Embedder, "embed_pixels", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    monkeypatch.setattr(
+        Embedder, "embed_pixels", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    )
     again = _probe(blood_subset, runs_dir, "probe-again", "linear", views=True)
     assert calls == []
     first = json.loads((probe_run / "metrics.json").read_text())
@@ -93,7 +103,9 @@ def test_knn_probe_stores_the_training_embeddings(blood_subset: Path, runs_dir: 
     assert np.allclose(bank.norm(dim=1).numpy(), 1, atol=1e-4)
     exported = run_cli("export", str(run))
     assert exported.returncode == 0, exported.stderr
-    assert json.loads((run / "export" / "parity.json").read_text())["onnx"]["top1_agreement"] >= 0.995
+    assert (
+        json.loads((run / "export" / "parity.json").read_text())["onnx"]["top1_agreement"] >= 0.995
+    )
 
 
 def test_embed_writes_every_format(probe_run: Path, tmp_path: Path) -> None:
@@ -102,11 +114,14 @@ def test_embed_writes_every_format(probe_run: Path, tmp_path: Path) -> None:
     assert npz.returncode == 0, npz.stderr
     data = np.load(tmp_path / "e.npz")
     assert data["features"].shape == (images, 1280) and len(set(data["labels"])) == 4
-    views = run_cli("embed", str(probe_run), str(BLOOD_TEST), "--out", str(tmp_path / "e.npy"), "--views", "all")
+    views = run_cli(
+        "embed", str(probe_run), str(BLOOD_TEST), "--out", str(tmp_path / "e.npy"), "--views", "all"
+    )
     assert views.returncode == 0, views.stderr
     assert np.load(tmp_path / "e.npy").shape == (images, 8, 1280)
     assert len((tmp_path / "e.csv").read_text().splitlines()) == images + 1
-    assert np.allclose(np.load(tmp_path / "e.npy")[:, 0], data["features"], atol=2e-2)  # same vectors, float16
+    # same vectors, float16
+    assert np.allclose(np.load(tmp_path / "e.npy")[:, 0], data["features"], atol=2e-2)
     if pytest.importorskip("pyarrow"):
         import pyarrow.parquet as pq
 

@@ -32,13 +32,17 @@ def server(trained_run: Path) -> Iterator[tuple[subprocess.Popen, str]]:
     process.wait(timeout=30)
 
 
-def upload(url: str, files: list[tuple[str, bytes]], endpoint: str = "predict", **kwargs) -> httpx.Response:
+def upload(
+    url: str, files: list[tuple[str, bytes]], endpoint: str = "predict", **kwargs
+) -> httpx.Response:
     field = "files" if endpoint == "predict" else "file"
     payload = [(field, (name, data, "application/octet-stream")) for name, data in files]
     return httpx.post(f"{url}/api/{endpoint}", files=payload, timeout=120, **kwargs)
 
 
-def test_api_labels_agree_with_histoclass_predict(server, trained_run: Path, tmp_path: Path) -> None:
+def test_api_labels_agree_with_histoclass_predict(
+    server, trained_run: Path, tmp_path: Path
+) -> None:
     _, url = server
     chosen = TEST_IMAGES[::4]
     response = upload(url, [(p.name, p.read_bytes()) for p in chosen])
@@ -108,7 +112,9 @@ def test_200_concurrent_requests_from_20_clients(server) -> None:
     def client(index: int) -> list[int]:
         with httpx.Client(timeout=120) as session:
             return [
-                session.post(f"{url}/api/predict", files=[("files", payloads[(index + k) % 20])]).status_code
+                session.post(
+                    f"{url}/api/predict", files=[("files", payloads[(index + k) % 20])]
+                ).status_code
                 for k in range(10)
             ]
 
@@ -117,8 +123,10 @@ def test_200_concurrent_requests_from_20_clients(server) -> None:
         statuses = [s for batch in pool.map(client, range(20)) for s in batch]
     elapsed = time.perf_counter() - started
     after = server_process.memory_info().rss
-    print(f"\n200 requests / 20 clients: {elapsed:.1f} s, {200 / elapsed:.0f} req/s; "
-          f"server RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB")  # fmt: skip
+    print(
+        f"\n200 requests / 20 clients: {elapsed:.1f} s, {200 / elapsed:.0f} req/s; "
+        f"server RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB"
+    )
     assert statuses == [200] * 200
     assert after - before < 200 * 2**20
 
@@ -130,13 +138,25 @@ def test_api_key_guards_the_api_but_not_health_or_page(trained_run: Path) -> Non
         assert upload(url, image).status_code == 401
         assert upload(url, image, headers={"X-API-Key": "s3cret"}).status_code == 200
         assert httpx.get(f"{url}/api/model").status_code == 401
-        assert httpx.get(f"{url}/").status_code == 200 and httpx.get(f"{url}/static/app.js").status_code == 200
-        # The API's description and docs are behind the key too (issue 19); the docs page takes it as a parameter.
-        assert httpx.get(f"{url}/openapi.json").status_code == 401 and httpx.get(f"{url}/docs").status_code == 401
-        assert "/api/predict" in httpx.get(f"{url}/openapi.json", headers={"X-API-Key": "s3cret"}).json()["paths"]
+        assert (
+            httpx.get(f"{url}/").status_code == 200
+            and httpx.get(f"{url}/static/app.js").status_code == 200
+        )
+        # The API's description and docs are behind the key too (issue 19); the docs page takes it
+        # as a parameter.
+        assert (
+            httpx.get(f"{url}/openapi.json").status_code == 401
+            and httpx.get(f"{url}/docs").status_code == 401
+        )
+        assert (
+            "/api/predict"
+            in httpx.get(f"{url}/openapi.json", headers={"X-API-Key": "s3cret"}).json()["paths"]
+        )
         docs = httpx.get(f"{url}/docs?api_key=s3cret")
         assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
-        assert httpx.get(f"{url}/docs-assets/swagger-ui-bundle.js?api_key=s3cret").status_code == 200
+        assert (
+            httpx.get(f"{url}/docs-assets/swagger-ui-bundle.js?api_key=s3cret").status_code == 200
+        )
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -150,13 +170,20 @@ def test_page_in_chromium_uploads_two_images_and_shows_heatmaps(server, tmp_path
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+            ],
         )
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.goto(url)
         page.wait_for_selector("#card dd")
         page.set_input_files("#file-input", [str(p) for p in chosen])
-        page.wait_for_function("document.querySelectorAll('.result img.heatmap.ready').length === 2", timeout=60_000)
+        page.wait_for_function(
+            "document.querySelectorAll('.result img.heatmap.ready').length === 2", timeout=60_000
+        )
         labels = page.eval_on_selector_all(".result", "cards => cards.map(c => c.dataset.label)")
         assert len(labels) == 2 and all(label in CLASSES for label in labels)
         assert page.locator(".result .bar").count() == 2 * len(CLASSES)
@@ -192,7 +219,9 @@ def test_answers_carry_prediction_sets_and_the_card_its_calibration(server) -> N
     assert card["set_coverage"] == 0.9 and card["temperature"] > 0
     results = upload(url, [(p.name, p.read_bytes()) for p in TEST_IMAGES[:12]]).json()["results"]
     for result in results:
-        assert set(result["prediction_set"]) <= set(CLASSES) and result["set_size"] == len(result["prediction_set"])
+        assert set(result["prediction_set"]) <= set(CLASSES) and result["set_size"] == len(
+            result["prediction_set"]
+        )
         assert result["uncertain"] == (result["set_size"] != 1)
 
 
@@ -207,9 +236,15 @@ def rss_mib(process: subprocess.Popen) -> float:
 
 
 def test_the_key_and_the_body_limit_are_checked_before_the_body_is_read(trained_run: Path) -> None:
-    process, url = start_server(trained_run, "--api-key", "s3cret", "--max-file-mb", "20", "--max-files", "4")
+    process, url = start_server(
+        trained_run, "--api-key", "s3cret", "--max-file-mb", "20", "--max-files", "4"
+    )
     try:
-        upload(url, [(TEST_IMAGES[0].name, TEST_IMAGES[0].read_bytes())], headers={"X-API-Key": "s3cret"})
+        upload(
+            url,
+            [(TEST_IMAGES[0].name, TEST_IMAGES[0].read_bytes())],
+            headers={"X-API-Key": "s3cret"},
+        )
         before = rss_mib(process)
         blob = b"\xff\xd8\xff" + os.urandom(15_000_000)
         for _ in range(10):
@@ -220,7 +255,8 @@ def test_the_key_and_the_body_limit_are_checked_before_the_body_is_read(trained_
         over = upload(url, [(f"{i}.jpeg", blob) for i in range(6)], headers={"X-API-Key": "s3cret"})
         assert over.status_code == 413, over.text
         assert "the limit is 80 MB" in over.json()["detail"]  # --max-files x --max-file-mb
-        assert rss_mib(process) - before < 60, (before, rss_mib(process))  # none of the 240 MB was buffered
+        # none of the 240 MB was buffered
+        assert rss_mib(process) - before < 60, (before, rss_mib(process))
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -235,9 +271,16 @@ def test_kept_uploads_get_safe_bounded_names_and_refused_requests_keep_nothing(
         real = TEST_IMAGES[0].read_bytes()
         long_name = "../" + "x" * 300 + ".jpeg"
         response = upload(url, [(long_name, real)])
-        assert response.status_code == 200 and response.json()["results"][0]["filename"] == long_name
+        assert (
+            response.status_code == 200 and response.json()["results"][0]["filename"] == long_name
+        )
         names = [p.name for p in kept.iterdir()]
-        assert len(names) == 1 and len(names[0]) <= 120 and names[0].endswith(".jpeg") and "/" not in names[0]
+        assert (
+            len(names) == 1
+            and len(names[0]) <= 120
+            and names[0].endswith(".jpeg")
+            and "/" not in names[0]
+        )
         refused = upload(url, [("good.jpeg", real), ("bad.jpeg", real[:100])])
         assert refused.status_code == 422
         assert len(list(kept.iterdir())) == 1  # the good file of a refused request is not kept
@@ -260,9 +303,10 @@ def test_a_taken_port_is_one_line_and_nothing_claims_to_serve(trained_run: Path)
 
 @pytest.mark.slow
 def test_memory_stays_flat_over_5000_requests(trained_run: Path) -> None:
-    """5,000 predict and explain requests (one in 25: Grad-CAM costs ten predictions) from 20 clients: RSS after
-    the first 500 grows by under 10%."""
-    process, url = start_server(trained_run, "--no-tta")  # one view: memory, not the 8 views, is under test
+    """5,000 predict and explain requests (one in 25: Grad-CAM costs ten predictions) from 20
+    clients: RSS after the first 500 grows by under 10%."""
+    # one view: memory, not the 8 views, is under test
+    process, url = start_server(trained_run, "--no-tta")
     payloads = [(p.name, p.read_bytes()) for p in TEST_IMAGES[:20]]
 
     def client(index: int, count: int) -> list[int]:
@@ -298,7 +342,9 @@ def test_docs_never_reflect_the_key_as_markup_and_answers_carry_the_shift_score(
     assert result["shift_score"] >= 0 and isinstance(result["unlike_training"], bool)
 
 
-def test_a_non_ascii_key_matches_and_a_client_that_sends_no_body_is_dropped(trained_run: Path) -> None:
+def test_a_non_ascii_key_matches_and_a_client_that_sends_no_body_is_dropped(
+    trained_run: Path,
+) -> None:
     process, url = start_server(trained_run, "--api-key", "clé-ünï", "--body-timeout", "2")
     try:
         image = [(TEST_IMAGES[0].name, TEST_IMAGES[0].read_bytes())]
@@ -308,7 +354,8 @@ def test_a_non_ascii_key_matches_and_a_client_that_sends_no_body_is_dropped(trai
         with socket.create_connection(("127.0.0.1", port), timeout=15) as client:
             head = (
                 (
-                    b"POST /api/predict HTTP/1.1\r\nHost: t\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                    b"POST /api/predict HTTP/1.1\r\nHost: t\r\n"
+                    b"Content-Type: multipart/form-data; boundary=b\r\n"
                     b"Content-Length: 5000\r\n"
                 )
                 + b"X-API-Key: "
@@ -318,7 +365,9 @@ def test_a_non_ascii_key_matches_and_a_client_that_sends_no_body_is_dropped(trai
             client.sendall(head)
             started = time.monotonic()
             answer = client.recv(4096)
-            assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 10, answer[:200]
+            assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 10, answer[
+                :200
+            ]
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -327,8 +376,9 @@ def test_a_non_ascii_key_matches_and_a_client_that_sends_no_body_is_dropped(trai
 def test_many_large_legal_images_are_decoded_within_a_budget_and_the_memory_comes_back(
     trained_run: Path, tmp_path: Path
 ) -> None:
-    """8 requests of three 5000x5000 PNGs at once: every one answered, the decodes kept to the budget (two such
-    images at a time), and the process back within 10% of where it started once they are done."""
+    """8 requests of three 5000x5000 PNGs at once: every one answered, the decodes kept to the
+    budget (two such images at a time), and the process back within 10% of where it started once
+    they are done."""
     from PIL import Image
 
     cell = Image.open(TEST_IMAGES[0]).convert("RGB")
@@ -339,12 +389,17 @@ def test_many_large_legal_images_are_decoded_within_a_budget_and_the_memory_come
     buffer = io.BytesIO()
     big.save(buffer, "PNG", compress_level=1)
     png = buffer.getvalue()
-    process, url = start_server(trained_run, "--no-tta", "--max-megapixels", "25", "--max-file-mb", "30")
+    process, url = start_server(
+        trained_run, "--no-tta", "--max-megapixels", "25", "--max-file-mb", "30"
+    )
     try:
         assert upload(url, [("warm.png", png)]).status_code == 200
         start = peak = rss_mib(process)
         with ThreadPoolExecutor(max_workers=8) as pool:
-            replies = [pool.submit(upload, url, [(f"{i}-{k}.png", png) for k in range(3)]) for i in range(8)]
+            replies = [
+                pool.submit(upload, url, [(f"{i}-{k}.png", png) for k in range(3)])
+                for i in range(8)
+            ]
             while not all(reply.done() for reply in replies):
                 peak = max(peak, rss_mib(process))
                 time.sleep(0.05)
@@ -355,7 +410,9 @@ def test_many_large_legal_images_are_decoded_within_a_budget_and_the_memory_come
         assert peak - start < 600, (start, peak)  # 24 such decodes at once: 1.8 GB of RGB alone
         assert after < 1.10 * start, (start, after)
         over = upload(url, [(f"{k}.png", png) for k in range(13)])  # 325 MP: over the request's 300
-        assert over.status_code == 413 and "megapixels in one request" in over.json()["detail"], over.text
+        assert over.status_code == 413 and "megapixels in one request" in over.json()["detail"], (
+            over.text
+        )
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -369,7 +426,11 @@ def test_every_refusal_has_the_documented_shape(server) -> None:
         httpx.post(f"{url}/api/predict", content=image, headers={"Content-Type": "image/jpeg"}),
         httpx.post(f"{url}/api/predict", content=b"files=x"),
         httpx.post(f"{url}/api/predict", files=[("other", ("a.jpeg", image))]),
-        httpx.post(f"{url}/api/predict", content=b"--b\r\nbroken", headers={"Content-Type": "multipart/form-data"}),
+        httpx.post(
+            f"{url}/api/predict",
+            content=b"--b\r\nbroken",
+            headers={"Content-Type": "multipart/form-data"},
+        ),
         httpx.get(f"{url}/api/nothing-here"),
         httpx.get(f"{url}/api/predict"),
     ]
@@ -397,14 +458,23 @@ def test_a_file_past_its_limit_is_counted_not_kept_as_the_body_streams_in() -> N
 
     small = TEST_IMAGES[0].read_bytes()
     head = b'--b\r\nContent-Disposition: form-data; name="files"; filename="%s"\r\n\r\n'
-    body = head % b"big.png" + b"\0" * 45_000_000 + b"\r\n" + head % b"cell.jpeg" + small + b"\r\n--b--\r\n"
+    body = (
+        head % b"big.png"
+        + b"\0" * 45_000_000
+        + b"\r\n"
+        + head % b"cell.jpeg"
+        + small
+        + b"\r\n--b--\r\n"
+    )
 
     async def chunks():
         for start in range(0, len(body), 65536):
             yield body[start : start + 65536]
 
     tracemalloc.start()
-    uploads = asyncio.run(read_uploads("multipart/form-data; boundary=b", chunks(), "files", 20_000_000, 64))
+    uploads = asyncio.run(
+        read_uploads("multipart/form-data; boundary=b", chunks(), "files", 20_000_000, 64)
+    )
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 22e6, peak  # the 45 MB never held

@@ -34,7 +34,8 @@ def _other_kinds(folder: Path) -> Path:
             Image.fromarray(image).save(folder / f"breast_{i}.png")
     with Image.open(SLIDE) as slide:  # one level of JPEG tiles: Pillow reads it as a TIFF
         slide = slide.convert("RGB")
-        for i in range(60):  # over the tissue (the slide's middle third), not the white glass around it
+        # over the tissue (the slide's middle third), not the white glass around it
+        for i in range(60):
             x, y = 800 + (i % 10) * 90, 1300 + (i // 10) * 250
             slide.crop((x, y, x + 128, y + 128)).save(folder / f"he_{i}.png")
     return folder
@@ -46,11 +47,15 @@ def scores(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     assert predictor.shift is not None, "a finished run carries its shift reference"
     others = _other_kinds(tmp_path_factory.mktemp("kinds") / "kinds")
     sources = {"same lab": BLOOD_TEST, "other lab": TECOM, "other kind": others}
-    return {name: run_predictions(predictor, _records(path)).shift for name, path in sources.items()}
+    return {
+        name: run_predictions(predictor, _records(path)).shift for name, path in sources.items()
+    }
 
 
 def _auroc(negative: np.ndarray, positive: np.ndarray) -> float:
-    return roc_auc_score(np.r_[np.zeros(len(negative)), np.ones(len(positive))], np.r_[negative, positive])
+    return roc_auc_score(
+        np.r_[np.zeros(len(negative)), np.ones(len(positive))], np.r_[negative, positive]
+    )
 
 
 def test_another_lab_and_another_kind_score_as_shifted(scores: dict[str, np.ndarray]) -> None:
@@ -61,12 +66,22 @@ def test_another_lab_and_another_kind_score_as_shifted(scores: dict[str, np.ndar
 def test_the_verdict_is_printed_for_another_lab_only(trained_run: Path, tmp_path: Path) -> None:
     calls = [
         ["predict", str(trained_run), str(TECOM), "--out", str(tmp_path / "tecom.csv"), "--no-tta"],
-        ["predict", str(trained_run), str(BLOOD_TEST), "--out", str(tmp_path / "same.csv"), "--no-tta"],
+        [
+            "predict",
+            str(trained_run),
+            str(BLOOD_TEST),
+            "--out",
+            str(tmp_path / "same.csv"),
+            "--no-tta",
+        ],
     ]
     other, same = run_cli_all(calls)
-    assert other.returncode == 0 and same.returncode == 0, other.stderr[-2000:] + same.stderr[-2000:]
+    assert other.returncode == 0 and same.returncode == 0, (
+        other.stderr[-2000:] + same.stderr[-2000:]
+    )
     said = {
-        name: " ".join((result.stdout + result.stderr).split()) for name, result in (("other", other), ("same", same))
+        name: " ".join((result.stdout + result.stderr).split())
+        for name, result in (("other", other), ("same", same))
     }
     assert VERDICT in said["other"] and VERDICT not in said["same"]
     with open(tmp_path / "tecom.csv", newline="") as handle:
@@ -75,8 +90,11 @@ def test_the_verdict_is_printed_for_another_lab_only(trained_run: Path, tmp_path
     assert np.mean([row["unlike_training"] == "1" for row in rows]) > 0.5
 
 
-def test_a_reference_round_trips_and_its_threshold_is_the_held_out_quantile(tmp_path: Path, rng) -> None:
-    """Features of four sources (clusters) as reference and held out; a fifth source lies beyond the threshold."""
+def test_a_reference_round_trips_and_its_threshold_is_the_held_out_quantile(
+    tmp_path: Path, rng
+) -> None:
+    """Features of four sources (clusters) as reference and held out; a fifth source lies beyond the
+    threshold."""
     centres = rng.normal(scale=3.0, size=(5, 16))
 
     def draw(sources: list[int], n: int) -> np.ndarray:
@@ -88,5 +106,6 @@ def test_a_reference_round_trips_and_its_threshold_is_the_held_out_quantile(tmp_
     fitted.save(tmp_path / "shift.npz")
     loaded = ShiftReference.load(tmp_path / "shift.npz")
     assert loaded.threshold == fitted.threshold and loaded.k == 5
-    np.testing.assert_allclose(loaded.score(held_out), fitted.score(held_out), atol=2e-3)  # float16 storage
+    # float16 storage
+    np.testing.assert_allclose(loaded.score(held_out), fitted.score(held_out), atol=2e-3)
     assert np.mean(fitted.unlike(fitted.score(draw([4], 100)))) > 0.9

@@ -36,8 +36,12 @@ def slides(tmp_path_factory: pytest.TempPathFactory, layout) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("slides")
     blank = cell_layout([], 1, 1, TILE)
     return {
-        "svs": write_slide(folder / "cells.svs", layout, COLUMNS * TILE, ROWS * TILE, mpp=MPP, aperio=True),
-        "tiff": write_slide(folder / "cells.tif", layout, COLUMNS * TILE, ROWS * TILE, mpp=MPP, aperio=False),
+        "svs": write_slide(
+            folder / "cells.svs", layout, COLUMNS * TILE, ROWS * TILE, mpp=MPP, aperio=True
+        ),
+        "tiff": write_slide(
+            folder / "cells.tif", layout, COLUMNS * TILE, ROWS * TILE, mpp=MPP, aperio=False
+        ),
         "blank": write_slide(folder / "glass.svs", blank, 1024, 1024, mpp=MPP, aperio=True),
     }
 
@@ -48,10 +52,23 @@ def read_tiles(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def mapped(trained_run: Path, slides: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mapped(
+    trained_run: Path, slides: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     out = tmp_path_factory.mktemp("mapped")
-    result = run_cli("slide", str(trained_run), str(slides["svs"]), "--out", str(out), "--mpp", str(MPP),
-                     "--tile-size", str(TILE), "--batch-size", "16")  # fmt: skip
+    result = run_cli(
+        "slide",
+        str(trained_run),
+        str(slides["svs"]),
+        "--out",
+        str(out),
+        "--mpp",
+        str(MPP),
+        "--tile-size",
+        str(TILE),
+        "--batch-size",
+        "16",
+    )
     assert result.returncode == 0, result.stderr
     return out
 
@@ -59,12 +76,15 @@ def mapped(trained_run: Path, slides: dict[str, Path], tmp_path_factory: pytest.
 def test_both_readers_see_the_same_pyramid_and_pixels(slides: dict[str, Path], monkeypatch) -> None:
     for name in ("svs", "tiff"):
         via_openslide = open_slide(slides[name])
-        monkeypatch.setattr(readers, "_openslide", lambda path: None)  # as where openslide is not installed
+        # as where openslide is not installed
+        monkeypatch.setattr(readers, "_openslide", lambda path: None)
         via_tiffslide = open_slide(slides[name])
         monkeypatch.undo()
         assert (via_openslide.reader, via_tiffslide.reader) == ("openslide", "tiffslide")
         assert via_openslide.level_dimensions == via_tiffslide.level_dimensions
-        assert via_openslide.level_downsamples == via_tiffslide.level_downsamples == [1.0, 4.0, 16.0]
+        assert (
+            via_openslide.level_downsamples == via_tiffslide.level_downsamples == [1.0, 4.0, 16.0]
+        )
         assert via_openslide.mpp == via_tiffslide.mpp == MPP
         for level in (0, 1):
             a = via_openslide.read_through_reader(512, 256, level, 100, 80)
@@ -72,7 +92,9 @@ def test_both_readers_see_the_same_pyramid_and_pixels(slides: dict[str, Path], m
             assert a.shape == (80, 100, 3) and np.array_equal(a, b)
 
 
-def test_tiles_decoded_straight_from_the_tiff_equal_the_readers(slides: dict[str, Path], monkeypatch) -> None:
+def test_tiles_decoded_straight_from_the_tiff_equal_the_readers(
+    slides: dict[str, Path], monkeypatch
+) -> None:
     rng = np.random.default_rng(0)
     for name in ("svs", "tiff"):
         for reader in ("openslide", "tiffslide"):
@@ -80,13 +102,21 @@ def test_tiles_decoded_straight_from_the_tiff_equal_the_readers(slides: dict[str
                 monkeypatch.setattr(readers, "_openslide", lambda path: None)
             slide = open_slide(slides[name])
             monkeypatch.undo()
-            assert slide.reader == reader and slide.chunks is not None and sorted(slide.chunks.levels) == [0, 1, 2]
+            assert (
+                slide.reader == reader
+                and slide.chunks is not None
+                and sorted(slide.chunks.levels) == [0, 1, 2]
+            )
             for level, downsample in enumerate(slide.level_downsamples):
                 width, height = slide.level_dimensions[level]
                 for _ in range(25):  # inside, across tile edges, and past the slide's edges
-                    x, y = (int(rng.integers(-40, side + 40) * downsample) for side in (width, height))
+                    x, y = (
+                        int(rng.integers(-40, side + 40) * downsample) for side in (width, height)
+                    )
                     w, h = (int(v) for v in rng.integers(1, 300, 2))
-                    assert np.array_equal(slide.read(x, y, level, w, h), slide.read_through_reader(x, y, level, w, h))
+                    assert np.array_equal(
+                        slide.read(x, y, level, w, h), slide.read_through_reader(x, y, level, w, h)
+                    )
             slide.close()
 
 
@@ -111,7 +141,9 @@ def test_background_is_left_out_and_tiles_land_on_the_right_cells(mapped: Path, 
     assert all(int(t["x"]) % TILE == 0 and int(t["width"]) == TILE for t in tiles)
 
 
-def test_tile_predictions_equal_predict_on_the_same_regions(mapped: Path, trained_run: Path, slides, tmp_path) -> None:
+def test_tile_predictions_equal_predict_on_the_same_regions(
+    mapped: Path, trained_run: Path, slides, tmp_path
+) -> None:
     tiles = read_tiles(mapped / "cells" / "tiles.csv")[:6]
     slide = open_slide(slides["svs"])
     folder = tmp_path / "regions"
@@ -120,7 +152,10 @@ def test_tile_predictions_equal_predict_on_the_same_regions(mapped: Path, traine
         region = slide.read(int(t["x"]), int(t["y"]), 0, TILE, TILE)
         Image.fromarray(region).save(folder / f"{t['x']}_{t['y']}.png")
     out = tmp_path / "predictions.csv"
-    assert run_cli("predict", str(trained_run), str(folder), "--out", str(out), "--no-tta").returncode == 0
+    assert (
+        run_cli("predict", str(trained_run), str(folder), "--out", str(out), "--no-tta").returncode
+        == 0
+    )
     predicted = {Path(row["id"]).stem: row for row in read_tiles(out)}
     for t in tiles:
         row = predicted[f"{t['x']}_{t['y']}"]
@@ -133,7 +168,12 @@ def test_outputs_geojson_and_areas(mapped: Path) -> None:
     folder = mapped / "cells"
     summary = json.loads((folder / "summary.json").read_text())
     labels = [k for k in summary["classes"]]
-    for name in ("thumbnail.png", "heatmap.png", "report.html", *(f"heatmap_{label}.png" for label in labels)):
+    for name in (
+        "thumbnail.png",
+        "heatmap.png",
+        "report.html",
+        *(f"heatmap_{label}.png" for label in labels),
+    ):
         assert (folder / name).stat().st_size > 0, name
     assert (mapped / "index.html").exists() and "cells" in (mapped / "index.csv").read_text()
     assert summary["level"] == 0 and summary["slide_mpp"] == MPP and summary["tiles"] > 0
@@ -141,39 +181,73 @@ def test_outputs_geojson_and_areas(mapped: Path) -> None:
     assert abs(sum(areas) - summary["tissue_area_mm2"]) < 1e-9
     assert sum(row["tiles"] for row in summary["classes"].values()) == summary["tiles"]
     collection = json.loads((folder / "tiles.geojson").read_text())
-    assert collection["type"] == "FeatureCollection" and len(collection["features"]) == summary["tiles"]
+    assert (
+        collection["type"] == "FeatureCollection"
+        and len(collection["features"]) == summary["tiles"]
+    )
     tiles = read_tiles(folder / "tiles.csv")
     for feature, tile in zip(collection["features"], tiles, strict=True):
         ring = feature["geometry"]["coordinates"][0]
         assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
-        assert ring[0] == ring[-1] and len(ring) == 5 and ring[0] == [int(tile["x"]), int(tile["y"])]
+        assert (
+            ring[0] == ring[-1] and len(ring) == 5 and ring[0] == [int(tile["x"]), int(tile["y"])]
+        )
         classification = feature["properties"]["classification"]
         assert classification["name"] == tile["label"] and len(classification["color"]) == 3
         assert set(feature["properties"]["measurements"]) == {f"prob_{label}" for label in labels}
 
 
-def test_coarser_resolution_reads_a_coarser_level(trained_run: Path, slides, tmp_path: Path) -> None:
-    # 64-pixel tiles at 8x the slide's microns per pixel: 512 level-0 pixels, read at level 1 (4x) as 128 pixels,
-    # the coarsest level that still has the model's input size (96)
-    result = run_cli("slide", str(trained_run), str(slides["tiff"]), "--out", str(tmp_path), "--mpp", str(8 * MPP),
-                     "--tile-size", str(TILE // 4))  # fmt: skip
+def test_coarser_resolution_reads_a_coarser_level(
+    trained_run: Path, slides, tmp_path: Path
+) -> None:
+    # 64-pixel tiles at 8x the slide's microns per pixel: 512 level-0 pixels, read at level 1 (4x)
+    # as 128 pixels, the coarsest level that still has the model's input size (96)
+    result = run_cli(
+        "slide",
+        str(trained_run),
+        str(slides["tiff"]),
+        "--out",
+        str(tmp_path),
+        "--mpp",
+        str(8 * MPP),
+        "--tile-size",
+        str(TILE // 4),
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "cells" / "summary.json").read_text())
-    assert summary["level"] == 1 and summary["tile_size_level0"] == 2 * TILE and summary["tile_mpp"] == 8 * MPP
+    assert (
+        summary["level"] == 1
+        and summary["tile_size_level0"] == 2 * TILE
+        and summary["tile_mpp"] == 8 * MPP
+    )
     assert summary["geometry"]["read_size"] == TILE // 2
 
 
-def test_a_killed_run_resumes_from_its_tiles(mapped: Path, trained_run: Path, slides, tmp_path: Path) -> None:
+def test_a_killed_run_resumes_from_its_tiles(
+    mapped: Path, trained_run: Path, slides, tmp_path: Path
+) -> None:
     done = mapped / "cells"
     summary = json.loads((done / "summary.json").read_text())
     lines = (done / "tiles.csv").read_text().splitlines()
     out = tmp_path / "cells"
     out.mkdir()
     half = len(lines) // 2
-    (out / "tiles.partial.csv").write_text("\n".join(lines[:half]) + "\n" + lines[half][:20])  # cut mid-line
+    # cut mid-line
+    (out / "tiles.partial.csv").write_text("\n".join(lines[:half]) + "\n" + lines[half][:20])
     (out / "geometry.json").write_text(json.dumps(summary["geometry"]))
-    result = run_cli("slide", str(trained_run), str(slides["svs"]), "--out", str(tmp_path), "--mpp", str(MPP),
-                     "--tile-size", str(TILE), "--batch-size", "16")  # fmt: skip
+    result = run_cli(
+        "slide",
+        str(trained_run),
+        str(slides["svs"]),
+        "--out",
+        str(tmp_path),
+        "--mpp",
+        str(MPP),
+        "--tile-size",
+        str(TILE),
+        "--batch-size",
+        "16",
+    )
     assert result.returncode == 0, result.stderr
     assert f"{half - 1} tiles already mapped" in result.stderr
     assert (out / "tiles.csv").read_text().splitlines() == lines
@@ -181,7 +255,9 @@ def test_a_killed_run_resumes_from_its_tiles(mapped: Path, trained_run: Path, sl
 
 
 def test_a_slide_without_tissue_says_so(trained_run: Path, slides, tmp_path: Path) -> None:
-    result = run_cli("slide", str(trained_run), str(slides["blank"]), "--out", str(tmp_path), "--level", "0")
+    result = run_cli(
+        "slide", str(trained_run), str(slides["blank"]), "--out", str(tmp_path), "--level", "0"
+    )
     assert result.returncode == 0, result.stderr
     assert "no tissue" in result.stderr
     assert json.loads((tmp_path / "glass" / "summary.json").read_text())["tiles"] == 0
@@ -192,44 +268,86 @@ def test_bad_slides_are_one_line(trained_run: Path, slides, tmp_path: Path) -> N
 
     fake = tmp_path / "fake.svs"
     fake.write_text("not a slide")
-    assert_one_line_error(run_cli("slide", str(trained_run), str(fake)), "fake.svs", "not a readable slide")
+    assert_one_line_error(
+        run_cli("slide", str(trained_run), str(fake)), "fake.svs", "not a readable slide"
+    )
     other = tmp_path / "notes.docx"
     other.write_text("x")
     assert_one_line_error(run_cli("slide", str(trained_run), str(other)), "not a slide format")
     flat = tmp_path / "flat.png"
     Image.fromarray(np.full((300, 300, 3), 200, np.uint8)).save(flat)
-    assert_one_line_error(run_cli("slide", str(trained_run), str(flat), "--mpp", "0.5"), "no resolution", "--level")
+    assert_one_line_error(
+        run_cli("slide", str(trained_run), str(flat), "--mpp", "0.5"), "no resolution", "--level"
+    )
 
 
-def test_the_python_api_maps_through_tiffslide(trained_run: Path, slides, tmp_path: Path, monkeypatch) -> None:
+def test_the_python_api_maps_through_tiffslide(
+    trained_run: Path, slides, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setattr(readers, "_openslide", lambda path: None)
-    config = SlideConfig(model=str(trained_run), slides=[str(slides["svs"])], out=str(tmp_path), level=0,
-                         tile_size=TILE, batch_size=16, engine="torch")  # fmt: skip
+    config = SlideConfig(
+        model=str(trained_run),
+        slides=[str(slides["svs"])],
+        out=str(tmp_path),
+        level=0,
+        tile_size=TILE,
+        batch_size=16,
+        engine="torch",
+    )
     job.map_slides(config)
     summary = json.loads((tmp_path / "cells" / "summary.json").read_text())
     assert summary["reader"] == "tiffslide" and summary["tiles"] > 0
 
 
-def test_slides_are_shared_between_torchrun_processes(mapped: Path, trained_run: Path, slides, tmp_path: Path) -> None:
+def test_slides_are_shared_between_torchrun_processes(
+    mapped: Path, trained_run: Path, slides, tmp_path: Path
+) -> None:
     second = tmp_path / "in" / "second.tif"
     second.parent.mkdir()
     second.symlink_to(slides["tiff"])
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-               "-m", "histoclass", "slide", str(trained_run), str(slides["svs"]), str(second),
-               "--out", str(out), "--mpp", str(MPP), "--tile-size", str(TILE), "--batch-size", "16"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29533",
+        "-m",
+        "histoclass",
+        "slide",
+        str(trained_run),
+        str(slides["svs"]),
+        str(second),
+        "--out",
+        str(out),
+        "--mpp",
+        str(MPP),
+        "--tile-size",
+        str(TILE),
+        "--batch-size",
+        "16",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stderr.count("slide(s) mapped") == 1  # rank 0 writes the index, after both ranks are done
+    # rank 0 writes the index, after both ranks are done
+    assert result.stderr.count("slide(s) mapped") == 1
     assert [row["slide"] for row in read_tiles(out / "index.csv")] == ["cells", "second"]
     assert (out / "cells" / "tiles.csv").read_text() == (mapped / "cells" / "tiles.csv").read_text()
-    assert len(read_tiles(out / "second" / "tiles.csv")) == len(read_tiles(mapped / "cells" / "tiles.csv"))
+    assert len(read_tiles(out / "second" / "tiles.csv")) == len(
+        read_tiles(mapped / "cells" / "tiles.csv")
+    )
 
 
 def test_two_slides_with_one_name_are_refused(trained_run: Path, slides, tmp_path: Path) -> None:
     from test_cli import assert_one_line_error
 
-    result = run_cli("slide", str(trained_run), str(slides["svs"]), str(slides["tiff"]), "--out", str(tmp_path))
+    result = run_cli(
+        "slide", str(trained_run), str(slides["svs"]), str(slides["tiff"]), "--out", str(tmp_path)
+    )
     assert_one_line_error(result, "cells.svs", "cells.tif")
 
 

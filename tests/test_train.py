@@ -75,7 +75,11 @@ def test_saved_model_reproduces_validation_accuracy(trained_run: Path) -> None:
     assert val and {r["split"] for r in rows} == {"train", "val"}
     root = Path(yaml.safe_load((trained_run / "config.yaml").read_text())["data"]["path"])
     probabilities = load(trained_run).predict([root / r["id"] for r in val])
-    accuracy = float(np.mean([CLASSES[k] == r["label"] for k, r in zip(probabilities.argmax(1), val, strict=True)]))
+    accuracy = float(
+        np.mean(
+            [CLASSES[k] == r["label"] for k, r in zip(probabilities.argmax(1), val, strict=True)]
+        )
+    )
     assert abs(accuracy - val_accuracy(trained_run)) < 1e-6
 
 
@@ -86,9 +90,12 @@ def test_existing_run_name_is_never_overwritten(tmp_path: Path) -> None:
     assert second.root.name == "exp-2" and (first.root / "keep.txt").read_text() == "x"
 
 
-def test_unfreeze_last_leaves_the_early_blocks_and_ema_weights_are_saved(blood_subset: Path, tmp_path: Path) -> None:
-    """With --unfreeze-last 3 the stem keeps its ImageNet weights and BatchNorm statistics (frozen, in inference
-    mode) while the last block moves; with EMA on, the saved model is the averaged weights, not the raw ones."""
+def test_unfreeze_last_leaves_the_early_blocks_and_ema_weights_are_saved(
+    blood_subset: Path, tmp_path: Path
+) -> None:
+    """With --unfreeze-last 3 the stem keeps its ImageNet weights and BatchNorm statistics (frozen,
+    in inference mode) while the last block moves; with EMA on, the saved model is the averaged
+    weights, not the raw ones."""
     from histoclass.models.factory import create_backbone
     from histoclass.training.callbacks import AtomicCheckpointIO
     from histoclass.training.job import train
@@ -102,8 +109,16 @@ def test_unfreeze_last_leaves_the_early_blocks_and_ema_weights_are_saved(blood_s
         assert torch.equal(saved[f"backbone.{key}"], start[key]), key
     assert not torch.equal(saved["backbone.conv_head.weight"], start["conv_head.weight"])
     state = AtomicCheckpointIO().load_checkpoint(run.best_checkpoint)["state_dict"]
-    averaged = {key.removeprefix("ema.module."): value for key, value in state.items() if key.startswith("ema.module.")}
-    trained = {key.removeprefix("model."): value for key, value in state.items() if key.startswith("model.")}
+    averaged = {
+        key.removeprefix("ema.module."): value
+        for key, value in state.items()
+        if key.startswith("ema.module.")
+    }
+    trained = {
+        key.removeprefix("model."): value
+        for key, value in state.items()
+        if key.startswith("model.")
+    }
     assert saved.keys() == averaged.keys()
     assert all(torch.equal(saved[key], averaged[key]) for key in saved)
     assert any(not torch.equal(saved[key], trained[key]) for key in saved)  # not the raw weights

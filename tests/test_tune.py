@@ -50,7 +50,9 @@ def trials_of(folder: Path) -> list:
     database = folder / "runs" / "tune-breast" / "study.db"
     try:
         return (
-            optuna.load_study(study_name="breast", storage=f"sqlite:///{database}").trials if database.is_file() else []
+            optuna.load_study(study_name="breast", storage=f"sqlite:///{database}").trials
+            if database.is_file()
+            else []
         )
     except KeyError:  # the database is there, the study not yet
         return []
@@ -92,12 +94,14 @@ def test_processes_share_one_study_without_losing_or_repeating_a_trial(study: Pa
     trials = trials_of(study)
     assert [t.number for t in trials] == list(range(len(trials))) and len(trials) == 5
     states = [t.state.name for t in trials]
-    stale = states.count("RUNNING") + states.count("FAIL")  # the killed process's trial, if it was in one
+    # the killed process's trial, if it was in one
+    stale = states.count("RUNNING") + states.count("FAIL")
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert stale <= 1 and len(finished) == 5 - stale
     assert len({tuple(sorted(t.params.items())) for t in finished}) == len(finished)
     root = study / "runs" / "tune-breast"
-    for trial in trials:  # complete trials are whole runs; pruned ones left nothing (the killed one: anything)
+    # complete trials are whole runs; pruned ones left nothing (the killed one: anything)
+    for trial in trials:
         run = root / f"trial-{trial.number:04d}"
         if trial.state.name in ("COMPLETE", "PRUNED"):
             assert (run / "model.safetensors").is_file() == (trial.state.name == "COMPLETE"), trial
@@ -112,7 +116,9 @@ def test_processes_share_one_study_without_losing_or_repeating_a_trial(study: Pa
 
 def test_the_best_trial_evaluates_and_compare_reads_the_study(study: Path) -> None:
     root = study / "runs" / "tune-breast"
-    evaluated = run_cli("evaluate", str(root / "best"), "--data", str(BREAST), "--split", "test", "--no-tta")
+    evaluated = run_cli(
+        "evaluate", str(root / "best"), "--data", str(BREAST), "--split", "test", "--no-tta"
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     compared = run_cli("compare", str(root))
     assert compared.returncode == 0, compared.stderr[-2000:]
@@ -132,22 +138,35 @@ def test_tune_bad_input_is_one_line(tmp_path: Path) -> None:
         space.write_text(text)
         assert_one_line_error(run_cli(*args), expected)
     space.write_text(SPACE)
-    for storage in ("postgresql://nobody@127.0.0.1:9/study", f"sqlite:///{tmp_path}/missing/folder/study.db"):
+    for storage in (
+        "postgresql://nobody@127.0.0.1:9/study",
+        f"sqlite:///{tmp_path}/missing/folder/study.db",
+    ):
         assert_one_line_error(run_cli(*args, "--storage", storage), "--storage")
     assert_one_line_error(run_cli(*args, "--timeout", "soon"), "duration")
     assert_one_line_error(run_cli(*args[:-2]), "--trials, --timeout")  # a study needs an end
 
 
-def test_a_tracked_run_shows_its_params_metrics_artifacts_and_evaluation_in_mlflow(tmp_path, monkeypatch) -> None:
+def test_a_tracked_run_shows_its_params_metrics_artifacts_and_evaluation_in_mlflow(
+    tmp_path, monkeypatch
+) -> None:
     """Through MLflow's own client, offline: the local SQLite store beside the runs."""
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     runs = tmp_path / "runs"
-    flags = {"--image-size": 32, "--lr": 0.003, "--logger": "mlflow", "--runs-dir": runs, "--name": "tracked"}
+    flags = {
+        "--image-size": 32,
+        "--lr": 0.003,
+        "--logger": "mlflow",
+        "--runs-dir": runs,
+        "--name": "tracked",
+    }
     common = tune_args(tmp_path, 1)[1:13]  # data, model, weights, epochs, phase-1 epochs, workers
     trained = run_cli("train", *common, *(str(part) for pair in flags.items() for part in pair))
     assert trained.returncode == 0, trained.stderr[-2000:]
-    evaluated = run_cli("evaluate", str(runs / "tracked"), "--data", str(BREAST), "--split", "test", "--no-tta")
+    evaluated = run_cli(
+        "evaluate", str(runs / "tracked"), "--data", str(BREAST), "--split", "test", "--no-tta"
+    )
     assert evaluated.returncode == 0 and "MLflow run" in evaluated.stderr, evaluated.stderr[-2000:]
     client = mlflow.MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("histoclass")
@@ -155,7 +174,8 @@ def test_a_tracked_run_shows_its_params_metrics_artifacts_and_evaluation_in_mlfl
     assert len(found) == 1
     tracked = found[0]
     assert tracked.data.params["train.lr"] == "0.003" and tracked.info.run_name == "tracked"
-    assert len(client.get_metric_history(tracked.info.run_id, "val_loss")) == 2  # one value an epoch
+    # one value an epoch
+    assert len(client.get_metric_history(tracked.info.run_id, "val_loss")) == 2
     assert 0.5 < tracked.data.metrics["eval.breastmnist-test-no-tta.accuracy"] <= 1
     artifacts = {a.path for a in client.list_artifacts(tracked.info.run_id)}
     assert {"config.yaml", "metrics.json", "history.csv", "model.json"} <= artifacts

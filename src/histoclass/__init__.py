@@ -1,8 +1,9 @@
 """histoclass: transfer-learning image classifiers for histology and microscopy.
 
-Every verb of the command line is a function here, taking its config or the config's fields as keywords
-(``histoclass.evaluate(model="runs/blood", data="data/test")``); ``load(path)`` gives a predictor for a run
-directory or an exported model. Jobs are imported when called: ``histoclass.load("model.onnx")`` needs no torch.
+Every verb of the command line is a function here, taking its config or the config's fields as
+keywords (``histoclass.evaluate(model="runs/blood", data="data/test")``); ``load(path)`` gives a
+predictor for a run directory or an exported model. Jobs are imported when called:
+``histoclass.load("model.onnx")`` needs no torch.
 """
 
 from __future__ import annotations

@@ -73,8 +73,8 @@ def write_json(target: str | Path, data: Any) -> Path:
 
 @contextlib.contextmanager
 def _text_file(target: str | Path) -> Iterator[TextIO]:
-    """A UTF-8 text file written as it goes and renamed onto ``target`` at the end: a large output is never one
-    string in memory."""
+    """A UTF-8 text file written as it goes and renamed onto ``target`` at the end: a large output
+    is never one string in memory."""
     with atomic_path(target) as tmp, tmp.open("w", encoding="utf-8", newline="") as handle:
         yield handle
 
@@ -139,7 +139,8 @@ def replace_folder(built: Path, target: Path) -> None:
 
 
 def require_writable(folder: str | Path, writes: str) -> None:
-    """One line, before any work, when ``folder`` (a run directory on read-only storage) cannot take ``writes``."""
+    """One line, before any work, when ``folder`` (a run directory on read-only storage) cannot take
+    ``writes``."""
     folder = Path(folder)
     if folder.is_dir() and not os.access(folder, os.W_OK):
         raise HistoclassError(

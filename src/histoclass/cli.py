@@ -1,8 +1,10 @@
-"""The ``histoclass`` command, generated from the verbs' configs: parse, validate, call one job; no logic here.
+"""The ``histoclass`` command, generated from the verbs' configs: parse, validate, call one job; no
+logic here.
 
-Every config field made with :func:`histoclass.config.option` becomes a flag (or a positional argument) with its
-type, help and default taken from the field, so they are written once. Every verb also takes ``--config FILE``
-and ``--set key=value``; precedence: defaults < ``--config`` < flags < ``--set``.
+Every config field made with :func:`histoclass.config.option` becomes a flag (or a positional
+argument) with its type, help and default taken from the field, so they are written once. Every verb
+also takes ``--config FILE`` and ``--set key=value``; precedence: defaults < ``--config`` < flags <
+``--set``.
 """
 
 from __future__ import annotations
@@ -25,13 +27,19 @@ from histoclass.verbs import VERBS, Verb
 __all__ = ["app", "main"]
 
 
-def _fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, FieldInfo, str | bool]]:
+def _fields(
+    model: type[BaseModel], prefix: str = ""
+) -> Iterator[tuple[str, FieldInfo, str | bool]]:
     """(dotted key, field, cli marker) of every field that is a flag or argument, sections included."""
     for name, field in model.model_fields.items():
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             yield from _fields(field.annotation, f"{prefix}{name}.")
             continue
-        cli = (field.json_schema_extra or {}).get("cli") if isinstance(field.json_schema_extra, dict) else None
+        cli = (
+            (field.json_schema_extra or {}).get("cli")
+            if isinstance(field.json_schema_extra, dict)
+            else None
+        )
         if cli:
             yield f"{prefix}{name}", field, cli
 
@@ -63,17 +71,24 @@ def _parameter(key: str, field: FieldInfo, cli: str | bool) -> click.Parameter:
     dest = key.replace(".", "__")
     if cli == "argument":
         many = get_origin(field.annotation) is list
-        return click.Argument([dest], nargs=-1 if many else 1, required=True, metavar=key.upper().replace("_", "-"))
+        return click.Argument(
+            [dest], nargs=-1 if many else 1, required=True, metavar=key.upper().replace("_", "-")
+        )
     flag = "--" + (cli if isinstance(cli, str) else key.rsplit(".", 1)[-1]).replace("_", "-")
     help_text = (field.description or "") + _default_text(field)
     if _plain(field.annotation) is bool:
         return click.Option([f"{flag}/--no-{flag[2:]}", dest], default=None, help=help_text)
-    return click.Option([flag, dest], type=_click_type(field.annotation), default=None, help=help_text)
+    return click.Option(
+        [flag, dest], type=_click_type(field.annotation), default=None, help=help_text
+    )
 
 
 def _arguments_help(verb: Verb) -> str:
-    lines = [f"  {key.upper().replace('_', '-')}: {field.description}" for key, field, cli in _fields(verb.config)
-             if cli == "argument"]  # fmt: skip
+    lines = [
+        f"  {key.upper().replace('_', '-')}: {field.description}"
+        for key, field, cli in _fields(verb.config)
+        if cli == "argument"
+    ]
     return verb.help + ("\n\n\b\nArguments:\n" + "\n".join(lines) if lines else "")
 
 
@@ -82,25 +97,38 @@ def _command(name: str, verb: Verb) -> click.Command:
     flags = {key.replace(".", "__"): key for key, _, _ in fields}
 
     def run(config: str | None, set_: tuple[str, ...], **given: Any) -> None:
-        values = apply_overrides(load_yaml(config), {
-            flags[dest]: list(value) if isinstance(value, tuple) else value
-            for dest, value in given.items() if value is not None and value != ()
-        })  # fmt: skip
-        settings = validate(verb.config, apply_overrides(values, list(set_)))  # before the job's imports
+        values = apply_overrides(
+            load_yaml(config),
+            {
+                flags[dest]: list(value) if isinstance(value, tuple) else value
+                for dest, value in given.items()
+                if value is not None and value != ()
+            },
+        )
+        # before the job's imports
+        settings = validate(verb.config, apply_overrides(values, list(set_)))
         verb.job(settings)
 
     params = [_parameter(key, field, cli) for key, field, cli in fields]
     params += [
         click.Option(["--config", "config"], help="YAML config; flags and --set override it."),
-        click.Option(["--set", "set_"], multiple=True, metavar="KEY=VALUE", help="Override any value (repeatable)."),
+        click.Option(
+            ["--set", "set_"],
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Override any value (repeatable).",
+        ),
     ]
     context = {"help_option_names": ["-h", "--help"], "max_content_width": 120}
-    return click.Command(name, callback=run, params=params, help=_arguments_help(verb), context_settings=context)
+    return click.Command(
+        name, callback=run, params=params, help=_arguments_help(verb), context_settings=context
+    )
 
 
 app = click.Group(
     "histoclass",
-    help="Train, evaluate, export and serve transfer-learning classifiers for histology and microscopy images.",
+    help="Train, evaluate, export and serve transfer-learning classifiers for histology and "
+    "microscopy images.",
     commands={name: _command(name, verb) for name, verb in VERBS.items()},
     no_args_is_help=True,
 )

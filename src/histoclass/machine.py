@@ -1,4 +1,5 @@
-"""The machine a process runs on, described once: its CPU and accelerators, and its place in a distributed launch.
+"""The machine a process runs on, described once: its CPU and accelerators, and its place in a
+distributed launch.
 
 Speed records (the engine checks, ``histoclass bench``, the benchmark scripts) name the machine they were
 measured on; distributed jobs (training, slides) read their rank the same way under torchrun and srun.
@@ -35,7 +36,14 @@ def cpu_name() -> str:
 
 def cpu_flags() -> list[str]:
     """Which of :data:`CPU_FLAGS` this CPU has."""
-    flags = next((line.split(":", 1)[1].split() for line in _cpuinfo().splitlines() if line.startswith("flags")), [])
+    flags = next(
+        (
+            line.split(":", 1)[1].split()
+            for line in _cpuinfo().splitlines()
+            if line.startswith("flags")
+        ),
+        [],
+    )
     return [flag for flag in CPU_FLAGS if flag in flags]
 
 
@@ -50,7 +58,9 @@ def launch() -> tuple[int, int, str]:
     """(global rank, world size, launch id) as torchrun or srun announce them; (0, 1, "") otherwise."""
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        launch_id = env.get("TORCHELASTIC_RUN_ID") or f"{env.get('MASTER_ADDR')}-{env.get('MASTER_PORT')}"
+        launch_id = (
+            env.get("TORCHELASTIC_RUN_ID") or f"{env.get('MASTER_ADDR')}-{env.get('MASTER_PORT')}"
+        )
         return int(env["RANK"]), int(env["WORLD_SIZE"]), launch_id
     if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
         step = f"slurm-{env.get('SLURM_JOB_ID')}-{env.get('SLURM_STEP_ID')}"

@@ -39,7 +39,8 @@ def train(config: configs.Config) -> Any:
 
 
 def tune(config: configs.TuneConfig) -> Any:
-    """Search training settings with Optuna on validation: each trial a run, the best linked as tune-NAME/best."""
+    """Search training settings with Optuna on validation: each trial a run, the best linked as
+    tune-NAME/best."""
     from histoclass.tuning.job import tune
 
     return tune(config)
@@ -67,21 +68,24 @@ def predict(config: configs.PredictConfig) -> Any:
 
 
 def slide(config: configs.SlideConfig) -> Any:
-    """Map whole slides: classify every tissue tile; a tile table, heatmaps, QuPath GeoJSON and a report per slide."""
+    """Map whole slides: classify every tissue tile; a tile table, heatmaps, QuPath GeoJSON and a
+    report per slide."""
     from histoclass.slides.job import map_slides
 
     return map_slides(config)
 
 
 def calibrate(config: configs.CalibrateConfig) -> Any:
-    """Re-calibrate a run on local labelled images: temperature and prediction sets, checked on a held-out half."""
+    """Re-calibrate a run on local labelled images: temperature and prediction sets, checked on a
+    held-out half."""
     from histoclass.evaluation.calibrate import calibrate
 
     return calibrate(config)
 
 
 def adapt(config: configs.AdaptConfig) -> Any:
-    """Adapt a run to a new source: BatchNorm statistics from its unlabelled images, or fine-tuning on --shots."""
+    """Adapt a run to a new source: BatchNorm statistics from its unlabelled images, or fine-tuning
+    on --shots."""
     from histoclass.adaptation.job import adapt
 
     return adapt(config)

@@ -1,8 +1,9 @@
 """AdaBN (Li et al. 2016): BatchNorm's running statistics re-estimated on the new source's images.
 
-A network normalises each channel by statistics gathered on its training images; another lab's stain and camera
-move those statistics, and every later layer sees inputs it never saw. Re-estimating them on unlabelled images
-of the new source, weights unchanged, puts the new images back where the layers expect them.
+A network normalises each channel by statistics gathered on its training images; another lab's stain
+and camera move those statistics, and every later layer sees inputs it never saw. Re-estimating them
+on unlabelled images of the new source, weights unchanged, puts the new images back where the layers
+expect them.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The adapt job: a run adapted to a new source, written as a new run directory beside it.
 
-Without labels: BatchNorm statistics re-estimated on the new images (:mod:`.batchnorm`). With ``--shots K``: the
-same, then every layer fine-tuned on K labelled images per class (:mod:`.shots`), the calibration re-fitted on
-half of the remaining labelled images and the result scored on all of them and on the other half (one
-prediction pass). The shift score's reference becomes the new source's images. The parent run is only read; the
-new run is built in a hidden folder and appears complete or not at all.
+Without labels: BatchNorm statistics re-estimated on the new images (:mod:`.batchnorm`). With
+``--shots K``: the same, then every layer fine-tuned on K labelled images per class (:mod:`.shots`),
+the calibration re-fitted on half of the remaining labelled images and the result scored on all of
+them and on the other half (one prediction pass). The shift score's reference becomes the new
+source's images. The parent run is only read; the new run is built in a hidden folder and appears
+complete or not at all.
 """
 
 from __future__ import annotations
@@ -45,18 +46,28 @@ MIN_IMAGES = 16
 def _unlabelled(data: str) -> ImageRecords:
     """Every readable-looking image under ``data`` (a folder, files, or a CSV of ids), labels unused."""
     if not Path(data).exists():
-        raise HistoclassError(f"--data: no such file or folder '{data}'; pass the new source's images")
+        raise HistoclassError(
+            f"--data: no such file or folder '{data}'; pass the new source's images"
+        )
     ids, paths = collect_inputs([data])
     found = [(i, p) for i, p in zip(ids, paths, strict=True) if p is not None]
-    return ImageRecords(ids=[i for i, _ in found], labels=np.full(len(found), -1), paths=[p for _, p in found])
+    return ImageRecords(
+        ids=[i for i, _ in found], labels=np.full(len(found), -1), paths=[p for _, p in found]
+    )
 
 
 def _labelled(config: AdaptConfig, labels: list[str]) -> ImageRecords:
-    given = {key: getattr(config, key) for key in ("image_dir", "id_column", "label_column") if getattr(config, key)}
+    given = {
+        key: getattr(config, key)
+        for key in ("image_dir", "id_column", "label_column")
+        if getattr(config, key)
+    }
     source = read_source(config.data, DataConfig(path=config.data, **given))
     if not set(source.classes) <= set(labels):
         extra = ", ".join(sorted(set(source.classes) - set(labels)))
-        raise HistoclassError(f"--data has classes the model does not know ({extra}); its classes: {', '.join(labels)}")
+        raise HistoclassError(
+            f"--data has classes the model does not know ({extra}); its classes: {', '.join(labels)}"
+        )
     records = ImageRecords.concatenate(list(source.splits.values()))
     return relabel_by_name(records, source.classes, labels)
 
@@ -68,14 +79,19 @@ def _pixel_batches(records: ImageRecords, info: ModelInfo, batch_size: int):
 
 
 def _score_rest(run: RunDir, rest: ImageRecords, batch_size: int, seed: int) -> dict:
-    """Predict the labelled images not fine-tuned on once (8 views): fit temperature and sets on a stratified half
-    and write them into the run; score all of them, and the other half, with the new calibration."""
+    """Predict the labelled images not fine-tuned on once (8 views): fit temperature and sets on a
+    stratified half and write them into the run; score all of them, and the other half, with the new
+    calibration."""
     info = ModelInfo.load(run.model_info)
-    predictions = run_predictions(open_predictor(run.root, "torch", shift=False), rest, batch_size, tta=True)
+    predictions = run_predictions(
+        open_predictor(run.root, "torch", shift=False), rest, batch_size, tta=True
+    )
     rows = np.asarray([i for i in range(len(rest)) if i not in predictions.errors], dtype=np.int64)
     logits, labels = predictions.view_logits[rows], rest.labels[rows]
     strata = labels if np.bincount(labels).min(initial=2) >= 2 else None
-    fit_half, check_half = train_test_split(np.arange(len(rows)), test_size=0.5, random_state=seed, stratify=strata)
+    fit_half, check_half = train_test_split(
+        np.arange(len(rows)), test_size=0.5, random_state=seed, stratify=strata
+    )
     calibration = fit_calibration(logits[fit_half], labels[fit_half], 0.9, False, "adapt --shots")
     info.model_copy(update={"calibration": calibration}).save(run.model_info)
     probabilities = calibrated_probabilities(logits, calibration.temperature)
@@ -104,16 +120,35 @@ def adapt(config: AdaptConfig) -> RunDir:
         raise HistoclassError(f"'{config.run}' is not a finished run directory; pass runs/NAME")
     model, info = load_model(parent.root)
     if not batchnorm_layers(model):
-        raise HistoclassError(f"'{info.architecture}' has no BatchNorm layers to adapt; try --shots K instead")
+        raise HistoclassError(
+            f"'{info.architecture}' has no BatchNorm layers to adapt; try --shots K instead"
+        )
     if config.shots and isinstance(model, Ensemble):
-        raise HistoclassError("--shots fine-tunes one model; adapt a fold of this ensemble (runs/NAME/folds/1)")
+        raise HistoclassError(
+            "--shots fine-tunes one model; adapt a fold of this ensemble (runs/NAME/folds/1)"
+        )
     records = _labelled(config, info.labels) if config.shots else _unlabelled(config.data)
     if len(records) < MIN_IMAGES:
-        raise HistoclassError(f"--data: {len(records)} images; adapting needs at least {MIN_IMAGES} of the new source")
-    shots, rest = draw_shots(records, config.shots, info.labels, config.seed) if config.shots else (None, None)
-    seen = reestimate_batchnorm(model, _pixel_batches(records, info, config.batch_size), info.mean, info.std)
-    console.print(f"BatchNorm statistics re-estimated on {seen} images of {config.data} (labels unused)")
-    record: dict = {"parent": str(parent.root.resolve()), "data": config.data, "images": seen, "batchnorm": True}
+        raise HistoclassError(
+            f"--data: {len(records)} images; adapting needs at least {MIN_IMAGES} of the new source"
+        )
+    shots, rest = (
+        draw_shots(records, config.shots, info.labels, config.seed)
+        if config.shots
+        else (None, None)
+    )
+    seen = reestimate_batchnorm(
+        model, _pixel_batches(records, info, config.batch_size), info.mean, info.std
+    )
+    console.print(
+        f"BatchNorm statistics re-estimated on {seen} images of {config.data} (labels unused)"
+    )
+    record: dict = {
+        "parent": str(parent.root.resolve()),
+        "data": config.data,
+        "images": seen,
+        "batchnorm": True,
+    }
     if shots is not None:
         augment = read_run_config(parent).augment if parent.config.is_file() else AugmentConfig()
         model = fine_tune(
@@ -130,7 +165,9 @@ def adapt(config: AdaptConfig) -> RunDir:
         record |= {"shots": config.shots, "labelled_images": len(shots), "tune": config.tune}
         record |= {"epochs": config.epochs, "lr": config.lr}
     runs_dir = Path(config.runs_dir) if config.runs_dir else parent.root.parent
-    name = config.name or f"{parent.root.name}-{f'{config.shots}shot' if config.shots else 'adapted'}"
+    name = (
+        config.name or f"{parent.root.name}-{f'{config.shots}shot' if config.shots else 'adapted'}"
+    )
     new_info = info.model_copy(update={"name": name, "parent": str(parent.root.resolve())})
     with building_folder(runs_dir, ".adapt-") as folder:
         built = RunDir(folder)
@@ -138,8 +175,12 @@ def adapt(config: AdaptConfig) -> RunDir:
         _copy_run_files(parent, built)
         write_labels(built.labels, info.labels)
         halves = np.random.default_rng(config.seed).permutation(len(records))
-        middle = len(records) // 2  # the new source's images, labels unused: half as reference, half held out
-        reference, held = records.subset(np.sort(halves[:middle])), records.subset(np.sort(halves[middle:]))
+        # the new source's images, labels unused: half as reference, half held out
+        middle = len(records) // 2
+        reference, held = (
+            records.subset(np.sort(halves[:middle])),
+            records.subset(np.sort(halves[middle:])),
+        )
         build_reference(built, reference, held, config.seed, fitted_on="adapted")
         if rest is not None and len(rest) >= 2 * info.num_classes:
             record |= _score_rest(built, records.subset(rest), config.batch_size, config.seed)
@@ -154,7 +195,8 @@ def _report(run: RunDir, record: dict) -> None:
     rest = record.get("rest")
     if rest:
         console.print(
-            f"On the {rest['images']} labelled images not used to fine-tune: accuracy {rest['accuracy']:.3f}, "
+            f"On the {rest['images']} labelled images not used to fine-tune: accuracy "
+            f"{rest['accuracy']:.3f}, "
             f"balanced accuracy {rest['balanced_accuracy']:.3f}"
         )
     console.print(f"Adapted run: [bold]{run.root}[/] (parent {record['parent']}, unchanged)")

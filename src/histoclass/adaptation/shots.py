@@ -1,4 +1,5 @@
-"""Fine-tuning on a few labelled images of the new source: K drawn per class, the rest kept to score the result.
+"""Fine-tuning on a few labelled images of the new source: K drawn per class, the rest kept to score
+the result.
 
 Lightning runs the loop (the same :class:`ClassifierModule` as training, its augmentation the run's own). The
 BatchNorm layers keep the statistics of the whole new source (:mod:`.batchnorm`): a few dozen images, in
@@ -24,15 +25,19 @@ from histoclass.training.module import ClassifierModule
 __all__ = ["draw_shots", "fine_tune"]
 
 
-def draw_shots(records: ImageRecords, shots: int, labels: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of ``shots`` images per class drawn with ``seed``, and of the rest; a class with too few is an error."""
+def draw_shots(
+    records: ImageRecords, shots: int, labels: list[str], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of ``shots`` images per class drawn with ``seed``, and of the rest; a class with too
+    few is an error."""
     rng = np.random.default_rng(seed)
     chosen = []
     for k, name in enumerate(labels):
         members = np.flatnonzero(records.labels == k)
         if len(members) < shots:
             raise HistoclassError(
-                f"--shots {shots}: class {name} has {len(members)} labelled images; pass --shots {len(members)} "
+                f"--shots {shots}: class {name} has {len(members)} labelled images; pass --shots "
+                f"{len(members)} "
                 "or fewer"
             )
         chosen.append(rng.choice(members, shots, replace=False))
@@ -60,10 +65,17 @@ def fine_tune(
     stain: StainNormalization | None = None,
     head_only: bool = False,
 ) -> nn.Module:
-    """Fine-tune ``model`` (every layer, or its head only) on ``records`` (cosine schedule, no EMA, no validation)."""
+    """Fine-tune ``model`` (every layer, or its head only) on ``records`` (cosine schedule, no EMA,
+    no validation)."""
     model.backbone.requires_grad_(not head_only)  # frozen parameters get no gradient, so no update
     train = TrainConfig(
-        epochs=epochs, lr=lr, finetune_lr_scale=1.0, layer_decay=None, ema=0, warmup_epochs=0, seed=seed
+        epochs=epochs,
+        lr=lr,
+        finetune_lr_scale=1.0,
+        layer_decay=None,
+        ema=0,
+        warmup_epochs=0,
+        seed=seed,
     )
     L.seed_everything(seed, verbose=False)
     module = ClassifierModule(

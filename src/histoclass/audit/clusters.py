@@ -39,7 +39,9 @@ class UnionFind:
     def labels(self) -> np.ndarray:
         """Cluster numbers 0, 1, ... by decreasing size (ties: by first member)."""
         roots = np.array([self.find(i) for i in range(len(self.parent))])
-        unique, first, inverse, counts = np.unique(roots, return_index=True, return_inverse=True, return_counts=True)
+        unique, first, inverse, counts = np.unique(
+            roots, return_index=True, return_inverse=True, return_counts=True
+        )
         order = np.lexsort((first, -counts))
         rank = np.empty(len(unique), dtype=np.int64)
         rank[order] = np.arange(len(unique))
@@ -68,7 +70,8 @@ def connected_clusters(
     joined: list[list[int]] = (),
     chunk: int = 256,
 ) -> np.ndarray:
-    """Cluster numbers of ``n`` items joined by ``joined`` groups and by the ``pairs`` that ``verify`` accepts.
+    """Cluster numbers of ``n`` items joined by ``joined`` groups and by the ``pairs`` that
+    ``verify`` accepts.
 
     Pairs are taken most similar first, a chunk at a time; a pair whose two items are already in one cluster
     is not verified at all: it could not change the components, so most true copies cost nothing.
@@ -79,7 +82,9 @@ def connected_clusters(
             sets.union(members[0], other)
     candidates = list(zip(pairs.left.tolist(), pairs.right.tolist(), strict=True))
     for start in range(0, len(candidates), chunk):
-        todo = [(a, b) for a, b in candidates[start : start + chunk] if sets.find(a) != sets.find(b)]
+        todo = [
+            (a, b) for a, b in candidates[start : start + chunk] if sets.find(a) != sets.find(b)
+        ]
         accepted = verify(todo) if verify is not None else [True] * len(todo)
         for (a, b), ok in zip(todo, accepted, strict=True):
             if ok:

@@ -60,7 +60,9 @@ def _describe(records: ImageRecords, settings: AuditSettings):
     extractor = create_extractor(
         settings.model, settings.weights, settings.image_size, "multiscale", settings.pretrained
     )
-    embedded = embed_records(records, extractor, views="half-turn", batch_size=settings.batch_size, what="Embedding")
+    embedded = embed_records(
+        records, extractor, views="half-turn", batch_size=settings.batch_size, what="Embedding"
+    )
     return embedded.features[:, 0, :], embedded.errors
 
 
@@ -88,7 +90,14 @@ def find_copies(records: ImageRecords, settings: AuditSettings) -> Copies:
         unreadable = {int(i): reason for i, reason in found["unreadable"].items()}
         return Copies(np.asarray(found["clusters"], dtype=np.int64), found["exact"], unreadable)
     copies = _find_copies(records, settings)
-    write_json(cached, {"clusters": copies.clusters.tolist(), "exact": copies.exact, "unreadable": copies.unreadable})
+    write_json(
+        cached,
+        {
+            "clusters": copies.clusters.tolist(),
+            "exact": copies.exact,
+            "unreadable": copies.unreadable,
+        },
+    )
     return copies
 
 
@@ -102,25 +111,37 @@ def _find_copies(records: ImageRecords, settings: AuditSettings) -> Copies:
         pairs = Pairs(readable[found.left], readable[found.right], found.similarity)
     keypoints = KeypointCache(records)
     exact = exact_duplicates(records)
-    clusters = connected_clusters(len(records), pairs, _verifier(keypoints, keypoints, settings), exact)
+    clusters = connected_clusters(
+        len(records), pairs, _verifier(keypoints, keypoints, settings), exact
+    )
     return Copies(clusters, exact, errors)
 
 
-def copies_in_reference(query: ImageRecords, reference: ImageRecords, settings: AuditSettings) -> np.ndarray:
+def copies_in_reference(
+    query: ImageRecords, reference: ImageRecords, settings: AuditSettings
+) -> np.ndarray:
     """For each query record, the index of a verified copy of it among ``reference``, or -1."""
     query_features, query_errors = _describe(query, settings)
     reference_features, reference_errors = _describe(reference, settings)
     q_ok = np.asarray([i for i in range(len(query)) if i not in query_errors], dtype=np.int64)
-    r_ok = np.asarray([i for i in range(len(reference)) if i not in reference_errors], dtype=np.int64)
+    r_ok = np.asarray(
+        [i for i in range(len(reference)) if i not in reference_errors], dtype=np.int64
+    )
     match = np.full(len(query), -1, dtype=np.int64)
     if not len(q_ok) or not len(r_ok):
         return match
     whiten = whitening(np.concatenate([query_features[q_ok], reference_features[r_ok]]))
-    query_vectors, reference_vectors = whiten(query_features[q_ok]), whiten(reference_features[r_ok])
-    found = neighbour_pairs(query_vectors, reference_vectors, settings.neighbours, settings.threshold)
+    query_vectors, reference_vectors = (
+        whiten(query_features[q_ok]),
+        whiten(reference_features[r_ok]),
+    )
+    found = neighbour_pairs(
+        query_vectors, reference_vectors, settings.neighbours, settings.threshold
+    )
     candidates = list(zip(q_ok[found.left].tolist(), r_ok[found.right].tolist(), strict=True))
     verify = _verifier(KeypointCache(query), KeypointCache(reference), settings)
-    for start in range(0, len(candidates), 256):  # most similar first; a query once matched is not checked again
+    # most similar first; a query once matched is not checked again
+    for start in range(0, len(candidates), 256):
         todo = [(q, r) for q, r in candidates[start : start + 256] if match[q] < 0]
         accepted = verify(todo) if verify is not None else [True] * len(todo)
         for (q, r), ok in zip(todo, accepted, strict=True):

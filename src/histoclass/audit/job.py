@@ -33,7 +33,9 @@ def audit_settings(config: CheckDataConfig) -> AuditSettings:
 
 def _data_config(config: CheckDataConfig, path: str) -> DataConfig:
     given = {key: getattr(config, key) for key in ("image_dir", "id_column", "label_column")}
-    return DataConfig(path=path, **{key: value for key, value in given.items() if value is not None})
+    return DataConfig(
+        path=path, **{key: value for key, value in given.items() if value is not None}
+    )
 
 
 def _combined(reports: list[DataReport]) -> tuple[ImageRecords, list[str], list[str]]:
@@ -46,9 +48,13 @@ def _combined(reports: list[DataReport]) -> tuple[ImageRecords, list[str], list[
         name = report.source.name
         for split, records in report.clean.items():
             if records.paths is None:
-                raise HistoclassError("--duplicates audits image files; save .npz images as files first")
+                raise HistoclassError(
+                    "--duplicates audits image files; save .npz images as files first"
+                )
             paths += records.paths
-            ids += [f"{name}/{image_id}" if len(reports) > 1 else image_id for image_id in records.ids]
+            ids += [
+                f"{name}/{image_id}" if len(reports) > 1 else image_id for image_id in records.ids
+            ]
             splits += [name if split == "all" else f"{name}/{split}"] * len(records)
             labels += [report.source.classes[k] for k in records.labels]
     return ImageRecords(ids=ids, labels=np.zeros(len(ids), np.int64), paths=paths), splits, labels
@@ -57,7 +63,11 @@ def _combined(reports: list[DataReport]) -> tuple[ImageRecords, list[str], list[
 def check_data(config: CheckDataConfig) -> DataReport:
     """Scan ``config.data`` (and audit it for copies); fail when a class has no readable image."""
     source = read_source(config.data, _data_config(config, config.data))
-    against = read_source(config.against, _data_config(config, config.against)) if config.against else None
+    against = (
+        read_source(config.against, _data_config(config, config.against))
+        if config.against
+        else None
+    )
     report = check_source(source)
     print_report(report)
     if report.empty_classes():

@@ -24,7 +24,8 @@ class NamedSlides:
 
 
 def named_slides(ids: list[str]) -> NamedSlides | None:
-    """The pattern, when every name carries an id before tile coordinates and ids repeat (several tiles a slide)."""
+    """The pattern, when every name carries an id before tile coordinates and ids repeat (several
+    tiles a slide)."""
     for pattern in (NUMBERED, QUPATH):
         regex = re.compile(pattern)
         found = [regex.search(image_id) for image_id in ids]
@@ -41,6 +42,7 @@ def slide_hint(ids: list[str]) -> str | None:
     if named is None:
         return None
     return (
-        f"the file names carry a slide id before tile coordinates ({named.slides} slides, e.g. '{named.example}'): "
+        f"the file names carry a slide id before tile coordinates ({named.slides} slides, e.g. "
+        f"'{named.example}'): "
         f"tiles of one slide stay together with --group-by '{named.pattern}'"
     )

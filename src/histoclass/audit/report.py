@@ -1,4 +1,5 @@
-"""What an audit shows: the terminal summary, ``duplicates.csv`` and the self-contained ``duplicates.html``."""
+"""What an audit shows: the terminal summary, ``duplicates.csv`` and the self-contained
+``duplicates.html``."""
 
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ class AuditFindings:
         return int(sizes[sizes > 1].sum())
 
 
-def findings(records: ImageRecords, splits: list[str], labels: list[str], copies: Copies) -> AuditFindings:
+def findings(
+    records: ImageRecords, splits: list[str], labels: list[str], copies: Copies
+) -> AuditFindings:
     """Which clusters cross splits and which mix labels (each list largest first)."""
     crossing, mixed = [], []
     for cluster in np.flatnonzero(copies.sizes > 1):
@@ -61,7 +64,11 @@ def _describe_cluster(found: AuditFindings, cluster: int) -> str:
 
 def print_findings(found: AuditFindings, settings: AuditSettings) -> None:
     sizes = found.copies.sizes
-    verified = f", confirmed by >= {settings.min_inliers} keypoints and the pixels" if settings.min_inliers else ""
+    verified = (
+        f", confirmed by >= {settings.min_inliers} keypoints and the pixels"
+        if settings.min_inliers
+        else ""
+    )
     floor = f" above {settings.threshold}" if settings.threshold is not None else ""
     console.print(
         f"[bold]Near-duplicates[/] ({settings.model} at {settings.image_size} px; "
@@ -99,12 +106,21 @@ def _section(found: AuditFindings, clusters: list[int]) -> list[dict]:
     items = []
     for cluster in clusters[:_CLUSTERS]:
         members = found.copies.members(cluster)
-        items.append({
-            "title": _describe_cluster(found, cluster),
-            "images": [{"id": found.records.ids[i], "split": found.splits[i], "label": found.labels[i],
-                        "data": _thumbnail(found.records, i)} for i in members[:_THUMBNAILS]],
-            "more": max(0, len(members) - _THUMBNAILS),
-        })  # fmt: skip
+        items.append(
+            {
+                "title": _describe_cluster(found, cluster),
+                "images": [
+                    {
+                        "id": found.records.ids[i],
+                        "split": found.splits[i],
+                        "label": found.labels[i],
+                        "data": _thumbnail(found.records, i),
+                    }
+                    for i in members[:_THUMBNAILS]
+                ],
+                "more": max(0, len(members) - _THUMBNAILS),
+            }
+        )
     return items
 
 
@@ -117,7 +133,9 @@ def write_audit(found: AuditFindings, out: Path, title: str) -> tuple[Path, Path
             found.records.ids, copies.clusters, found.splits, found.labels, strict=True
         )
     ]
-    table = write_csv(out / "duplicates.csv", ["id", "cluster", "cluster_size", "split", "label"], rows)
+    table = write_csv(
+        out / "duplicates.csv", ["id", "cluster", "cluster_size", "split", "label"], rows
+    )
     largest = [int(c) for c in np.flatnonzero(sizes > 1)][:10]
     template = Environment(
         loader=PackageLoader("histoclass.audit", "templates"), autoescape=select_autoescape()

@@ -1,4 +1,5 @@
-"""Candidate pairs: whitened embeddings and an exact blockwise nearest-neighbour search (never an N x N matrix)."""
+"""Candidate pairs: whitened embeddings and an exact blockwise nearest-neighbour search (never an N
+x N matrix)."""
 
 from __future__ import annotations
 
@@ -31,14 +32,17 @@ def whitening(features: np.ndarray, dims: int = 128):
 
     def apply(vectors: np.ndarray) -> np.ndarray:
         projected = (vectors.astype(np.float64) - mean) @ axes[:keep].T / scale
-        return (projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        return (
+            projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
+        ).astype(np.float32)
 
     return apply
 
 
 @dataclass
 class Pairs:
-    """Candidate pairs (``left[k]`` in the query set, ``right[k]`` in the reference set), most similar first."""
+    """Candidate pairs (``left[k]`` in the query set, ``right[k]`` in the reference set), most
+    similar first."""
 
     left: np.ndarray
     right: np.ndarray
@@ -48,8 +52,11 @@ class Pairs:
         return len(self.left)
 
 
-def neighbour_pairs(query: np.ndarray, reference: np.ndarray | None, k: int, threshold: float | None = None) -> Pairs:
-    """Each query vector's ``k`` most similar reference vectors (with cosine >= ``threshold`` if given), exactly.
+def neighbour_pairs(
+    query: np.ndarray, reference: np.ndarray | None, k: int, threshold: float | None = None
+) -> Pairs:
+    """Each query vector's ``k`` most similar reference vectors (with cosine >= ``threshold`` if
+    given), exactly.
 
     ``reference=None`` searches the query set against itself: an image is not its own neighbour, and each
     unordered pair appears once.

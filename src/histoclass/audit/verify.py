@@ -24,8 +24,9 @@ from histoclass.errors import HistoclassError
 
 __all__ = ["KeypointCache", "Match", "match", "verify_pairs"]
 
-#: Side of the square image keypoints are found on (half the blood-cell images' width: enough detail, 4x faster),
-#: and how many: 800 find tiles sharing a quarter of their area (overlapping slide tiles, ARI 0.97; 400: 0.92).
+# : Side of the square image keypoints are found on (half the blood-cell images' width: enough
+# detail, 4x faster), : and how many: 800 find tiles sharing a quarter of their area (overlapping
+# slide tiles, ARI 0.97; 400: 0.92).
 KEYPOINT_SIZE, KEYPOINTS = 160, 800
 #: What the pixels must show once aligned: the share of the image both cover and their correlation there.
 MIN_OVERLAP, MIN_CORRELATION = 0.1, 0.5
@@ -37,15 +38,17 @@ def _cv2():
     try:
         import cv2
     except ImportError:
-        raise HistoclassError("the near-duplicate audit needs OpenCV: pip install opencv-python-headless") from None
+        raise HistoclassError(
+            "the near-duplicate audit needs OpenCV: pip install opencv-python-headless"
+        ) from None
     cv2.setNumThreads(1)
     return cv2
 
 
 @dataclass
 class Keypoints:
-    """Keypoint positions and ORB descriptors of an image and of its mirror image, and the image itself in grey
-    at half the keypoints' scale, for the pixel check."""
+    """Keypoint positions and ORB descriptors of an image and of its mirror image, and the image
+    itself in grey at half the keypoints' scale, for the pixel check."""
 
     points: tuple[np.ndarray, np.ndarray]
     descriptors: tuple[np.ndarray | None, np.ndarray | None]
@@ -62,7 +65,11 @@ class Match:
     correlation: float = -1.0
 
     def is_copy(self, min_inliers: int) -> bool:
-        return self.inliers >= min_inliers and self.overlap >= MIN_OVERLAP and self.correlation >= MIN_CORRELATION
+        return (
+            self.inliers >= min_inliers
+            and self.overlap >= MIN_OVERLAP
+            and self.correlation >= MIN_CORRELATION
+        )
 
 
 class KeypointCache:
@@ -95,7 +102,8 @@ class KeypointCache:
         orb, clahe = self._local.tools
         try:
             grey = cv2.cvtColor(self.records.load(i, self.size), cv2.COLOR_RGB2GRAY)
-        except Exception:  # an unreadable image has no keypoints; it is reported by the embedding step
+        # an unreadable image has no keypoints; it is reported by the embedding step
+        except Exception:
             return None
         equalised = clahe.apply(grey)
         points, descriptors = [], []
@@ -107,14 +115,21 @@ class KeypointCache:
         return Keypoints((points[0], points[1]), (descriptors[0], descriptors[1]), small)
 
 
-def _affine(cv2, points_a, desc_a, points_b, desc_b, min_inliers: int) -> tuple[int, np.ndarray | None]:
+def _affine(
+    cv2, points_a, desc_a, points_b, desc_b, min_inliers: int
+) -> tuple[int, np.ndarray | None]:
     """Inliers of the affine map from ``a``'s keypoints to ``b``'s, and the map."""
     if desc_a is None or desc_b is None or len(desc_a) < 4 or len(desc_b) < 4:
         return 0, None
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-    good = [m for m, *rest in matcher.knnMatch(desc_a, desc_b, k=2) if rest and m.distance < 0.8 * rest[0].distance]
+    good = [
+        m
+        for m, *rest in matcher.knnMatch(desc_a, desc_b, k=2)
+        if rest and m.distance < 0.8 * rest[0].distance
+    ]
     if len(good) < max(min_inliers, 3):
-        return len(good), None  # fewer ratio-test matches than inliers needed (or than an affine map)
+        # fewer ratio-test matches than inliers needed (or than an affine map)
+        return len(good), None
     source = points_a[[m.queryIdx for m in good]]
     target = points_b[[m.trainIdx for m in good]]
     affine, mask = cv2.estimateAffine2D(source, target, ransacReprojThreshold=2.0, maxIters=500)
@@ -135,14 +150,21 @@ def _plausible(affine: np.ndarray) -> bool:
     return bool(spread[1] >= 0.5 and spread[0] <= 2.0 and spread[0] <= 1.5 * spread[1])
 
 
-def _aligned(cv2, grey_a: np.ndarray, grey_b: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
-    """Overlap share and pixel correlation of ``a`` and ``b`` warped onto it (``affine`` maps a's keypoint
-    coordinates, at twice the grey images' scale, to b's). Black fill (rotated copies' corners) is left out."""
+def _aligned(
+    cv2, grey_a: np.ndarray, grey_b: np.ndarray, affine: np.ndarray
+) -> tuple[float, float]:
+    """Overlap share and pixel correlation of ``a`` and ``b`` warped onto it (``affine`` maps a's
+    keypoint coordinates, at twice the grey images' scale, to b's). Black fill (rotated copies'
+    corners) is left out."""
     scaled = affine.astype(np.float64).copy()
     scaled[:, 2] /= 2
     side = grey_a.shape[::-1]
-    warped = cv2.warpAffine(grey_b, scaled, side, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0)
-    inside = cv2.warpAffine(np.ones_like(grey_b), scaled, side, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP)
+    warped = cv2.warpAffine(
+        grey_b, scaled, side, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderValue=0
+    )
+    inside = cv2.warpAffine(
+        np.ones_like(grey_b), scaled, side, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP
+    )
     valid = (inside > 0) & (grey_a > FILL) & (warped > FILL)
     overlap = float(valid.mean())
     if valid.sum() < 16:
@@ -153,14 +175,17 @@ def _aligned(cv2, grey_a: np.ndarray, grey_b: np.ndarray, affine: np.ndarray) ->
 
 
 def match(a: Keypoints | None, b: Keypoints | None, min_inliers: int) -> Match:
-    """``a`` against ``b``, then (unless that was a copy) against ``b``'s mirror image: the first copy found, else
-    the closer match. The pixels are compared only under a plausible map with ``min_inliers`` inliers."""
+    """``a`` against ``b``, then (unless that was a copy) against ``b``'s mirror image: the first
+    copy found, else the closer match. The pixels are compared only under a plausible map with
+    ``min_inliers`` inliers."""
     if a is None or b is None:
         return Match(0)
     cv2 = _cv2()
     best = Match(0)
     for view in (0, 1):
-        inliers, affine = _affine(cv2, a.points[0], a.descriptors[0], b.points[view], b.descriptors[view], min_inliers)
+        inliers, affine = _affine(
+            cv2, a.points[0], a.descriptors[0], b.points[view], b.descriptors[view], min_inliers
+        )
         found = Match(inliers)
         if affine is not None and inliers >= min_inliers and _plausible(affine):
             grey_b = b.grey if view == 0 else np.ascontiguousarray(b.grey[:, ::-1])

@@ -1,1 +1,2 @@
-"""Speed benchmark: compute ceiling, naive ImageFolder pipeline and histoclass's own paths (``histoclass bench``)."""
+"""Speed benchmark: compute ceiling, naive ImageFolder pipeline and histoclass's own paths
+(``histoclass bench``)."""

@@ -1,9 +1,10 @@
 """The CPU engine stages: each engine and precision the predictor can run, on batches already decoded.
 
-Every stage predicts the same decoded images of the benchmark's folder with the model ``ours_train`` wrote; its
-figure is images/s, and its top-1 answers are compared with PyTorch fp32's on the same images (the agreement
-``--engine auto`` requires is 99.5%). ONNX Runtime and OpenVINO read one conversion of the model; a runtime that
-is not installed, or bf16 on a CPU without native bf16, is a skipped stage with the reason.
+Every stage predicts the same decoded images of the benchmark's folder with the model ``ours_train``
+wrote; its figure is images/s, and its top-1 answers are compared with PyTorch fp32's on the same
+images (the agreement ``--engine auto`` requires is 99.5%). ONNX Runtime and OpenVINO read one
+conversion of the model; a runtime that is not installed, or bf16 on a CPU without native bf16, is a
+skipped stage with the reason.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from histoclass.runs import ExportDir
 
 __all__ = ["ENGINE_STAGES", "REFERENCE_STAGE", "EngineBench", "StageSkipped"]
 
-#: Stage name -> (engine, precision, what it is), PyTorch fp32 first: the reference the others are compared with.
+# : Stage name -> (engine, precision, what it is), PyTorch fp32 first: the reference the others are
+# compared with.
 ENGINE_STAGES = {
     "engine_torch_fp32": ("torch", "fp32", "PyTorch fp32, channels-last, on decoded batches"),
     "engine_torch_bf16": ("torch", "bf16", "PyTorch bf16 autocast"),
@@ -44,7 +46,8 @@ class StageSkipped(Exception):
 
 @dataclass
 class EngineBench:
-    """One trained run's engines on the CPU: its conversion (built once in ``folder``) and PyTorch fp32's answers."""
+    """One trained run's engines on the CPU: its conversion (built once in ``folder``) and PyTorch
+    fp32's answers."""
 
     run: Path
     folder: Path
@@ -69,11 +72,16 @@ class EngineBench:
             raise StageSkipped("this CPU computes no bf16 natively")
         if engine == "torch":
             return open_predictor(self.run, "torch", device="cpu", precision=precision, shift=False)
-        return open_predictor(self._conversion.root, engine, precision=precision if engine == "openvino" else None)
+        return open_predictor(
+            self._conversion.root, engine, precision=precision if engine == "openvino" else None
+        )
 
     def _answers(self, predictor: Predictor, batch: int) -> np.ndarray:
         return np.concatenate(
-            [predictor.predict_pixels(self.pixels[i : i + batch]).argmax(1) for i in range(0, len(self.pixels), batch)]
+            [
+                predictor.predict_pixels(self.pixels[i : i + batch]).argmax(1)
+                for i in range(0, len(self.pixels), batch)
+            ]
         )
 
     def stage(self, name: str, settings: BenchConfig, monitor: UsageMonitor) -> dict:
@@ -81,11 +89,24 @@ class EngineBench:
         agreement with PyTorch fp32 on every image."""
         predictor = self._predictor(*ENGINE_STAGES[name][:2])
         batch, images = settings.batch_size, len(self.pixels)
-        starts = ((k * batch) % max(1, images - batch + 1) for k in range(settings.warmup + settings.steps))
+        starts = (
+            (k * batch) % max(1, images - batch + 1)
+            for k in range(settings.warmup + settings.steps)
+        )
         batches = ((self.pixels[s : s + batch], range(s, min(s + batch, images))) for s in starts)
-        rate = timed(batches, settings.warmup, settings.steps, monitor, lambda b: predictor.predict_pixels(b[0]))
+        rate = timed(
+            batches,
+            settings.warmup,
+            settings.steps,
+            monitor,
+            lambda b: predictor.predict_pixels(b[0]),
+        )
         if self.reference is None:
-            torch_fp32 = predictor if name == REFERENCE_STAGE else self._predictor(*ENGINE_STAGES[REFERENCE_STAGE][:2])
+            torch_fp32 = (
+                predictor
+                if name == REFERENCE_STAGE
+                else self._predictor(*ENGINE_STAGES[REFERENCE_STAGE][:2])
+            )
             self.reference = self._answers(torch_fp32, batch)
         agreement = float((self._answers(predictor, batch) == self.reference).mean())
         return {"images_per_s": rate, "top1_agreement": round(agreement, 4)}

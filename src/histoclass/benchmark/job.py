@@ -1,4 +1,5 @@
-"""The bench job: every stage in one process and one run, then images/s, ratios and resources as JSON and Markdown."""
+"""The bench job: every stage in one process and one run, then images/s, ratios and resources as
+JSON and Markdown."""
 
 from __future__ import annotations
 
@@ -13,9 +14,21 @@ import numpy as np
 import torch
 
 from histoclass.atomic import write_json, write_text
-from histoclass.benchmark.engine_stages import ENGINE_STAGES, REFERENCE_STAGE, EngineBench, StageSkipped
+from histoclass.benchmark.engine_stages import (
+    ENGINE_STAGES,
+    REFERENCE_STAGE,
+    EngineBench,
+    StageSkipped,
+)
 from histoclass.benchmark.monitor import UsageMonitor
-from histoclass.benchmark.stages import bench_device, ceiling, naive, ours_predict, ours_train, temporary_runs
+from histoclass.benchmark.stages import (
+    bench_device,
+    ceiling,
+    naive,
+    ours_predict,
+    ours_train,
+    temporary_runs,
+)
 from histoclass.config import BenchConfig, DataConfig
 from histoclass.console import console
 from histoclass.data.cache import decoded_cache
@@ -47,7 +60,10 @@ RATIOS = {
     "predict / ceiling": ("ours_predict", "ceiling_infer"),
     "predict cached / ceiling": ("ours_predict_cache", "ceiling_infer"),
     "naive train / ceiling": ("naive_train", "ceiling_train"),
-    **{f"{name.removeprefix('engine_')} / torch_fp32": (name, REFERENCE_STAGE) for name in list(ENGINE_STAGES)[1:]},
+    **{
+        f"{name.removeprefix('engine_')} / torch_fp32": (name, REFERENCE_STAGE)
+        for name in list(ENGINE_STAGES)[1:]
+    },
 }
 
 
@@ -63,7 +79,9 @@ def _environment() -> dict:
 
 def _num_classes(data: Path) -> int:
     if not data.is_dir():
-        raise HistoclassError(f"--data: '{data}' is not a folder; the benchmark needs a class-folder dataset")
+        raise HistoclassError(
+            f"--data: '{data}' is not a folder; the benchmark needs a class-folder dataset"
+        )
     classes = [p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if len(classes) < 2:
         raise HistoclassError(f"--data: '{data}' needs one sub-folder per class (at least 2)")
@@ -76,8 +94,11 @@ def _decoded(settings: BenchConfig) -> np.ndarray:
     return decoded_cache(records, settings.image_size, "ram")
 
 
-def _runners(settings: BenchConfig, num_classes: int, runs: Path) -> dict[str, Callable[[UsageMonitor], float | dict]]:
-    """Each stage as a function of its monitor; predict and engine stages use the model the train stage wrote."""
+def _runners(
+    settings: BenchConfig, num_classes: int, runs: Path
+) -> dict[str, Callable[[UsageMonitor], float | dict]]:
+    """Each stage as a function of its monitor; predict and engine stages use the model the train
+    stage wrote."""
     trained: dict[str, Path] = {}
     engines: list[EngineBench] = []
 
@@ -91,7 +112,9 @@ def _runners(settings: BenchConfig, num_classes: int, runs: Path) -> dict[str, C
     def model() -> Path:
         found = trained.get("none") or trained.get(settings.cache)
         if found is None:
-            raise HistoclassError("--stages: predict and engine stages need ours_train or ours_train_cache before them")
+            raise HistoclassError(
+                "--stages: predict and engine stages need ours_train or ours_train_cache before them"
+            )
         return found
 
     def predict(cache: str) -> Callable[[UsageMonitor], float]:
@@ -121,7 +144,8 @@ def _runners(settings: BenchConfig, num_classes: int, runs: Path) -> dict[str, C
 def _markdown(result: dict) -> str:
     s = result["settings"]
     lines = [
-        f"{s['model']}, {s['image_size']} px, batch {s['batch_size']}, {'compiled' if s['compile'] else 'eager'}, "
+        f"{s['model']}, {s['image_size']} px, batch {s['batch_size']}, "
+        f"{'compiled' if s['compile'] else 'eager'}, "
         f"augment {s['augment']}, cache {s['cache']} · {result['environment']['device']}, "
         f"{result['environment']['cpus']} CPUs, torch {result['environment']['torch']}",
         "",
@@ -136,7 +160,8 @@ def _markdown(result: dict) -> str:
         device = "–" if row["device_peak_mib"] is None else f"{row['device_peak_mib']:,.0f}"
         agreement = f"{row['top1_agreement']:.2%}" if "top1_agreement" in row else "–"
         lines.append(
-            f"| {name} | {row['images_per_s']:,.0f} | {agreement} | {util} | {row['host_peak_mib']:,.0f} | {device} |"
+            f"| {name} | {row['images_per_s']:,.0f} | {agreement} | {util} | "
+            f"{row['host_peak_mib']:,.0f} | {device} |"
         )
     lines += ["", "| ratio | value |", "|---|---:|"]
     lines += [f"| {name} | {value:.2f} |" for name, value in result["ratios"].items()]
@@ -157,12 +182,15 @@ def _resolved(config: BenchConfig) -> BenchConfig:
 def bench(config: BenchConfig) -> dict:
     """Run the chosen stages (names from :data:`STAGES`) and write ``bench.json`` and ``bench.md``."""
     settings = _resolved(config)
-    on_gpu = bench_device().type == "cuda"  # the engine stages are CPU engines: on a GPU, only when named
+    # the engine stages are CPU engines: on a GPU, only when named
+    on_gpu = bench_device().type == "cuda"
     everything = [s for s in STAGES if not (on_gpu and s in ENGINE_STAGES)]
     stages = [s.strip() for s in settings.stages.split(",")] if settings.stages else everything
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
-        raise HistoclassError(f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+        raise HistoclassError(
+            f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)}"
+        )
     num_classes = _num_classes(Path(settings.data))
     out = Path(settings.out or Path("runs") / "bench" / f"{settings.model}-{settings.image_size}px")
     result: dict = {"environment": _environment(), "settings": settings.model_dump(mode="json")}
@@ -179,7 +207,11 @@ def bench(config: BenchConfig) -> dict:
                 console.print(f"  skipped: {why}")
                 continue
             row = value if isinstance(value, dict) else {"images_per_s": value}
-            result["stages"][name] = {**row, "images_per_s": round(row["images_per_s"], 1), **asdict(monitor.usage())}
+            result["stages"][name] = {
+                **row,
+                "images_per_s": round(row["images_per_s"], 1),
+                **asdict(monitor.usage()),
+            }
             console.print(f"  {row['images_per_s']:,.0f} images/s")
             gc.collect()
             if torch.cuda.is_available():

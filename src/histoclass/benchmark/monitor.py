@@ -1,4 +1,5 @@
-"""What a benchmark stage used besides time: GPU busy share, peak host memory (process tree), peak device memory."""
+"""What a benchmark stage used besides time: GPU busy share, peak host memory (process tree), peak
+device memory."""
 
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ class Usage:
 def _tree_pss_mib() -> float:
     """Proportional set size of this process and its loader processes: memory they really add up to."""
     total = 0
-    for process in [psutil.Process(os.getpid()), *psutil.Process(os.getpid()).children(recursive=True)]:
+    for process in [
+        psutil.Process(os.getpid()),
+        *psutil.Process(os.getpid()).children(recursive=True),
+    ]:
         try:
             info = process.memory_full_info()
             total += getattr(info, "pss", info.rss)
@@ -88,7 +92,8 @@ class UsageMonitor:
 
 
 def synchronize() -> float:
-    """Wait for queued GPU work, then read the clock: timings end when the device is done, not when launched."""
+    """Wait for queued GPU work, then read the clock: timings end when the device is done, not when
+    launched."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter()

@@ -42,7 +42,9 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
 
 
-def _train_step(model: Classifier, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, labels: torch.Tensor):
+def _train_step(
+    model: Classifier, optimizer: torch.optim.Optimizer, inputs: torch.Tensor, labels: torch.Tensor
+):
     with _autocast(inputs.device):
         loss = F.cross_entropy(model(inputs), labels)
     optimizer.zero_grad(set_to_none=True)
@@ -69,7 +71,9 @@ def timed(batches: Iterable, warmup: int, steps: int, monitor: UsageMonitor, wor
     ended = synchronize()
     monitor.stop()
     if started is None or images == 0:
-        raise ValueError(f"the data gave fewer than {warmup + 1} batches; use more images or a smaller batch")
+        raise ValueError(
+            f"the data gave fewer than {warmup + 1} batches; use more images or a smaller batch"
+        )
     return images / (ended - started)
 
 
@@ -86,7 +90,13 @@ def ceiling(settings: BenchConfig, num_classes: int, monitor: UsageMonitor, trai
     if train:
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        return timed(batches, settings.warmup, settings.steps, monitor, lambda b: _train_step(model, optimizer, *b))
+        return timed(
+            batches,
+            settings.warmup,
+            settings.steps,
+            monitor,
+            lambda b: _train_step(model, optimizer, *b),
+        )
     model.eval()
 
     def infer(batch) -> None:
@@ -124,7 +134,9 @@ def _naive_loader(settings: BenchConfig, mean: tuple, std: tuple) -> torch.utils
     )
 
 
-def naive(settings: BenchConfig, num_classes: int, monitor: UsageMonitor, with_model: bool) -> float:
+def naive(
+    settings: BenchConfig, num_classes: int, monitor: UsageMonitor, with_model: bool
+) -> float:
     """The naive pipeline feeding the same training step (or, ``with_model=False``, the loader alone)."""
     model = _model(settings, num_classes)
     loader = _naive_loader(settings, model.mean, model.std)
@@ -134,7 +146,9 @@ def naive(settings: BenchConfig, num_classes: int, monitor: UsageMonitor, with_m
     device = bench_device()
 
     def step(batch) -> None:
-        inputs = batch[0].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        inputs = (
+            batch[0].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        )
         _train_step(model, optimizer, inputs, batch[1].to(device, non_blocking=True))
 
     return timed(loader, settings.warmup, settings.steps, monitor, step)
@@ -161,8 +175,11 @@ class _BatchTimer(L.Callback):
         self.monitor.stop()
 
 
-def ours_train(settings: BenchConfig, monitor: UsageMonitor, runs_dir: Path, cache: str) -> tuple[float, Path]:
-    """``histoclass train`` for one epoch, every layer trained (as the ceiling), timed after ``warmup`` batches."""
+def ours_train(
+    settings: BenchConfig, monitor: UsageMonitor, runs_dir: Path, cache: str
+) -> tuple[float, Path]:
+    """``histoclass train`` for one epoch, every layer trained (as the ceiling), timed after
+    ``warmup`` batches."""
     from histoclass.training.job import train
 
     config = build_config(
@@ -177,14 +194,21 @@ def ours_train(settings: BenchConfig, monitor: UsageMonitor, runs_dir: Path, cac
             },
             "augment": {"preset": settings.augment},
             "model": {"name": settings.model, "pretrained": False},
-            "train": {"epochs": 1, "phase1_epochs": 0, "unfreeze_last": "all", "compile": settings.compile},
+            "train": {
+                "epochs": 1,
+                "phase1_epochs": 0,
+                "unfreeze_last": "all",
+                "compile": settings.compile,
+            },
             "run": {"runs_dir": str(runs_dir), "name": f"bench-{cache}"},
         }
     )
     timer = _BatchTimer(settings.warmup, monitor)
     run = train(config, callbacks=[timer])
     if timer.images == 0:
-        raise ValueError(f"one epoch gave fewer than {settings.warmup + 1} batches; use more images")
+        raise ValueError(
+            f"one epoch gave fewer than {settings.warmup + 1} batches; use more images"
+        )
     return timer.images / (timer.ended - timer.started), run
 
 
@@ -199,7 +223,9 @@ def ours_predict(settings: BenchConfig, run: Path, monitor: UsageMonitor, cache:
     predictor = open_predictor(run, settings.engine, compile=settings.compile)
     records = read_source(str(settings.data), DataConfig(path=str(settings.data))).splits["all"]
     pixels = decoded_cache(records, settings.image_size, cache)  # type: ignore[arg-type]
-    results = predictor.predict_records(records, settings.batch_size, threads=settings.workers, cache=pixels)
+    results = predictor.predict_records(
+        records, settings.batch_size, threads=settings.workers, cache=pixels
+    )
     batches = ((None, result.indices) for result in results)
     return timed(batches, settings.warmup, len(records), monitor)
 

@@ -1,11 +1,12 @@
-"""Split conformal prediction sets: the classes whose probability clears a threshold fitted on held-out images,
-so the set holds the true class with probability >= the chosen coverage (when new images come from the same
-distribution as the calibration images).
+"""Split conformal prediction sets: the classes whose probability clears a threshold fitted on
+held-out images, so the set holds the true class with probability >= the chosen coverage (when new
+images come from the same distribution as the calibration images).
 
-The score is 1 - p(true class), MAPIE's "lac" method (smallest sets on average); with ``mondrian`` each class
-gets its own threshold, so the guarantee holds per class too, which matters for rare classes. The sets are tested
-equal to MAPIE's (split) and crepes' (class-conditional) on real predictions; the arithmetic is kept here because
-it is two lines and applying it must need nothing beyond numpy (exported models, the server).
+The score is 1 - p(true class), MAPIE's "lac" method (smallest sets on average); with ``mondrian``
+each class gets its own threshold, so the guarantee holds per class too, which matters for rare
+classes. The sets are tested equal to MAPIE's (split) and crepes' (class-conditional) on real
+predictions; the arithmetic is kept here because it is two lines and applying it must need nothing
+beyond numpy (exported models, the server).
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ def fit_calibration(
     mondrian: bool = False,
     fitted_on: str = "validation split",
 ) -> Calibration:
-    """Temperature first, then the set thresholds and the decision threshold on the calibrated probabilities."""
+    """Temperature first, then the set thresholds and the decision threshold on the calibrated
+    probabilities."""
     temperature = fit_temperature(view_logits, labels)
     probabilities = calibrated_probabilities(view_logits, temperature)
     return Calibration(

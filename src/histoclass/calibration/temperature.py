@@ -16,13 +16,17 @@ def calibrated_probabilities(view_logits: np.ndarray, temperature: float = 1.0) 
     return softmax(view_logits.astype(np.float64) / temperature, axis=-1).mean(axis=1)
 
 
-def negative_log_likelihood(view_logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+def negative_log_likelihood(
+    view_logits: np.ndarray, labels: np.ndarray, temperature: float
+) -> float:
     """Mean NLL of the true class under :func:`calibrated_probabilities`."""
     if view_logits.shape[1] == 1:  # one view: log-softmax directly, exact for very confident logits
         scaled = log_softmax(view_logits[:, 0].astype(np.float64) / temperature, axis=1)
         return float(-scaled[np.arange(len(labels)), labels].mean())
     probabilities = calibrated_probabilities(view_logits, temperature)
-    return float(-np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-300, 1.0)).mean())
+    return float(
+        -np.log(np.clip(probabilities[np.arange(len(labels)), labels], 1e-300, 1.0)).mean()
+    )
 
 
 def fit_temperature(view_logits: np.ndarray, labels: np.ndarray) -> float:

@@ -1,6 +1,13 @@
 """Configuration as data: one validated pydantic model per verb, loaded from YAML, flags and ``--set``."""
 
-from histoclass.config.loading import ConfigModel, apply_overrides, load_yaml, option, parse_set, validate
+from histoclass.config.loading import (
+    ConfigModel,
+    apply_overrides,
+    load_yaml,
+    option,
+    parse_set,
+    validate,
+)
 from histoclass.config.train import (
     AUGMENT_PRESETS,
     RECIPE_IMAGE_SIZE,

@@ -13,7 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from histoclass.errors import HistoclassError
 
-__all__ = ["ConfigModel", "apply_overrides", "describe_error", "load_yaml", "option", "parse_set", "validate"]
+__all__ = [
+    "ConfigModel",
+    "apply_overrides",
+    "describe_error",
+    "load_yaml",
+    "option",
+    "parse_set",
+    "validate",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -24,7 +32,9 @@ class ConfigModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def option(default: Any, description: str, *, flag: str | bool = True, argument: bool = False, **rules: Any) -> Any:
+def option(
+    default: Any, description: str, *, flag: str | bool = True, argument: bool = False, **rules: Any
+) -> Any:
     """A config field that is also a command-line option (``--name``, or ``--FLAG``) or positional argument.
 
     Fields made with plain ``Field`` are reachable through ``--config`` and ``--set`` only.
@@ -68,7 +78,9 @@ def load_yaml(path: str | Path | None) -> dict[str, Any]:
         first = str(error).splitlines()[0]
         raise HistoclassError(f"--config: '{path}' is not valid YAML ({first})") from None
     if not isinstance(values, dict):
-        raise HistoclassError(f"--config: '{path}' must hold a mapping of keys (e.g. data:, train:)")
+        raise HistoclassError(
+            f"--config: '{path}' must hold a mapping of keys (e.g. data:, train:)"
+        )
     return values
 
 
@@ -84,11 +96,15 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         try:
             parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
-            raise HistoclassError(f"--set: the value in '{item}' is not valid YAML; quote it, e.g. key='[1'") from None
+            raise HistoclassError(
+                f"--set: the value in '{item}' is not valid YAML; quote it, e.g. key='[1'"
+            ) from None
     return parsed
 
 
-def apply_overrides(values: dict[str, Any], overrides: dict[str, Any] | list[str]) -> dict[str, Any]:
+def apply_overrides(
+    values: dict[str, Any], overrides: dict[str, Any] | list[str]
+) -> dict[str, Any]:
     """``values`` with dotted-key overrides applied (a copy); ``overrides`` may be ``--set`` strings."""
     if isinstance(overrides, list):
         overrides = parse_set(overrides)
@@ -100,11 +116,15 @@ def apply_overrides(values: dict[str, Any], overrides: dict[str, Any] | list[str
             child = node.setdefault(section, {})
             if not isinstance(child, dict):
                 where = ".".join(sections[: depth + 1])
-                raise HistoclassError(f"'{where}' must be a section (a mapping of keys), not {child!r}")
+                raise HistoclassError(
+                    f"'{where}' must be a section (a mapping of keys), not {child!r}"
+                )
             node = child
         node[field] = value
     return result
 
 
 def _copy(values: dict[str, Any]) -> dict[str, Any]:
-    return {key: _copy(value) if isinstance(value, dict) else value for key, value in values.items()}
+    return {
+        key: _copy(value) if isinstance(value, dict) else value for key, value in values.items()
+    }

@@ -1,4 +1,5 @@
-"""``histoclass tune``: a training config (every train flag applies to every trial) plus how the study runs."""
+"""``histoclass tune``: a training config (every train flag applies to every trial) plus how the
+study runs."""
 
 from __future__ import annotations
 
@@ -27,13 +28,22 @@ def parse_duration(text: str) -> float:
 class TuneOptions(ConfigModel):
     """The study: how many trials, for how long, stored where, judged by which validation metric."""
 
-    trials: int | None = option(None, "trials in the study, all processes together [none: until --timeout]", ge=1)
-    timeout: str | None = option(None, "stop starting trials after this long: 30m, 2h, 5400 (seconds)")
-    study: str | None = option(None, "study name [the data's name]; its directory is RUNS_DIR/tune-NAME")
-    storage: str | None = option(
-        None, "Optuna storage URL (sqlite:///..., postgresql://...) [sqlite in the study's directory]"
+    trials: int | None = option(
+        None, "trials in the study, all processes together [none: until --timeout]", ge=1
     )
-    space: str | None = option(None, "YAML search space: dotted config keys -> {low, high[, log]} or {choices}")
+    timeout: str | None = option(
+        None, "stop starting trials after this long: 30m, 2h, 5400 (seconds)"
+    )
+    study: str | None = option(
+        None, "study name [the data's name]; its directory is RUNS_DIR/tune-NAME"
+    )
+    storage: str | None = option(
+        None,
+        "Optuna storage URL (sqlite:///..., postgresql://...) [sqlite in the study's directory]",
+    )
+    space: str | None = option(
+        None, "YAML search space: dotted config keys -> {low, high[, log]} or {choices}"
+    )
     metric: Literal["val_loss", "val_accuracy", "val_macro_f1"] = option(
         "val_loss", "validation metric the study optimises (loss: lower is better)"
     )

@@ -39,7 +39,9 @@ MODEL_HELP = "run directory (runs/NAME), model.onnx, model.tflite or model.pt"
 class LabelledData(ConfigModel):
     """How a labels CSV is read; None means the run's own setting (or the default)."""
 
-    image_dir: str | None = option(None, "image folder for a labels CSV (default: the CSV's folder)")
+    image_dir: str | None = option(
+        None, "image folder for a labels CSV (default: the CSV's folder)"
+    )
     id_column: str | None = option(None, "CSV column holding the image id [id]")
     label_column: str | None = option(None, "CSV column holding the class label [label]")
 
@@ -49,19 +51,29 @@ class InferenceOptions(ConfigModel):
 
     batch_size: int = option(64, "images per batch", ge=1)
     # On by default: it raised accuracy and AUC on unseen cells in every recipe row (docs/benchmarks.md).
-    tta: bool = option(True, "average over the 8 flips and 90-degree rotations (--no-tta: one view, 8x faster)")
-    compile: bool = option(False, "torch.compile a PyTorch model: faster batches after a slow first one")
+    tta: bool = option(
+        True, "average over the 8 flips and 90-degree rotations (--no-tta: one view, 8x faster)"
+    )
+    compile: bool = option(
+        False, "torch.compile a PyTorch model: faster batches after a slow first one"
+    )
     engine: Engine = option("auto", "auto (fastest checked engine) | torch | onnx | openvino")
 
 
 class AuditOptions(ConfigModel):
-    """How near-duplicates are searched (check-data --duplicates, --group-by auto, evaluate's overlap check)."""
+    """How near-duplicates are searched (check-data --duplicates, --group-by auto, evaluate's
+    overlap check)."""
 
     threshold: float | None = option(
-        None, "least cosine similarity (whitened embeddings) of a candidate (default: every neighbour)", gt=0, le=1
+        None,
+        "least cosine similarity (whitened embeddings) of a candidate (default: every neighbour)",
+        gt=0,
+        le=1,
     )
     neighbours: int = option(10, "candidates per image (its most similar images)", ge=1)
-    min_inliers: int = option(8, "matched keypoints that confirm a copy (0: embedding similarity alone)", ge=0)
+    min_inliers: int = option(
+        8, "matched keypoints that confirm a copy (0: embedding similarity alone)", ge=0
+    )
     audit_size: int = option(96, "image size the audit embeds at", ge=32, le=1024)
 
 
@@ -69,11 +81,17 @@ class CheckDataConfig(LabelledData, AuditOptions):
     """``histoclass check-data``: the data scan, and with ``--duplicates`` the near-duplicate audit."""
 
     data: str = option(..., "class folders, labels CSV, .npz or medmnist:NAME", argument=True)
-    duplicates: bool = option(False, "also find near-duplicates: clusters, copies across splits, mixed labels")
-    model: str | None = option(None, "backbone that embeds: a timm name or a run directory [the train default]")
+    duplicates: bool = option(
+        False, "also find near-duplicates: clusters, copies across splits, mixed labels"
+    )
+    model: str | None = option(
+        None, "backbone that embeds: a timm name or a run directory [the train default]"
+    )
     weights: str | None = option(None, "local weights for --model (offline machines)")
     against: str | None = option(None, "another dataset: report the copies it shares with DATA")
-    out: str | None = option(None, "folder for duplicates.csv and duplicates.html [DATA-NAME-duplicates]")
+    out: str | None = option(
+        None, "folder for duplicates.csv and duplicates.html [DATA-NAME-duplicates]"
+    )
 
 
 class EvaluateConfig(InferenceOptions, LabelledData):
@@ -82,9 +100,12 @@ class EvaluateConfig(InferenceOptions, LabelledData):
     model: str = option(..., MODEL_HELP, argument=True)
     data: str = option(..., "labelled data: class folders, labels CSV, .npz or medmnist:NAME")
     split: str | None = option(None, "test | val | train [test, else val, else all]")
-    overlap_check: bool = option(True, "look for copies of these images among the run's training images")
+    overlap_check: bool = option(
+        True, "look for copies of these images among the run's training images"
+    )
     group_by: str | None = option(
-        "auto", "groups the intervals resample: auto (near-duplicate clusters), a regex over paths, or none"
+        "auto",
+        "groups the intervals resample: auto (near-duplicate clusters), a regex over paths, or none",
     )
 
 
@@ -92,32 +113,49 @@ class PredictConfig(InferenceOptions):
     """``histoclass predict``."""
 
     model: str = option(..., MODEL_HELP, argument=True)
-    inputs: list[str] = option(..., "image files, folders (recursive) or CSVs of ids", argument=True)
+    inputs: list[str] = option(
+        ..., "image files, folders (recursive) or CSVs of ids", argument=True
+    )
     out: str = option("predictions.csv", "predictions CSV to write")
-    image_dir: str | None = option(None, "image folder for a CSV of ids (default: the CSV's folder)")
+    image_dir: str | None = option(
+        None, "image folder for a CSV of ids (default: the CSV's folder)"
+    )
     id_column: str = option("id", "CSV column holding the image id")
-    columns: str | None = option(None, "columns to keep, e.g. id,label [id,label,confidence,prob_*,...]")
-    threshold: str | None = option(None, "two classes: P(second class) cut-off, or auto (tuned on validation)")
+    columns: str | None = option(
+        None, "columns to keep, e.g. id,label [id,label,confidence,prob_*,...]"
+    )
+    threshold: str | None = option(
+        None, "two classes: P(second class) cut-off, or auto (tuned on validation)"
+    )
 
 
 class SlideConfig(InferenceOptions):
     """``histoclass slide``: tile whole slides, classify the tissue tiles, map them."""
 
     model: str = option(..., MODEL_HELP, argument=True)
-    slides: list[str] = option(..., "slide files (.svs, .tif, .ndpi, ...) or folders of slides", argument=True)
+    slides: list[str] = option(
+        ..., "slide files (.svs, .tif, .ndpi, ...) or folders of slides", argument=True
+    )
     out: str = option("slides", "folder for one sub-folder per slide and the index")
     mpp: float | None = option(None, "microns per pixel to tile at [the run's --train-mpp]", gt=0)
-    level: int | None = option(None, "tile at this pyramid level instead of a physical resolution", ge=0)
-    tile_size: int | None = option(None, "tile side in pixels at the tiling resolution [the training images']", ge=8)
+    level: int | None = option(
+        None, "tile at this pyramid level instead of a physical resolution", ge=0
+    )
+    tile_size: int | None = option(
+        None, "tile side in pixels at the tiling resolution [the training images']", ge=8
+    )
     overlap: int = option(0, "pixels shared by neighbouring tiles", ge=0)
     min_tissue: float = option(0.5, "keep tiles with at least this share of tissue", ge=0, le=1)
     tissue_filter: bool = option(True, "classify only tissue tiles (off: every tile)")
-    thumbnail: int = option(2048, "longest side of the thumbnail and heatmaps, pixels", ge=64, le=16384)
+    thumbnail: int = option(
+        2048, "longest side of the thumbnail and heatmaps, pixels", ge=64, le=16384
+    )
     threads: int | None = option(None, "tile-reading threads [one per core]", ge=1)
     # Off for slides: 10^5 tiles at 8 views each; neighbouring tiles already smooth a map.
     tta: bool = option(False, "average over the 8 flips and 90-degree rotations (8x the time)")
     shift: bool = option(
-        False, "also score each tile's shift from the training images (runs with a reference; about 2x the time)"
+        False,
+        "also score each tile's shift from the training images (runs with a reference; about 2x the time)",
     )
 
 
@@ -125,7 +163,9 @@ class CalibrateConfig(InferenceOptions, LabelledData):
     """``histoclass calibrate``: re-fit temperature and prediction sets on local labelled images."""
 
     run: str = option(..., "run directory (runs/NAME) to re-calibrate", argument=True)
-    data: str = option(..., "local labelled images: class folders, labels CSV, .npz or medmnist:NAME")
+    data: str = option(
+        ..., "local labelled images: class folders, labels CSV, .npz or medmnist:NAME"
+    )
     split: str | None = option(None, "split of --data to use [test, else val, else all]")
     coverage: float = option(0.9, "prediction sets hold the true class this often", gt=0, lt=1)
     mondrian: bool = option(False, "one set threshold per class, so coverage holds for each class")
@@ -133,12 +173,17 @@ class CalibrateConfig(InferenceOptions, LabelledData):
 
 
 class AdaptConfig(LabelledData):
-    """``histoclass adapt``: a run adapted to a new source (another lab, scanner, stain), as a new run directory."""
+    """``histoclass adapt``: a run adapted to a new source (another lab, scanner, stain), as a new
+    run directory."""
 
     run: str = option(..., "run directory (runs/NAME) to adapt; it is never changed", argument=True)
-    data: str = option(..., "the new source's images: any folder (labels unused), or labelled data with --shots")
+    data: str = option(
+        ..., "the new source's images: any folder (labels unused), or labelled data with --shots"
+    )
     shots: int | None = option(
-        None, "labelled images per class to fine-tune on (the rest of --data scores the result)", ge=1
+        None,
+        "labelled images per class to fine-tune on (the rest of --data scores the result)",
+        ge=1,
     )
     tune: Literal["head", "all"] = option("all", "--shots: fine-tune the head only, or every layer")
     epochs: int = option(30, "--shots: fine-tuning epochs over the labelled images", ge=1)
@@ -152,7 +197,9 @@ class AdaptConfig(LabelledData):
 class CompareConfig(ConfigModel):
     """``histoclass compare``."""
 
-    runs: list[str] = option(..., "run directories, or tune study directories (their 5 best trials)", argument=True)
+    runs: list[str] = option(
+        ..., "run directories, or tune study directories (their 5 best trials)", argument=True
+    )
     data: str | None = option(None, "evaluate every run on this labelled data")
     split: str | None = option(None, "split of --data to use")
     out: str | None = option(None, "output folder [runs/compare]")
@@ -177,7 +224,9 @@ class ServeConfig(ConfigModel):
     port: int = option(8000, "port", ge=1, le=65535)
     workers: int = option(1, "server processes, each with its own copy of the model", ge=1)
     engine: Engine = option("auto", "auto (fastest checked engine) | torch | onnx | openvino")
-    api_key: str | None = option(None, "require this X-API-Key header on everything but the page and health")
+    api_key: str | None = option(
+        None, "require this X-API-Key header on everything but the page and health"
+    )
     max_file_mb: float = option(20.0, "largest accepted upload, MB", gt=0)
     max_files: int = option(64, "most images in one request", ge=1)
     max_megapixels: float = option(50.0, "largest accepted image (decompression-bomb guard)", gt=0)
@@ -186,13 +235,25 @@ class ServeConfig(ConfigModel):
     )
     max_request_megapixels: float = option(300.0, "most pixels of all images in one request", gt=0)
     decode_megapixels: float | None = option(
-        None, "most pixels decoded at once by a server process, over all requests [2 x --max-megapixels]", gt=0
+        None,
+        "most pixels decoded at once by a server process, over all requests [2 x --max-megapixels]",
+        gt=0,
     )
-    keep_uploads: str | None = option(None, "save every accepted upload into this folder (off: none kept)")
-    body_timeout: float = option(30.0, "seconds a client may take between two parts of its request body", gt=0)
-    tta: bool = option(True, "average over the 8 flips and 90-degree rotations (--no-tta: one view)")
-    slides: str | None = option(None, "folder of whole slides to view at /slides with the model's map over them")
-    slide_maps: str = option("slides", "folder of slide maps (histoclass slide --out): reused, new ones written")
+    keep_uploads: str | None = option(
+        None, "save every accepted upload into this folder (off: none kept)"
+    )
+    body_timeout: float = option(
+        30.0, "seconds a client may take between two parts of its request body", gt=0
+    )
+    tta: bool = option(
+        True, "average over the 8 flips and 90-degree rotations (--no-tta: one view)"
+    )
+    slides: str | None = option(
+        None, "folder of whole slides to view at /slides with the model's map over them"
+    )
+    slide_maps: str = option(
+        "slides", "folder of slide maps (histoclass slide --out): reused, new ones written"
+    )
 
     @property
     def max_bytes(self) -> int:
@@ -226,8 +287,12 @@ class BenchConfig(ConfigModel):
         "keras", "augmentation of both pipelines (preset)"
     )
     workers: int | None = option(None, "histoclass's loader processes [CPUs - 1]", ge=0)
-    stages: str | None = option(None, "comma-separated subset of the stages [all; on a GPU all but the CPU engines]")
-    engine: Engine = option("auto", "engine of the ours_predict stages: auto | torch | onnx | openvino")
+    stages: str | None = option(
+        None, "comma-separated subset of the stages [all; on a GPU all but the CPU engines]"
+    )
+    engine: Engine = option(
+        "auto", "engine of the ours_predict stages: auto | torch | onnx | openvino"
+    )
     out: str | None = option(None, "folder for bench.json and bench.md [runs/bench/MODEL-SIZE]")
 
     @field_validator("cache")
@@ -248,12 +313,23 @@ class ModelsConfig(ConfigModel):
 class EmbedConfig(LabelledData):
     """``histoclass embed``: a backbone's features for every image, for users who model them themselves."""
 
-    model: str = option(..., "foundation model (histoclass models), timm name, hf-hub:ORG/NAME or run directory",
-                        argument=True)  # fmt: skip
-    data: str = option(..., "images: class folders, a plain folder, labels CSV, .npz or medmnist:NAME", argument=True)
+    model: str = option(
+        ...,
+        "foundation model (histoclass models), timm name, hf-hub:ORG/NAME or run directory",
+        argument=True,
+    )
+    data: str = option(
+        ...,
+        "images: class folders, a plain folder, labels CSV, .npz or medmnist:NAME",
+        argument=True,
+    )
     out: str = option("embeddings.npz", "embeddings.npz | .npy (+ .csv of ids) | .parquet")
-    weights: str | None = option(None, "local weights file or downloaded model folder (offline machines)")
-    image_size: int | None = option(None, "input size [the model's own: 224, or the run's]", ge=16, le=4096)
+    weights: str | None = option(
+        None, "local weights file or downloaded model folder (offline machines)"
+    )
+    image_size: int | None = option(
+        None, "input size [the model's own: 224, or the run's]", ge=16, le=4096
+    )
     views: Literal["identity", "mean", "all"] = option(
         "identity", "identity | mean (of the 8 flips/rotations) | all (8 vectors per image)"
     )

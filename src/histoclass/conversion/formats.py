@@ -69,7 +69,9 @@ def export_openvino(model: nn.Module, example: torch.Tensor, out: Path) -> None:
     try:
         import openvino as ov
     except ImportError:
-        raise HistoclassError("--format openvino needs OpenVINO: pip install 'histoclass[openvino]'") from None
+        raise HistoclassError(
+            "--format openvino needs OpenVINO: pip install 'histoclass[openvino]'"
+        ) from None
     onnx_file = out.with_suffix(".onnx")
     export_onnx(model, example, onnx_file)
     ov.save_model(ov.convert_model(str(onnx_file)), str(out), compress_to_fp16=False)
@@ -82,6 +84,8 @@ def export_tflite(model: nn.Module, example: torch.Tensor, out: Path) -> None:
     try:
         import litert_torch
     except ImportError:
-        raise HistoclassError("--format tflite needs litert-torch: pip install 'histoclass[tflite]'") from None
+        raise HistoclassError(
+            "--format tflite needs litert-torch: pip install 'histoclass[tflite]'"
+        ) from None
     edge_model = litert_torch.convert(model.eval(), (example,))
     edge_model.export(str(out))

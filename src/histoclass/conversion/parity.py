@@ -19,7 +19,14 @@ from histoclass.inference.predictor import Predictor
 from histoclass.runs import ModelInfo, RunDir
 from histoclass.runs.records import validation_records
 
-__all__ = ["FLOAT_MAX_DIFF", "INT8_MIN_AGREEMENT", "MIN_AGREEMENT", "Parity", "load_check_images", "measure_parity"]
+__all__ = [
+    "FLOAT_MAX_DIFF",
+    "INT8_MIN_AGREEMENT",
+    "MIN_AGREEMENT",
+    "Parity",
+    "load_check_images",
+    "measure_parity",
+]
 
 #: Top-1 agreement with PyTorch a float conversion needs (exports and the engines ``auto`` picks).
 MIN_AGREEMENT = 0.995
@@ -40,7 +47,9 @@ class Parity:
     exported_accuracy: float | None = None
 
     def passes(self, min_agreement: float, max_diff: float | None) -> bool:
-        return self.top1_agreement >= min_agreement and (max_diff is None or self.max_abs_diff <= max_diff)
+        return self.top1_agreement >= min_agreement and (
+            max_diff is None or self.max_abs_diff <= max_diff
+        )
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -53,11 +62,17 @@ def _accuracy(probabilities: np.ndarray, labels: np.ndarray | None) -> float | N
 
 
 def measure_parity(
-    reference: Predictor, exported: Predictor, pixels: np.ndarray, labels: np.ndarray | None, batch_size: int = 32
+    reference: Predictor,
+    exported: Predictor,
+    pixels: np.ndarray,
+    labels: np.ndarray | None,
+    batch_size: int = 32,
 ) -> Parity:
     """Run both predictors on uint8 NHWC ``pixels`` and compare their probabilities."""
     chunks = range(0, len(pixels), batch_size)
-    expected = np.concatenate([reference.predict_pixels(pixels[i : i + batch_size]) for i in chunks])
+    expected = np.concatenate(
+        [reference.predict_pixels(pixels[i : i + batch_size]) for i in chunks]
+    )
     actual = np.concatenate([exported.predict_pixels(pixels[i : i + batch_size]) for i in chunks])
     return Parity(
         images=len(pixels),
@@ -77,12 +92,16 @@ def _check_records(run: Path, check_data: str | None, labels: list[str]) -> Imag
     return relabel_by_name(records, source.classes, labels, strict=False)
 
 
-def load_check_images(run: Path, check_data: str | None, info: ModelInfo, limit: int, seed: int = 0):
+def load_check_images(
+    run: Path, check_data: str | None, info: ModelInfo, limit: int, seed: int = 0
+):
     """Up to ``limit`` readable images (a seeded random sample) as uint8 NHWC, with labels (-1: unknown)."""
     records = _check_records(run, check_data, info.labels)
     size = info.image_size
     if len(records) > limit:
-        records = records.subset(np.sort(np.random.default_rng(seed).choice(len(records), limit, replace=False)))
+        records = records.subset(
+            np.sort(np.random.default_rng(seed).choice(len(records), limit, replace=False))
+        )
     pixels, labels = [], []
     for batch in iter_batches(records, size, batch_size=64):
         pixels.append(batch.pixels)

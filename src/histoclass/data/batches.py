@@ -1,4 +1,5 @@
-"""Decoding records into whole uint8 batches: the one loader every inference path (and training's dataset) uses.
+"""Decoding records into whole uint8 batches: the one loader every inference path (and training's
+dataset) uses.
 
 Numpy and Pillow only. Pillow releases the GIL while it decodes and resizes, so a thread pool decodes in
 parallel, and the next batches decode while the caller's model runs on the current one.
@@ -45,7 +46,8 @@ def default_threads() -> int:
 def _load_one(records: Loadable, i: int, size: int) -> np.ndarray | str:
     try:
         return records.load(i, size)
-    except Exception as error:  # every decoder failure is a per-file problem, reported in the output
+    # every decoder failure is a per-file problem, reported in the output
+    except Exception as error:
         return unreadable_reason(error)
 
 
@@ -56,8 +58,11 @@ def _assemble(indices: list[int], loaded: list[np.ndarray | str], size: int) -> 
     return PixelBatch([indices[k] for k in good], pixels, errors)
 
 
-def load_pixels(records: Loadable, indices: list[int], size: int, cache: np.ndarray | None = None) -> PixelBatch:
-    """Images ``indices`` of ``records`` at ``size``, decoded here (or read from ``cache``, the decoded pixels)."""
+def load_pixels(
+    records: Loadable, indices: list[int], size: int, cache: np.ndarray | None = None
+) -> PixelBatch:
+    """Images ``indices`` of ``records`` at ``size``, decoded here (or read from ``cache``, the
+    decoded pixels)."""
     if cache is not None:
         order = np.argsort(indices)  # memory-mapped reads go fastest in file order
         pixels = np.empty((len(indices), size, size, 3), np.uint8)
@@ -74,8 +79,12 @@ def iter_batches(
     cache: np.ndarray | None = None,
     prefetch: int = 2,
 ) -> Iterator[PixelBatch]:
-    """Every record in order, ``batch_size`` at a time, decoded on a thread pool ``prefetch`` batches ahead."""
-    spans = [list(range(s, min(s + batch_size, len(records)))) for s in range(0, len(records), batch_size)]
+    """Every record in order, ``batch_size`` at a time, decoded on a thread pool ``prefetch``
+    batches ahead."""
+    spans = [
+        list(range(s, min(s + batch_size, len(records))))
+        for s in range(0, len(records), batch_size)
+    ]
     if cache is not None:
         for span in spans:
             yield load_pixels(records, span, size, cache)

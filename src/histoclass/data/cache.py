@@ -42,7 +42,8 @@ def build_cache(records: ImageRecords, size: int, workers: int | None = None) ->
 
 
 def cache_key(records: ImageRecords, size: int) -> str:
-    """A digest of what the cached pixels depend on: each file's path, size and mtime (or the array's bytes)."""
+    """A digest of what the cached pixels depend on: each file's path, size and mtime (or the
+    array's bytes)."""
     digest = hashlib.sha256(f"{RESIZE_METHOD}|{size}|{len(records)}".encode())
     if records.paths is not None:
         for path in records.paths:
@@ -59,7 +60,9 @@ def _disk_cache(records: ImageRecords, size: int, folder: Path, workers: int | N
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:  # a crash mid-build leaves no half-filled cache behind
-            array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(records), size, size, 3))
+            array = np.lib.format.open_memmap(
+                tmp, mode="w+", dtype=np.uint8, shape=(len(records), size, size, 3)
+            )
             _fill(array, records, size, workers)
             array.flush()
             del array
@@ -67,9 +70,14 @@ def _disk_cache(records: ImageRecords, size: int, folder: Path, workers: int | N
 
 
 def decoded_cache(
-    records: ImageRecords, size: int, kind: CacheKind, folder: Path | None = None, workers: int | None = None
+    records: ImageRecords,
+    size: int,
+    kind: CacheKind,
+    folder: Path | None = None,
+    workers: int | None = None,
 ) -> np.ndarray | None:
-    """The decoded pixels of ``records`` for ``kind`` (None for ``none``); ``folder`` defaults to the cache root."""
+    """The decoded pixels of ``records`` for ``kind`` (None for ``none``); ``folder`` defaults to
+    the cache root."""
     if kind == "none":
         return None
     if kind == "ram":

@@ -48,7 +48,8 @@ def _inspect_file(records: ImageRecords, i: int) -> ImageInfo:
             size, mode = probe.size, probe.mode
         records.open(i, size_hint=_CHECK_DECODE_SIZE)
         return ImageInfo(size, mode, None)
-    except Exception as error:  # Pillow raises many types for bad data; each becomes a reported reason
+    # Pillow raises many types for bad data; each becomes a reported reason
+    except Exception as error:
         return ImageInfo(None, None, unreadable_reason(error))
 
 
@@ -60,13 +61,19 @@ def scan_records(records: ImageRecords, workers: int | None = None) -> list[Imag
         return [ImageInfo((shape[2], shape[1]), mode, None)] * len(records)
     workers = workers or min(32, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda i: _inspect_file(records, i), range(len(records)), chunksize=64))
+        return list(
+            pool.map(lambda i: _inspect_file(records, i), range(len(records)), chunksize=64)
+        )
 
 
-def drop_bad(records: ImageRecords, infos: list[ImageInfo], split: str) -> tuple[ImageRecords, list[BadImage]]:
+def drop_bad(
+    records: ImageRecords, infos: list[ImageInfo], split: str
+) -> tuple[ImageRecords, list[BadImage]]:
     """Records without the unreadable ones, and the list of those left out."""
     good = [i for i, info in enumerate(infos) if info.error is None]
-    bad = [BadImage(split, records.ids[i], info.error) for i, info in enumerate(infos) if info.error]
+    bad = [
+        BadImage(split, records.ids[i], info.error) for i, info in enumerate(infos) if info.error
+    ]
     return (records if len(good) == len(records) else records.subset(good)), bad
 
 
@@ -122,14 +129,20 @@ def print_report(report: DataReport) -> None:
     total = sum(report.counts.values())
     for i, name in enumerate(report.source.classes):
         table.add_row(name, *(str(report.counts[s][i]) for s in splits), str(total[i]))
-    table.add_row("total", *(str(report.counts[s].sum()) for s in splits), str(total.sum()), style="bold")
+    table.add_row(
+        "total", *(str(report.counts[s].sum()) for s in splits), str(total.sum()), style="bold"
+    )
     console.print(table)
     sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in report.sizes.most_common(5))
     console.print(f"Image sizes (most common): {sizes or 'none'}")
-    console.print(f"Modes: {', '.join(f'{m} ({n})' for m, n in report.modes.most_common()) or 'none'}")
+    console.print(
+        f"Modes: {', '.join(f'{m} ({n})' for m, n in report.modes.most_common()) or 'none'}"
+    )
     console.print(f"Class imbalance (largest / smallest class): {report.imbalance:.2f}")
     if report.bad:
-        bad = Table(title=f"{len(report.bad)} file(s) that cannot be used (left in place, skipped in training)")
+        bad = Table(
+            title=f"{len(report.bad)} file(s) that cannot be used (left in place, skipped in training)"
+        )
         for column in ("split", "file", "problem"):
             bad.add_column(column)
         for item in report.bad:

@@ -1,8 +1,8 @@
 """The training dataset: records -> whole uint8 batches for a torch ``DataLoader`` of worker processes.
 
-Loader processes only decode and resize (or read a decoded cache), a whole batch per call: no per-image
-tensors, no per-image augmentation on the CPU (that happens on the device, batched). Paths live in the records'
-numpy array, so the processes' memory does not grow with the number of images.
+Loader processes only decode and resize (or read a decoded cache), a whole batch per call: no
+per-image tensors, no per-image augmentation on the CPU (that happens on the device, batched). Paths
+live in the records' numpy array, so the processes' memory does not grow with the number of images.
 """
 
 from __future__ import annotations

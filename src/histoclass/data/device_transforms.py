@@ -49,7 +49,8 @@ def _mix32(x):
 
 
 def hashed_uniforms(seed: int, epoch: int, index: torch.Tensor, count: int) -> torch.Tensor:
-    """(N, count) floats in [0, 1): a pure function of (seed, epoch, index), computed on ``index``'s device."""
+    """(N, count) floats in [0, 1): a pure function of (seed, epoch, index), computed on ``index``'s
+    device."""
     base = _mix32(_mix32(seed & _MASK) ^ _mix32((epoch + 0x632BE5AB) & _MASK))
     keys = _mix32((index.long() & _MASK) ^ base)
     streams = _mix32((torch.arange(1, count + 1, device=index.device) * 0x9E3779B9) & _MASK)
@@ -87,7 +88,9 @@ def _hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     high, low = images.amax(dim=1), images.amin(dim=1)
     delta = high - low
     safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    hue = torch.where(high == r, (g - b) / safe, torch.where(high == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    hue = torch.where(
+        high == r, (g - b) / safe, torch.where(high == g, 2 + (b - r) / safe, 4 + (r - g) / safe)
+    )
     hue6 = torch.remainder(hue + 6 * shift[:, :, 0, 0, None], 6.0)
     channels = [
         high - delta * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
@@ -96,7 +99,12 @@ def _hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.stack(channels, dim=1)
 
 
-_COLOUR_OPS = {"brightness": _brightness, "contrast": _contrast, "saturation": _saturation, "hue": _hue}
+_COLOUR_OPS = {
+    "brightness": _brightness,
+    "contrast": _contrast,
+    "saturation": _saturation,
+    "hue": _hue,
+}
 
 
 def _rotation(radians: torch.Tensor) -> torch.Tensor:
@@ -115,9 +123,10 @@ def _homogeneous(linear: torch.Tensor, offset: torch.Tensor | None = None) -> to
 
 
 def _magnification(u: torch.Tensor, low: float, high: float, offset: float) -> torch.Tensor:
-    """Zoom by a factor drawn log-uniformly from [low, high] about a centre moved by up to ``offset`` of the
-    side: above 1 the output shows the middle of the image enlarged, below 1 the whole image smaller, framed by
-    its own reflection (a wider field of the same smear or tissue rather than a black border)."""
+    """Zoom by a factor drawn log-uniformly from [low, high] about a centre moved by up to
+    ``offset`` of the side: above 1 the output shows the middle of the image enlarged, below 1 the
+    whole image smaller, framed by its own reflection (a wider field of the same smear or tissue
+    rather than a black border)."""
     factor = torch.exp(_between(u[:, 0], math.log(low), math.log(high)))
     eye = torch.eye(2, device=u.device).expand(u.shape[0], 2, 2)
     return _homogeneous(eye / factor[:, None, None], _between(u[:, 1:3], -2 * offset, 2 * offset))
@@ -126,14 +135,17 @@ def _magnification(u: torch.Tensor, low: float, high: float, offset: float) -> t
 class BatchAugment(nn.Module):
     """Augment a float NCHW batch in [0, 1] of square images, each with its own random parameters.
 
-    Geometry (random resized crop, rotation, shift, shear, zoom, flips, 90-degree turns) is composed into one
-    sampling matrix per image and applied by a single bilinear ``grid_sample`` (zeros outside, as
-    ``RandomAffine``; a reflected border with ``magnify``); colour jitter follows ``ColorJitter`` (its factors,
-    its order drawn at random); then HED stain jitter (:mod:`histoclass.data.stain`), random grey, and random
-    erasing (as ``RandomErasing``, filled with ``fill``, the backbone's mean colour, zero once standardised).
+    Geometry (random resized crop, rotation, shift, shear, zoom, flips, 90-degree turns) is composed
+    into one sampling matrix per image and applied by a single bilinear ``grid_sample`` (zeros
+    outside, as ``RandomAffine``; a reflected border with ``magnify``); colour jitter follows
+    ``ColorJitter`` (its factors, its order drawn at random); then HED stain jitter
+    (:mod:`histoclass.data.stain`), random grey, and random erasing (as ``RandomErasing``, filled
+    with ``fill``, the backbone's mean colour, zero once standardised).
     """
 
-    def __init__(self, augment: AugmentConfig, seed: int = 0, fill: tuple[float, ...] = (0.5, 0.5, 0.5)) -> None:
+    def __init__(
+        self, augment: AugmentConfig, seed: int = 0, fill: tuple[float, ...] = (0.5, 0.5, 0.5)
+    ) -> None:
         super().__init__()
         self.augment, self.seed = augment, seed
         self.register_buffer("fill", torch.tensor(fill).view(1, -1, 1, 1), persistent=False)
@@ -154,50 +166,78 @@ class BatchAugment(nn.Module):
     @property
     def active(self) -> bool:
         a = self.augment
-        return self.geometric or bool(self.colour) or bool(a.stain) or bool(a.erasing) or bool(a.grayscale)
+        return (
+            self.geometric
+            or bool(self.colour)
+            or bool(a.stain)
+            or bool(a.erasing)
+            or bool(a.grayscale)
+        )
 
-    def forward(self, images: torch.Tensor, index: torch.Tensor, epoch: int, step: int = 0) -> torch.Tensor:
-        """``index``: each image's dataset index (on any device); ``step``: the batch's number in the epoch."""
+    def forward(
+        self, images: torch.Tensor, index: torch.Tensor, epoch: int, step: int = 0
+    ) -> torch.Tensor:
+        """``index``: each image's dataset index (on any device); ``step``: the batch's number in
+        the epoch."""
         u = hashed_uniforms(self.seed, epoch, index, _DRAWS)
         if self.geometric:
-            grid = F.affine_grid(self._sampling(u, images.shape[-1]), list(images.shape), align_corners=False)
+            grid = F.affine_grid(
+                self._sampling(u, images.shape[-1]), list(images.shape), align_corners=False
+            )
             border = "reflection" if self.augment.magnify is not None else "zeros"
-            images = F.grid_sample(images, grid.to(images.dtype), "bilinear", border, align_corners=False)
+            images = F.grid_sample(
+                images, grid.to(images.dtype), "bilinear", border, align_corners=False
+            )
         if self.colour:
             images = self._jitter(images, u[:, 12:16], epoch, step)
         if self.augment.stain:
             s = self.augment.stain
             hed = u[:, _HED].to(images.dtype)
-            images = hed_jitter(images, _between(hed[:, :3], 1 - s, 1 + s), _between(hed[:, 3:], -s, s))
+            images = hed_jitter(
+                images, _between(hed[:, :3], 1 - s, 1 + s), _between(hed[:, 3:], -s, s)
+            )
         if self.augment.grayscale:
             grey = (u[:, _GREY] < self.augment.grayscale).view(-1, 1, 1, 1)
             images = torch.where(grey, _gray(images).expand_as(images), images)
         if self.augment.erasing:
-            images = torch.where(self._erased(u[:, _ERASE], images.shape[-1]), self.fill.to(images.dtype), images)
+            images = torch.where(
+                self._erased(u[:, _ERASE], images.shape[-1]), self.fill.to(images.dtype), images
+            )
         return images
 
     def _erased(self, u: torch.Tensor, size: int) -> torch.Tensor:
-        """(N, 1, S, S) masks of ``RandomErasing``'s rectangles: the first of 10 tries that fits, else none."""
+        """(N, 1, S, S) masks of ``RandomErasing``'s rectangles: the first of 10 tries that fits,
+        else none."""
         tries = u[:, 3:]
         area = _between(tries[:, :_CROP_TRIES], *_ERASE_SCALE) * size * size
-        ratio = torch.exp(_between(tries[:, _CROP_TRIES:], math.log(_ERASE_RATIO[0]), math.log(_ERASE_RATIO[1])))
+        ratio = torch.exp(
+            _between(tries[:, _CROP_TRIES:], math.log(_ERASE_RATIO[0]), math.log(_ERASE_RATIO[1]))
+        )
         height, width = torch.round(torch.sqrt(area * ratio)), torch.round(torch.sqrt(area / ratio))
         fits = (height < size) & (width < size)
         first = torch.argmax(fits.int(), dim=1, keepdim=True)
         erase = fits.any(dim=1) & (u[:, 0] < self.augment.erasing)
         height, width = height.gather(1, first)[:, 0], width.gather(1, first)[:, 0]
-        top, left = torch.floor(u[:, 1] * (size - height + 1)), torch.floor(u[:, 2] * (size - width + 1))
+        top, left = (
+            torch.floor(u[:, 1] * (size - height + 1)),
+            torch.floor(u[:, 2] * (size - width + 1)),
+        )
         coords = torch.arange(size, device=u.device, dtype=u.dtype)
         rows = (coords[None] >= top[:, None]) & (coords[None] < (top + height)[:, None])
         cols = (coords[None] >= left[:, None]) & (coords[None] < (left + width)[:, None])
         return (rows[:, :, None] & cols[:, None, :] & erase[:, None, None])[:, None]
 
     def _sampling(self, u: torch.Tensor, size: int) -> torch.Tensor:
-        """Output -> input coordinates (normalised, [-1, 1]): crop . affine^-1 . flips . rot90^-1, as (N, 2, 3)."""
+        """Output -> input coordinates (normalised, [-1, 1]): crop . affine^-1 . flips . rot90^-1,
+        as (N, 2, 3)."""
         a = self.augment
         n, device = u.shape[0], u.device
         eye = torch.eye(2, device=device).expand(n, 2, 2)
-        matrix = self._crop(u, size) if a.crop_scale is not None and a.crop_scale < 1 else _homogeneous(eye)
+        matrix = (
+            self._crop(u, size)
+            if a.crop_scale is not None and a.crop_scale < 1
+            else _homogeneous(eye)
+        )
         if a.rotation or a.shift or a.shear or a.zoom:
             matrix = matrix @ self._inverse_affine(u[:, 4:9], size)
         if a.magnify is not None:
@@ -214,8 +254,9 @@ class BatchAugment(nn.Module):
         return matrix[:, :2, :]
 
     def _crop(self, u: torch.Tensor, size: int) -> torch.Tensor:
-        """``RandomResizedCrop(scale=(crop_scale, 1), ratio=(3/4, 4/3))`` in whole pixels, as torchvision: the
-        first of 10 tries that fits, else the whole image; its offset uniform over the places where it fits."""
+        """``RandomResizedCrop(scale=(crop_scale, 1), ratio=(3/4, 4/3))`` in whole pixels, as
+        torchvision: the first of 10 tries that fits, else the whole image; its offset uniform over
+        the places where it fits."""
         tries = u[:, 16 : 16 + 2 * _CROP_TRIES]
         area = _between(tries[:, :_CROP_TRIES], float(self.augment.crop_scale), 1.0) * size * size
         ratio = torch.exp(_between(tries[:, _CROP_TRIES:], math.log(3 / 4), math.log(4 / 3)))
@@ -241,15 +282,23 @@ class BatchAugment(nn.Module):
         # Rotation-scale-shear with x-shear only, as torchvision for a single shear value (determinant 1).
         rss = torch.stack(
             [
-                torch.stack([torch.cos(angle), -torch.cos(angle) * torch.tan(shear) - torch.sin(angle)], -1),
-                torch.stack([torch.sin(angle), -torch.sin(angle) * torch.tan(shear) + torch.cos(angle)], -1),
+                torch.stack(
+                    [torch.cos(angle), -torch.cos(angle) * torch.tan(shear) - torch.sin(angle)], -1
+                ),
+                torch.stack(
+                    [torch.sin(angle), -torch.sin(angle) * torch.tan(shear) + torch.cos(angle)], -1
+                ),
             ],
             -2,
         )
         # Determinant 1: the inverse is the adjugate (no linalg call, which would wait for the GPU).
         inverse = (
             torch.stack(
-                [torch.stack([rss[:, 1, 1], -rss[:, 0, 1]], -1), torch.stack([-rss[:, 1, 0], rss[:, 0, 0]], -1)], -2
+                [
+                    torch.stack([rss[:, 1, 1], -rss[:, 0, 1]], -1),
+                    torch.stack([-rss[:, 1, 0], rss[:, 0, 0]], -1),
+                ],
+                -2,
             )
             / scale[:, None, None]
         )
@@ -263,8 +312,8 @@ class BatchAugment(nn.Module):
             "saturation": _between(u[:, 2], max(0.0, 1 - a.saturation), 1 + a.saturation),
             "hue": _between(u[:, 3], -a.hue, a.hue),
         }
-        # One random order per batch (each image still sees every order equally often), from (seed, epoch, step):
-        # host-side, so choosing it never waits for the GPU.
+        # One random order per batch (each image still sees every order equally often), from (seed,
+        # epoch, step): host-side, so choosing it never waits for the GPU.
         key = _mix32(_mix32((self.seed & _MASK) ^ _mix32(epoch & _MASK)) ^ _mix32(step & _MASK))
         order = torch.randperm(len(self.colour), generator=torch.Generator().manual_seed(key))
         for position in order.tolist():

@@ -48,7 +48,11 @@ def array_to_rgb(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint8:
         out = array
     elif np.issubdtype(array.dtype, np.integer):
-        out = (array.astype(np.float64) * (255.0 / np.iinfo(array.dtype).max)).round().astype(np.uint8)
+        out = (
+            (array.astype(np.float64) * (255.0 / np.iinfo(array.dtype).max))
+            .round()
+            .astype(np.uint8)
+        )
     else:
         peak = 1.0 if float(np.nanmax(array)) <= 1.0 else 255.0
         out = (np.clip(np.nan_to_num(array), 0, peak) * (255.0 / peak)).round().astype(np.uint8)
@@ -89,7 +93,11 @@ def open_rgb(source: str | Path | bytes, size_hint: int | None = None) -> Image.
     ``size_hint`` lets JPEG decoding scale down in the DCT (much faster) while staying >= the target size.
     """
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
-    if not isinstance(source, bytes) and Path(source).is_file() and Path(source).stat().st_size == 0:
+    if (
+        not isinstance(source, bytes)
+        and Path(source).is_file()
+        and Path(source).stat().st_size == 0
+    ):
         raise OSError(EMPTY_FILE)  # the words check-data uses too
     try:
         with warnings.catch_warnings(record=True) as caught:

@@ -54,7 +54,8 @@ def read_csv_rows(path: Path, columns: dict[str, str]) -> list[dict[str, str]]:
             return [_checked_row(path, reader.line_num, row, columns.values()) for row in reader]
     except UnicodeDecodeError as error:
         raise HistoclassError(
-            f"CSV '{path}' is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
+            f"CSV '{path}' is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+            f"{error.start}); "
             "save it as UTF-8"
         ) from None
     except csv.Error as error:
@@ -81,10 +82,14 @@ def _checked_row(path: Path, line: int, row: dict, columns: Iterable[str]) -> di
     return {key: (value or "").strip() for key, value in row.items() if key is not None}
 
 
-def _csv_ids(path: Path, image_dir: str | None, id_column: str) -> tuple[list[str], list[Path | None]]:
+def _csv_ids(
+    path: Path, image_dir: str | None, id_column: str
+) -> tuple[list[str], list[Path | None]]:
     folder = Path(image_dir) if image_dir else path.parent
     if not folder.is_dir():
-        raise HistoclassError(f"--image-dir: no such folder '{folder}'; pass the folder holding the images")
+        raise HistoclassError(
+            f"--image-dir: no such folder '{folder}'; pass the folder holding the images"
+        )
     ids = [row[id_column] for row in read_csv_rows(path, {"--id-column": id_column})]
     index = index_images(folder)
     return ids, [find_image(index, image_id) for image_id in ids]
@@ -93,7 +98,8 @@ def _csv_ids(path: Path, image_dir: str | None, id_column: str) -> tuple[list[st
 def collect_inputs(
     inputs: list[str], image_dir: str | None = None, id_column: str = "id"
 ) -> tuple[list[str], list[Path | None]]:
-    """Ids and paths for image files, folders (ids relative to the folder) and CSVs of ids (None: not found)."""
+    """Ids and paths for image files, folders (ids relative to the folder) and CSVs of ids (None:
+    not found)."""
     ids: list[str] = []
     paths: list[Path | None] = []
     for item in inputs:

@@ -48,7 +48,9 @@ class ImageRecords:
         files = all(part.paths is not None for part in parts)
         return ImageRecords(
             ids=[image_id for part in parts for image_id in part.ids],
-            labels=np.concatenate([part.labels for part in parts]) if parts else np.zeros(0, np.int64),
+            labels=np.concatenate([part.labels for part in parts])
+            if parts
+            else np.zeros(0, np.int64),
             paths=[path for part in parts for path in part.paths] if files else None,
             array=None if files else np.concatenate([part.array for part in parts]),
         )
@@ -94,13 +96,19 @@ class DataSource:
         for candidate in order:
             if candidate in self.splits:
                 return candidate, self.splits[candidate]
-        raise HistoclassError(f"--split: '{name}' not in this dataset; it has {', '.join(sorted(self.splits))}")
+        raise HistoclassError(
+            f"--split: '{name}' not in this dataset; it has {', '.join(sorted(self.splits))}"
+        )
 
 
-def relabel_by_name(records: ImageRecords, classes: list[str], labels: list[str], strict: bool = True) -> ImageRecords:
-    """``records`` (labelled with indices into ``classes``) labelled with indices into ``labels`` by class name.
+def relabel_by_name(
+    records: ImageRecords, classes: list[str], labels: list[str], strict: bool = True
+) -> ImageRecords:
+    """``records`` (labelled with indices into ``classes``) labelled with indices into ``labels`` by
+    class name.
 
-    A class the model does not know is an error naming it, or (``strict=False``) leaves every label unknown (-1).
+    A class the model does not know is an error naming it, or (``strict=False``) leaves every label
+    unknown (-1).
     """
     from histoclass.errors import HistoclassError
 

@@ -18,7 +18,9 @@ def groups_from_pattern(ids: list[str], pattern: str) -> list[str]:
     try:
         regex = re.compile(pattern)
     except re.error as error:
-        raise HistoclassError(f"--group-by: '{pattern}' is not a valid regular expression ({error})") from None
+        raise HistoclassError(
+            f"--group-by: '{pattern}' is not a valid regular expression ({error})"
+        ) from None
     if regex.groups < 1:
         raise HistoclassError(f"--group-by: '{pattern}' needs a capture group, e.g. '_(\\d+)_'")
     groups = []
@@ -26,7 +28,8 @@ def groups_from_pattern(ids: list[str], pattern: str) -> list[str]:
         match = regex.search(image_id)
         if match is None or match.group(1) is None:
             raise HistoclassError(
-                f"--group-by: '{pattern}' does not match '{image_id}'; every image path must contain its group"
+                f"--group-by: '{pattern}' does not match '{image_id}'; every image path must "
+                "contain its group"
             )
         groups.append(match.group(1))
     return groups
@@ -52,20 +55,28 @@ def split_train_val(
     folds = max(2, round(1 / val_fraction))
     if n_groups < folds:
         raise HistoclassError(
-            f"--group-by: only {n_groups} groups found; need at least {folds} for --val-fraction {val_fraction}"
+            f"--group-by: only {n_groups} groups found; need at least {folds} for --val-fraction "
+            f"{val_fraction}"
         )
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     train, val = next(splitter.split(np.zeros(len(labels)), labels, groups))
     return np.sort(train), np.sort(val)
 
 
-def fold_numbers(labels: np.ndarray, folds: int, seed: int, groups: list[str] | None = None) -> np.ndarray:
-    """Each image's cross-validation fold (0 .. folds-1): stratified, and with ``groups`` every group in one fold."""
+def fold_numbers(
+    labels: np.ndarray, folds: int, seed: int, groups: list[str] | None = None
+) -> np.ndarray:
+    """Each image's cross-validation fold (0 .. folds-1): stratified, and with ``groups`` every
+    group in one fold."""
     if groups is not None and len(set(groups)) < folds:
-        raise HistoclassError(f"--folds {folds}: only {len(set(groups))} groups found; use fewer folds")
+        raise HistoclassError(
+            f"--folds {folds}: only {len(set(groups))} groups found; use fewer folds"
+        )
     smallest = int(np.bincount(labels)[np.unique(labels)].min())
     if groups is None and smallest < folds:
-        raise HistoclassError(f"--folds {folds}: a class has only {smallest} training images; use fewer folds")
+        raise HistoclassError(
+            f"--folds {folds}: a class has only {smallest} training images; use fewer folds"
+        )
     splitter = (
         StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
         if groups is not None

@@ -11,7 +11,9 @@ import torch
 
 __all__ = ["HED_FROM_RGB", "RGB_FROM_HED", "hed_jitter", "hed_to_rgb", "rgb_to_hed"]
 
-RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64)
+RGB_FROM_HED = torch.tensor(
+    [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=torch.float64
+)
 HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
 #: skimage's floor before the logarithm, and the scale that comes with it.
 _FLOOR = 1e-6

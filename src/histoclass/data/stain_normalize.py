@@ -60,7 +60,8 @@ class StainNormalization(BaseModel):
         return cls(method=method, reference=reference.tolist(), scale=scale.tolist())
 
     def apply(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 N x H x W x 3 images, each mapped onto the target's stain (unchanged where it cannot be fitted)."""
+        """uint8 N x H x W x 3 images, each mapped onto the target's stain (unchanged where it
+        cannot be fitted)."""
         normalizer, out = self._fitted(), np.empty_like(pixels)
         for i, image in enumerate(pixels):
             out[i] = self._one(normalizer, image)
@@ -71,8 +72,9 @@ class StainNormalization(BaseModel):
         if self.method == "macenko":
             normalizer.HERef, normalizer.maxCRef = np.array(self.reference), np.array(self.scale)
         else:
-            # float32, as torchstain's fit leaves them: float64 statistics would lift the LAB arithmetic to float64
-            # (numpy 2's promotion) and move some pixels by one level from what the fitted normaliser gives.
+            # float32, as torchstain's fit leaves them: float64 statistics would lift the LAB
+            # arithmetic to float64 (numpy 2's promotion) and move some pixels by one level from
+            # what the fitted normaliser gives.
             means, stds = np.array(self.reference[0], np.float32), np.array(self.scale, np.float32)
             normalizer.target_means, normalizer.target_stds = means, stds
         return normalizer
@@ -92,7 +94,9 @@ def _normalizer(method: StainMethod):
     import torchstain
 
     normalizers = torchstain.normalizers
-    return (normalizers.MacenkoNormalizer if method == "macenko" else normalizers.ReinhardNormalizer)(backend="numpy")
+    return (
+        normalizers.MacenkoNormalizer if method == "macenko" else normalizers.ReinhardNormalizer
+    )(backend="numpy")
 
 
 def stain_normalized(pixels: np.ndarray, stain: StainNormalization | None) -> np.ndarray:

@@ -14,7 +14,13 @@ from torchvision.transforms import v2
 
 from histoclass.config import AugmentConfig
 
-__all__ = ["RandomHEDJitter", "RandomMagnify", "RandomRot90", "create_batch_mixer", "create_train_transform"]
+__all__ = [
+    "RandomHEDJitter",
+    "RandomMagnify",
+    "RandomRot90",
+    "create_batch_mixer",
+    "create_train_transform",
+]
 
 
 class RandomRot90(v2.Transform):
@@ -37,7 +43,10 @@ class RandomMagnify(v2.Transform):
 
     def make_params(self, flat_inputs: list) -> dict:
         log_factor = torch.empty(()).uniform_(math.log(self.low), math.log(self.high))
-        return {"factor": float(torch.exp(log_factor)), "centre": (torch.rand(2) * 2 - 1) * 2 * self.offset}
+        return {
+            "factor": float(torch.exp(log_factor)),
+            "centre": (torch.rand(2) * 2 - 1) * 2 * self.offset,
+        }
 
     def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
         theta = torch.zeros(1, 2, 3)
@@ -48,7 +57,8 @@ class RandomMagnify(v2.Transform):
 
 
 class RandomHEDJitter(v2.Transform):
-    """Tellez et al.'s HED jitter for one float CxHxW image in [0, 1]: each stain scaled by 1±s, shifted by ±s."""
+    """Tellez et al.'s HED jitter for one float CxHxW image in [0, 1]: each stain scaled by 1±s,
+    shifted by ±s."""
 
     def __init__(self, strength: float) -> None:
         super().__init__()
@@ -70,10 +80,13 @@ def create_train_transform(
     """The per-image training transform for ``augment`` at ``image_size`` (float images in [0, 1]): the
     reference the batched device augmentation is tested against."""
     steps: list[v2.Transform] = []
-    if augment.magnify is not None:  # first: the batched path composes it on the input side of the geometry
+    # first: the batched path composes it on the input side of the geometry
+    if augment.magnify is not None:
         steps.append(RandomMagnify(*augment.magnify, augment.magnify_offset))
     if augment.crop_scale is not None and augment.crop_scale < 1:
-        steps.append(v2.RandomResizedCrop(image_size, scale=(augment.crop_scale, 1.0), antialias=True))
+        steps.append(
+            v2.RandomResizedCrop(image_size, scale=(augment.crop_scale, 1.0), antialias=True)
+        )
     if augment.rotation or augment.shift or augment.shear or augment.zoom:
         steps.append(
             v2.RandomAffine(
@@ -121,7 +134,9 @@ class BatchMixer:
         self.probability = augment.mix_prob
         self.num_classes = num_classes
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mix is not None and torch.rand(()) < self.probability:
             return self.mix(images, labels)
         return images, torch.nn.functional.one_hot(labels, self.num_classes).to(images.dtype)

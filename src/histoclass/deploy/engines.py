@@ -38,11 +38,19 @@ from histoclass.inference.predictor import load as load_any
 from histoclass.machine import describe_machine
 from histoclass.runs import ExportDir, ModelInfo, RunDir, write_labels
 
-__all__ = ["AUTO_ORDER", "convert_run", "images_per_second", "load", "missing_runtime", "open_predictor"]
+__all__ = [
+    "AUTO_ORDER",
+    "convert_run",
+    "images_per_second",
+    "load",
+    "missing_runtime",
+    "open_predictor",
+]
 
 #: What writing into a folder on read-only storage raises: no permission, or a read-only file system.
 READ_ONLY_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS)
-#: The engines ``auto`` checks on a run directory; it takes the fastest that passes, measured during the check.
+# : The engines ``auto`` checks on a run directory; it takes the fastest that passes, measured
+# during the check.
 AUTO_ORDER = ("openvino", "onnx")
 _CHECK_IMAGES = 256
 #: Raised when an engine's answers change (2: OpenVINO bf16 re-checks near ties in f32), so that runs checked
@@ -58,7 +66,8 @@ def _digest(run: RunDir) -> str:
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 hasher.update(block)
-    hasher.update(importlib.metadata.version("torch").encode())  # the exporter; read without importing torch
+    # the exporter; read without importing torch
+    hasher.update(importlib.metadata.version("torch").encode())
     return hasher.hexdigest()[:16]
 
 
@@ -76,7 +85,11 @@ def convert_run(model, info: ModelInfo, folder: Path, openvino: bool = False) ->
     if openvino:
         import openvino as ov
 
-        ov.save_model(ov.convert_model(str(out.model("onnx"))), str(out.model("openvino")), compress_to_fp16=False)
+        ov.save_model(
+            ov.convert_model(str(out.model("onnx"))),
+            str(out.model("openvino")),
+            compress_to_fp16=False,
+        )
     info.save(out.preprocess)
     write_labels(out.labels, info.labels)
     return out
@@ -106,7 +119,8 @@ def _check(reference: Predictor, candidate: Predictor, run: Path) -> dict:
     }
 
 
-#: The run's PyTorch predictor, loaded on first call only: a conversion or a check needs it, a recorded one not.
+# : The run's PyTorch predictor, loaded on first call only: a conversion or a check needs it, a
+# recorded one not.
 Reference = Callable[[], Predictor]
 
 
@@ -116,7 +130,8 @@ def _cache(run: Path, reference: Reference) -> ExportDir:
     if not ExportDir(folder).preprocess.is_file():
         with building_folder(folder.parent, ".building-") as built:
             convert_run(reference().engine.model, reference().info, built)
-            for old in folder.parent.iterdir():  # earlier weights' conversions; not one another process just built
+            # earlier weights' conversions; not one another process just built
+            for old in folder.parent.iterdir():
                 if old.is_dir() and not old.name.startswith(".") and old != folder:
                     shutil.rmtree(old, ignore_errors=True)
             with contextlib.suppress(OSError):  # another process built it meanwhile
@@ -140,7 +155,9 @@ def missing_runtime(engine: str) -> str | None:
     return f"{engine} needs {_RUNTIMES[engine]}: pip install 'histoclass[{extra}]'"
 
 
-def _admitted(run: Path, engine: str, reference: Reference) -> tuple[list[tuple[Predictor, dict]], list[str]]:
+def _admitted(
+    run: Path, engine: str, reference: Reference
+) -> tuple[list[tuple[Predictor, dict]], list[str]]:
     """Every variant of ``engine`` that passes its check on the run's validation images, with its record, and
     why the others did not (each checked once per weights and machine; the records stay in the cache's
     parity.json)."""
@@ -149,17 +166,25 @@ def _admitted(run: Path, engine: str, reference: Reference) -> tuple[list[tuple[
         return [], [missing]
     try:
         cache = _cache(run, reference)
-    except OSError as error:  # a shared model folder on read-only storage: nothing can be converted into it
+    # a shared model folder on read-only storage: nothing can be converted into it
+    except OSError as error:
         if error.errno not in READ_ONLY_ERRORS:
             raise
-        raise HistoclassError(f"'{run}' is read-only, so no converted engine can be cached in it") from None
+        raise HistoclassError(
+            f"'{run}' is read-only, so no converted engine can be cached in it"
+        ) from None
     records = json.loads(cache.parity.read_text()) if cache.parity.is_file() else {}
     admitted, reasons = [], []
     for name, precision in _variants(engine):
-        opened = ENGINES[engine](cache.root, precision) if precision else ENGINES[engine](cache.root)
+        opened = (
+            ENGINES[engine](cache.root, precision) if precision else ENGINES[engine](cache.root)
+        )
         candidate = Predictor(opened, origin=run)
         record = records.get(name, {})
-        checked_here = (record.get("machine"), record.get("check")) == (describe_machine(), _CHECK_VERSION)
+        checked_here = (record.get("machine"), record.get("check")) == (
+            describe_machine(),
+            _CHECK_VERSION,
+        )
         if not checked_here:  # on another machine, by an older check, or never
             records[name] = _check(reference(), candidate, run)
             with contextlib.suppress(OSError):  # read-only storage: checked again next time
@@ -168,7 +193,9 @@ def _admitted(run: Path, engine: str, reference: Reference) -> tuple[list[tuple[
             admitted.append((candidate, records[name] | {"name": name}))
         else:
             agreement = records[name]["top1_agreement"]
-            reasons.append(f"{name} agrees with PyTorch on {agreement:.1%} of the validation images")
+            reasons.append(
+                f"{name} agrees with PyTorch on {agreement:.1%} of the validation images"
+            )
     return admitted, reasons
 
 
@@ -182,7 +209,8 @@ def _auto(run: Path, reference: Reference) -> Predictor:
     for engine in AUTO_ORDER:
         try:
             found, why = _admitted(run, engine, reference)
-        except HistoclassError as error:  # no validation images to check on, a conversion that fails
+        # no validation images to check on, a conversion that fails
+        except HistoclassError as error:
             found, why = [], [f"{engine}: {error}"]
         admitted += found
         reasons += why
@@ -199,8 +227,12 @@ def _auto(run: Path, reference: Reference) -> Predictor:
                 soft_wrap=True,
             )
             return chosen
-        reasons.append(f"the checked engines were not faster than PyTorch here ({speed:.0f} vs {torch_speed:.0f}/s)")
-    console.print(f"engine: torch ({'; '.join(reasons)})", style="dim", markup=False, soft_wrap=True)
+        reasons.append(
+            f"the checked engines were not faster than PyTorch here ({speed:.0f} vs {torch_speed:.0f}/s)"
+        )
+    console.print(
+        f"engine: torch ({'; '.join(reasons)})", style="dim", markup=False, soft_wrap=True
+    )
     return reference()
 
 
@@ -212,23 +244,30 @@ def open_predictor(
     precision: str | None = None,
     shift: bool = True,
 ) -> Predictor:
-    """The one way to a predictor. ``model``: a run directory or an export (folder or file); ``engine``: one of
-    ``ENGINE_CHOICES`` — a run on the fastest checked engine for ``auto`` (PyTorch on ``device`` for ``torch`` or
-    with ``compile``), an export on its own runtime (OpenVINO reads ONNX too). ``precision`` pins OpenVINO's
-    (f32, bf16) or PyTorch's (fp32, bf16).
-    A run's predictor also scores each image's shift from the training data when the run has a reference
-    (``shift=False``: probabilities only, for jobs that refit the model's own numbers)."""
+    """The one way to a predictor. ``model``: a run directory or an export (folder or file);
+    ``engine``: one of ``ENGINE_CHOICES`` — a run on the fastest checked engine for ``auto``
+    (PyTorch on ``device`` for ``torch`` or with ``compile``), an export on its own runtime
+    (OpenVINO reads ONNX too). ``precision`` pins OpenVINO's (f32, bf16) or PyTorch's (fp32, bf16).
+    A run's predictor also scores each image's shift from the training data when the run has a
+    reference (``shift=False``: probabilities only, for jobs that refit the model's own numbers)."""
     if engine not in ENGINE_CHOICES:
-        raise HistoclassError(f"--engine: unknown engine '{engine}'; choose one of {', '.join(ENGINE_CHOICES)}")
+        raise HistoclassError(
+            f"--engine: unknown engine '{engine}'; choose one of {', '.join(ENGINE_CHOICES)}"
+        )
     path = Path(model)
     if not TorchEngine.accepts(path):
         if engine == "torch":
             if not any(ENGINES[name].accepts(path) for name in ENGINES):
-                load_any(path)  # no model at all: says why (missing, an unfinished run, something else)
-            raise HistoclassError(f"--engine torch needs a run directory (PyTorch weights), not the export '{path}'")
+                # no model at all: says why (missing, an unfinished run, something else)
+                load_any(path)
+            raise HistoclassError(
+                f"--engine torch needs a run directory (PyTorch weights), not the export '{path}'"
+            )
         if engine == "auto":
             return load_any(path)
-        return Predictor(ENGINES[engine](path, precision) if precision else ENGINES[engine].open(path))
+        return Predictor(
+            ENGINES[engine](path, precision) if precision else ENGINES[engine].open(path)
+        )
     from histoclass.shift.scorer import open_scorer
 
     reference = functools.cache(lambda: _torch(path, compile, device, precision))
@@ -255,9 +294,12 @@ def _torch(path: Path, compile: bool, device: str | None, precision: str | None)
 
 
 def _chosen(path: Path, engine: str, reference: Reference) -> Predictor:
-    """``--engine onnx|openvino`` on a run: the fastest of its variants that passed, or one line saying why not."""
+    """``--engine onnx|openvino`` on a run: the fastest of its variants that passed, or one line
+    saying why not."""
     admitted, reasons = _admitted(path, engine, reference)
     if not admitted:
         needs = f" (needs {MIN_AGREEMENT:.1%})" if any("agrees" in r for r in reasons) else ""
-        raise HistoclassError(f"--engine {engine}: {'; '.join(reasons)}{needs}; use --engine auto or torch")
+        raise HistoclassError(
+            f"--engine {engine}: {'; '.join(reasons)}{needs}; use --engine auto or torch"
+        )
     return _fastest(admitted)[0]

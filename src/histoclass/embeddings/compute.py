@@ -26,7 +26,9 @@ class Embedded:
     @property
     def readable(self) -> np.ndarray:
         """Indices of the images that have features."""
-        return np.asarray([i for i in range(len(self.features)) if i not in self.errors], dtype=np.int64)
+        return np.asarray(
+            [i for i in range(len(self.features)) if i not in self.errors], dtype=np.int64
+        )
 
 
 def embed_records(
@@ -41,11 +43,15 @@ def embed_records(
     keys = image_keys(records) if extractor.cacheable else [""] * len(records)
     found = store.get(keys) if extractor.cacheable else {}
     todo = [i for i in range(len(records)) if i not in found]
-    computed, errors = _compute(records.subset(todo), extractor, views, batch_size, what) if todo else ({}, {})
+    computed, errors = (
+        _compute(records.subset(todo), extractor, views, batch_size, what) if todo else ({}, {})
+    )
     errors = {todo[i]: reason for i, reason in errors.items()}
     # Cached vectors are float16: new ones are rounded the same way, so a first run and a later one that reads
     # the cache see identical features (and find identical clusters).
-    new = {todo[i]: vectors.astype(np.float16).astype(np.float32) for i, vectors in computed.items()}
+    new = {
+        todo[i]: vectors.astype(np.float16).astype(np.float32) for i, vectors in computed.items()
+    }
     if extractor.cacheable and new:
         store.put([keys[i] for i in new], np.stack(list(new.values())))
     vectors = found | new
@@ -64,10 +70,16 @@ def _compute(
     engine = extractor.engine(passes=len(records) * view_passes(views))
     embedder = Embedder(engine)
     computed, errors = {}, {}
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TimeRemainingColumn()]  # fmt: skip
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(f"{what} {len(records)} images ({engine.name})", total=len(records))
+        task = progress.add_task(
+            f"{what} {len(records)} images ({engine.name})", total=len(records)
+        )
         for batch in embedder.embed_records(records, batch_size, views):
             computed.update(zip(batch.indices, batch.features, strict=True))
             errors.update(batch.errors)

@@ -36,8 +36,9 @@ __all__ = [
 ]
 
 FeatureKind = Literal["pooled", "multiscale"]
-#: Image passes (images x views) from which a CPU computes features with OpenVINO: converting the module takes
-#: about 3 s, clearly repaid from this many (20 s of PyTorch for Lite0 at 96 px; OpenVINO is 3.8x faster there).
+# : Image passes (images x views) from which a CPU computes features with OpenVINO: converting the
+# module takes : about 3 s, clearly repaid from this many (20 s of PyTorch for Lite0 at 96 px;
+# OpenVINO is 3.8x faster there).
 OPENVINO_FROM = 5000
 #: Changes whenever a descriptor's definition changes, so stale cached features are never reused.
 _DESCRIPTOR_VERSION = 1
@@ -49,12 +50,18 @@ class MultiScaleGeM(nn.Module):
     def __init__(self, backbone: nn.Module, stages: int = 2, p: float = 3.0) -> None:
         super().__init__()
         if not hasattr(backbone, "forward_intermediates"):
-            raise HistoclassError("this backbone has no intermediate feature maps; pick a timm model")
+            raise HistoclassError(
+                "this backbone has no intermediate feature maps; pick a timm model"
+            )
         self.backbone, self.stages, self.p = backbone, stages, p
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        maps = self.backbone.forward_intermediates(images, indices=self.stages, intermediates_only=True)
-        pooled = [m.float().clamp(min=1e-6).pow(self.p).mean(dim=(2, 3)).pow(1 / self.p) for m in maps]
+        maps = self.backbone.forward_intermediates(
+            images, indices=self.stages, intermediates_only=True
+        )
+        pooled = [
+            m.float().clamp(min=1e-6).pow(self.p).mean(dim=(2, 3)).pow(1 / self.p) for m in maps
+        ]
         return torch.cat(pooled, dim=1)
 
 
@@ -74,11 +81,15 @@ class Extractor:
     cacheable: bool = True  # random weights give other features each time
 
     def engine(self, device: str | None = None, passes: int = 0) -> Engine:
-        """OpenVINO on a CPU for ``passes`` (images x views) >= OPENVINO_FROM where it is installed and converts
-        the module; else PyTorch, in bf16 wherever the device computes it natively (features need no more
-        precision, and it is ~2x faster)."""
+        """OpenVINO on a CPU for ``passes`` (images x views) >= OPENVINO_FROM where it is installed
+        and converts the module; else PyTorch, in bf16 wherever the device computes it natively
+        (features need no more precision, and it is ~2x faster)."""
         chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if chosen.type == "cpu" and passes >= OPENVINO_FROM and (converted := self._openvino()) is not None:
+        if (
+            chosen.type == "cpu"
+            and passes >= OPENVINO_FROM
+            and (converted := self._openvino()) is not None
+        ):
             return converted
         engine = TorchEngine(self.module, self.info, Path(self.info.name), device)
         engine.bf16 = native_bf16(engine.device)
@@ -91,12 +102,17 @@ class Extractor:
             return OpenVinoEngine.from_module(self.module, self.info)
         except ImportError:
             return None
-        except Exception as error:  # a module OpenVINO cannot trace: PyTorch computes the same features
-            console.print(f"[dim]features with PyTorch: OpenVINO cannot convert {self.info.name} ({error!s:.120})[/]")
+        # a module OpenVINO cannot trace: PyTorch computes the same features
+        except Exception as error:
+            console.print(
+                f"[dim]features with PyTorch: OpenVINO cannot convert {self.info.name} ({error!s:.120})[/]"
+            )
             return None
 
 
-def _backbone(model: str, weights: str | None, pretrained: bool) -> tuple[nn.Module, tuple, tuple, str, str]:
+def _backbone(
+    model: str, weights: str | None, pretrained: bool
+) -> tuple[nn.Module, tuple, tuple, str, str]:
     """(module, mean, std, architecture, weights identity) for a model name or a run directory."""
     run = RunDir(Path(model))
     if run.is_trained():
@@ -105,9 +121,16 @@ def _backbone(model: str, weights: str | None, pretrained: bool) -> tuple[nn.Mod
         classifier, info = load_model(run.root)
         if info.members > 1:
             raise HistoclassError(
-                f"'{model}' is an ensemble of {info.members} folds; embed with one of them, e.g. {run.fold(1).root}"
+                f"'{model}' is an ensemble of {info.members} folds; embed with one of them, e.g. "
+                f"{run.fold(1).root}"
             )
-        return classifier.backbone, tuple(info.mean), tuple(info.std), info.architecture, file_identity(run.weights)
+        return (
+            classifier.backbone,
+            tuple(info.mean),
+            tuple(info.std),
+            info.architecture,
+            file_identity(run.weights),
+        )
     backbone = create_backbone(model, pretrained=pretrained, weights=weights)
     identity = file_identity(weights) if weights else ("imagenet" if pretrained else "random")
     return backbone.module, backbone.mean, backbone.std, model, identity
@@ -134,10 +157,17 @@ def _extractor(
     name: str,
 ) -> Extractor:
     info = ModelInfo(
-        architecture=architecture, labels=[], image_size=image_size, mean=list(mean), std=list(std),
-        resize=RESIZE_METHOD, name=name,
-    )  # fmt: skip
-    key = hashlib.sha256(f"{architecture}|{identity}|{image_size}|{kind}|{_DESCRIPTOR_VERSION}".encode()).hexdigest()
+        architecture=architecture,
+        labels=[],
+        image_size=image_size,
+        mean=list(mean),
+        std=list(std),
+        resize=RESIZE_METHOD,
+        name=name,
+    )
+    key = hashlib.sha256(
+        f"{architecture}|{identity}|{image_size}|{kind}|{_DESCRIPTOR_VERSION}".encode()
+    ).hexdigest()
     return Extractor(features.eval(), info, key[:24], cacheable=identity != "random")
 
 
@@ -154,5 +184,12 @@ def backbone_extractor(backbone: Backbone, architecture: str, image_size: int) -
     """The pooled features of an already built backbone (a probe's), keyed by its weights' fingerprint."""
     identity = weights_fingerprint(backbone.module)
     return _extractor(
-        backbone.module, backbone.mean, backbone.std, architecture, identity, image_size, "pooled", architecture
+        backbone.module,
+        backbone.mean,
+        backbone.std,
+        architecture,
+        identity,
+        image_size,
+        "pooled",
+        architecture,
     )

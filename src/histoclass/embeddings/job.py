@@ -44,10 +44,14 @@ def _records(config: EmbedConfig) -> tuple[ImageRecords, list[str], list[str]]:
     if path.is_dir() and not any(child.is_dir() for child in path.iterdir()):
         files = list_images(path)
         ids = [str(file.relative_to(path)) for file in files]
-        records = ImageRecords(ids=ids, labels=np.zeros(len(ids), np.int64), paths=[str(f) for f in files])
+        records = ImageRecords(
+            ids=ids, labels=np.zeros(len(ids), np.int64), paths=[str(f) for f in files]
+        )
         return records, [""] * len(ids), ["all"] * len(ids)
     given = {key: getattr(config, key) for key in ("image_dir", "id_column", "label_column")}
-    source = read_source(config.data, DataConfig(path=config.data, **{k: v for k, v in given.items() if v}))
+    source = read_source(
+        config.data, DataConfig(path=config.data, **{k: v for k, v in given.items() if v})
+    )
     parts = [(name, records) for name, records in source.splits.items() if len(records)]
     records = ImageRecords.concatenate([records for _, records in parts])
     labels = [source.classes[k] for _, part in parts for k in part.labels]
@@ -73,10 +77,17 @@ def _write(table: EmbeddingTable, out: Path) -> None:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
-            raise HistoclassError("--out .parquet needs pyarrow: pip install pyarrow (or write .npz)") from None
+            raise HistoclassError(
+                "--out .parquet needs pyarrow: pip install pyarrow (or write .npz)"
+            ) from None
         flat = table.features.reshape(len(table.ids), -1).astype(np.float32)
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
-        columns = {"id": table.ids, "label": table.labels, "split": table.splits, "embedding": vectors}
+        columns = {
+            "id": table.ids,
+            "label": table.labels,
+            "split": table.splits,
+            "embedding": vectors,
+        }
         with atomic_path(out) as tmp:
             pq.write_table(pa.table(columns), tmp)
         return
@@ -89,15 +100,23 @@ def _write(table: EmbeddingTable, out: Path) -> None:
         write_text(out.with_suffix(".csv"), buffer.getvalue())
         return
     with atomic_path(out) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, features=table.features, ids=np.asarray(table.ids), labels=np.asarray(table.labels),
-                 splits=np.asarray(table.splits))  # fmt: skip
+        np.savez(
+            handle,
+            features=table.features,
+            ids=np.asarray(table.ids),
+            labels=np.asarray(table.labels),
+            splits=np.asarray(table.splits),
+        )
 
 
 def embed(config: EmbedConfig) -> EmbeddingTable:
-    """Embed every readable image of ``config.data`` with ``config.model``; unreadable ones are listed, not fatal."""
+    """Embed every readable image of ``config.data`` with ``config.model``; unreadable ones are
+    listed, not fatal."""
     out = Path(config.out)
     if not out.parent.is_dir():
-        raise HistoclassError(f"--out: folder '{out.parent}' does not exist; create it or write elsewhere")
+        raise HistoclassError(
+            f"--out: folder '{out.parent}' does not exist; create it or write elsewhere"
+        )
     if not RunDir(Path(config.model)).is_trained():
         check_model_name(config.model)
     records, labels, splits = _records(config)
@@ -108,7 +127,9 @@ def embed(config: EmbedConfig) -> EmbeddingTable:
     keep = embedded.readable
     if embedded.errors:
         first = next(iter(embedded.errors.values()))
-        console.print(f"[yellow]{len(embedded.errors)} unreadable image(s) left out (first: {first})[/]")
+        console.print(
+            f"[yellow]{len(embedded.errors)} unreadable image(s) left out (first: {first})[/]"
+        )
     features = embedded.features[keep]
     table = EmbeddingTable(
         features=features[:, 0] if config.views != "all" else features,

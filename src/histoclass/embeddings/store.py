@@ -65,7 +65,11 @@ class EmbeddingStore:
         chunks = self._chunks()
         if len(chunks) > _MAX_CHUNKS:
             index = self._load()
-            self._write(self.folder / f"chunk-{uuid.uuid4().hex}.npz", list(index), np.stack(list(index.values())))
+            self._write(
+                self.folder / f"chunk-{uuid.uuid4().hex}.npz",
+                list(index),
+                np.stack(list(index.values())),
+            )
             for chunk in chunks:
                 chunk.unlink(missing_ok=True)
 

@@ -25,7 +25,9 @@ def calibration_figures(
         "fitted_on": calibration.fitted_on,
         "ece_uncalibrated": expected_calibration_error(y_true, raw),
         "ece": expected_calibration_error(y_true, calibrated),
-        "ece_if_perfect": dict(zip(("mean", "p95"), ece_of_perfect_calibration(calibrated), strict=True)),
+        "ece_if_perfect": dict(
+            zip(("mean", "p95"), ece_of_perfect_calibration(calibrated), strict=True)
+        ),
         "log_loss_uncalibrated": negative_log_likelihood(view_logits, y_true, 1.0),
         "log_loss": negative_log_likelihood(view_logits, y_true, calibration.temperature),
         "coverage_target": calibration.coverage,
@@ -41,7 +43,11 @@ def calibration_figures(
             rows = y_true == k
             if rows.any():
                 coverage, size = set_coverage(sets[rows], y_true[rows])
-                figures["per_class"][name] = {"coverage": coverage, "mean_set_size": size, "n": int(rows.sum())}
+                figures["per_class"][name] = {
+                    "coverage": coverage,
+                    "mean_set_size": size,
+                    "n": int(rows.sum()),
+                }
     threshold = calibration.decision_threshold
     if threshold is not None and len(labels) == 2:
         decided = (calibrated[:, 1] >= threshold).astype(np.int64)

@@ -42,7 +42,8 @@ def run_behind(model_dir: Path) -> RunDir | None:
 
 
 def audit_settings_for(run: RunDir) -> AuditSettings:
-    """The audit the run's ``--group-by auto`` used: its starting backbone (so cached embeddings are reused)."""
+    """The audit the run's ``--group-by auto`` used: its starting backbone (so cached embeddings are
+    reused)."""
     model = read_run_config(run).model
     return AuditSettings(model=model.name, weights=model.weights, pretrained=True)
 
@@ -52,15 +53,20 @@ def overlap_with_training(run: RunDir, records: ImageRecords) -> np.ndarray | No
     try:
         training = split_records(run, "train")
         settings = audit_settings_for(run)
-        console.print(f"Looking for copies of {len(records)} images among the run's {len(training)} training images")
+        console.print(
+            f"Looking for copies of {len(records)} images among the run's {len(training)} training images"
+        )
         return copies_in_reference(records, training, settings) >= 0
     except HistoclassError as error:
         console.print(f"[yellow]overlap check skipped: {error}[/]")
         return None
 
 
-def evaluation_groups(records: ImageRecords, group_by: str | None, run: RunDir | None) -> list[str] | None:
-    """Groups of the evaluated images for the intervals: the data's own, a regex, or near-duplicate clusters."""
+def evaluation_groups(
+    records: ImageRecords, group_by: str | None, run: RunDir | None
+) -> list[str] | None:
+    """Groups of the evaluated images for the intervals: the data's own, a regex, or near-duplicate
+    clusters."""
     if records.groups is not None:
         return records.groups
     if not group_by or group_by == "none":
@@ -86,7 +92,10 @@ def disagreement_warning(accuracy: float, run: RunDir | None) -> str | None:
         return None
     return (
         f"accuracy here ({accuracy:.3f}) differs from the run's validation accuracy ({validation:.3f}) by "
-        f"{abs(accuracy - validation) * 100:.0f} points. That usually means the validation split leaked (copies of "
-        "one image on both sides) or these images come from another source (scanner, stain, site). Retrain with "
-        "--group-by auto, and compare the data with: histoclass check-data TRAIN --duplicates --against THIS_DATA"
+        f"{abs(accuracy - validation) * 100:.0f} points. That usually means the validation split "
+        "leaked (copies of "
+        "one image on both sides) or these images come from another source (scanner, stain, site). "
+        "Retrain with "
+        "--group-by auto, and compare the data with: histoclass check-data TRAIN --duplicates "
+        "--against THIS_DATA"
     )

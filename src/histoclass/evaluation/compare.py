@@ -37,13 +37,17 @@ def _read_metrics(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise HistoclassError(f"'{path}' is damaged ({str(error).splitlines()[0]}); train or evaluate again") from None
+        raise HistoclassError(
+            f"'{path}' is damaged ({str(error).splitlines()[0]}); train or evaluate again"
+        ) from None
 
 
 def _row(path: Path, data: str | None, split: str | None) -> dict:
     run = RunDir(path)
     if not run.model_info.is_file():
-        raise HistoclassError(f"'{path}' is not a finished run directory (no {run.model_info.name})")
+        raise HistoclassError(
+            f"'{path}' is not a finished run directory (no {run.model_info.name})"
+        )
     info = ModelInfo.load(run.model_info)
     trained = _read_metrics(run.metrics) if run.metrics.is_file() else {}
     if data:
@@ -77,7 +81,9 @@ def _plot(rows: list[dict], out: Path) -> Path:
         values = [row[metric] or 0.0 for row in rows]
         positions = [i + (k - (len(_BARS) - 1) / 2) * width for i in range(len(rows))]
         axis.bar(positions, values, width=width, label=metric)
-    axis.set_xticks(range(len(rows)), [f"{r['run']}\n{r['architecture']}" for r in rows], fontsize=8)
+    axis.set_xticks(
+        range(len(rows)), [f"{r['run']}\n{r['architecture']}" for r in rows], fontsize=8
+    )
     axis.set_ylim(0, 1)
     axis.set_title("Runs compared")
     axis.legend(fontsize=8)

@@ -1,4 +1,5 @@
-"""Training curves from ``history.csv``: loss, accuracy, precision, recall, F1 per epoch, phase boundary marked."""
+"""Training curves from ``history.csv``: loss, accuracy, precision, recall, F1 per epoch, phase
+boundary marked."""
 
 from __future__ import annotations
 
@@ -23,7 +24,13 @@ def plot_curves(rows: list[dict[str, str]], out: str | Path) -> Path:
     figure, axes = plt.subplots(1, len(_PANELS), figsize=(4.2 * len(_PANELS), 3.4))
     for axis, (title, columns) in zip(axes, _PANELS, strict=True):
         for column in columns:
-            axis.plot(epochs, [float(r[column]) for r in rows], marker="o", ms=3, label=column.replace("_", " "))
+            axis.plot(
+                epochs,
+                [float(r[column]) for r in rows],
+                marker="o",
+                ms=3,
+                label=column.replace("_", " "),
+            )
         if boundary is not None:
             axis.axvline(boundary, color="grey", ls="--", lw=1, label="fine-tuning starts")
         axis.set_title(title)

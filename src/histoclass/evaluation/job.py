@@ -11,7 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from histoclass.atomic import building_folder, replace_folder, require_writable, write_csv, write_json, write_text
+from histoclass.atomic import (
+    building_folder,
+    replace_folder,
+    require_writable,
+    write_csv,
+    write_json,
+    write_text,
+)
 from histoclass.calibration.temperature import calibrated_probabilities
 from histoclass.config import DataConfig, EvaluateConfig
 from histoclass.console import console
@@ -32,7 +39,13 @@ from histoclass.evaluation.metrics import METRIC_KEYS, compute_metrics, most_con
 from histoclass.evaluation.plots import plot_confusion, plot_reliability, plot_roc
 from histoclass.evaluation.report import gallery_items, render_report
 from histoclass.inference.predictor import Predictor
-from histoclass.prediction.batch import Predictions, report_errors, report_shift, run_predictions, write_predictions_csv
+from histoclass.prediction.batch import (
+    Predictions,
+    report_errors,
+    report_shift,
+    run_predictions,
+    write_predictions_csv,
+)
 from histoclass.runs import EvalDir, RunDir
 from histoclass.runs.config_file import read_run_config
 from histoclass.runs.tracking import log_evaluation
@@ -42,7 +55,12 @@ __all__ = ["SelfChecks", "evaluate", "evaluate_predictor", "print_metrics"]
 
 
 def _write_outputs(
-    folder: EvalDir, metrics: dict, y_true, probabilities, labels: list[str], uncalibrated: np.ndarray
+    folder: EvalDir,
+    metrics: dict,
+    y_true,
+    probabilities,
+    labels: list[str],
+    uncalibrated: np.ndarray,
 ) -> list[tuple[str, str, int]]:
     from sklearn.metrics import classification_report
 
@@ -78,7 +96,9 @@ def _headline(y_true: np.ndarray, probabilities: np.ndarray, labels: list[str]) 
     return {key: metrics[key] for key in ("n", *INTERVAL_METRICS, "log_loss", "ece")}
 
 
-def _judged(metrics: dict, y_true, probabilities, labels: list[str], rows: np.ndarray, checks: SelfChecks) -> dict:
+def _judged(
+    metrics: dict, y_true, probabilities, labels: list[str], rows: np.ndarray, checks: SelfChecks
+) -> dict:
     """``metrics`` with intervals, the overlap with the training data and the warnings they call for."""
     groups = None if checks.groups is None else [checks.groups[i] for i in rows]
     metrics["ci95"] = bootstrap_intervals(y_true, probabilities, groups)
@@ -90,10 +110,13 @@ def _judged(metrics: dict, y_true, probabilities, labels: list[str], rows: np.nd
         share = float(copied.mean())
         metrics["overlap_with_training"] = {"n": int(copied.sum()), "share": share}
         if copied.any() and not copied.all():
-            metrics["metrics_without_overlap"] = _headline(y_true[~copied], probabilities[~copied], labels)
+            metrics["metrics_without_overlap"] = _headline(
+                y_true[~copied], probabilities[~copied], labels
+            )
         if share > OVERLAP_WARNING_SHARE:
             warnings.append(
-                f"{int(copied.sum())} of {len(rows)} images ({share:.0%}) have a near-copy among the run's training "
+                f"{int(copied.sum())} of {len(rows)} images ({share:.0%}) have a near-copy among "
+                "the run's training "
                 "images: these scores are inflated; metrics_without_overlap holds the scores without them"
             )
     disagreement = disagreement_warning(metrics["accuracy"], checks.run)
@@ -125,11 +148,14 @@ def evaluate_predictor(
     batch_size: int = 64,
     checks: SelfChecks | None = None,
 ) -> dict:
-    """Predict ``records`` (labels in the model's order), write every output into ``out_dir``, return metrics."""
+    """Predict ``records`` (labels in the model's order), write every output into ``out_dir``,
+    return metrics."""
     labels = predictor.labels
     predictions = run_predictions(predictor, records, batch_size=batch_size, tta=tta)
     report_errors(predictions)
-    rows = np.asarray([i for i in range(len(records)) if i not in predictions.errors], dtype=np.int64)
+    rows = np.asarray(
+        [i for i in range(len(records)) if i not in predictions.errors], dtype=np.int64
+    )
     if len(rows) == 0:
         raise HistoclassError("--data: no readable image to evaluate on")
     y_true, probabilities, view_logits = (
@@ -138,7 +164,9 @@ def evaluate_predictor(
         predictions.view_logits[rows],
     )
     metrics = compute_metrics(y_true, probabilities, labels)
-    metrics["calibration"] = calibration_figures(view_logits, y_true, labels, predictor.info.calibration)
+    metrics["calibration"] = calibration_figures(
+        view_logits, y_true, labels, predictor.info.calibration
+    )
     metrics = _judged(metrics, y_true, probabilities, labels, rows, checks or SelfChecks())
     metrics["shift"] = _shift_summary(predictions, predictor, rows)
     with building_folder(out_dir.parent, f".{out_dir.name}.") as folder:
@@ -149,9 +177,15 @@ def evaluate_predictor(
         confused = _write_outputs(building, metrics, y_true, probabilities, labels, uncalibrated)
         gallery = gallery_items(records, y_true, probabilities, rows, labels, top=16)
         render_report(
-            building, model_folder(predictor), predictor.info, metrics, confused, gallery, data_name,
+            building,
+            model_folder(predictor),
+            predictor.info,
+            metrics,
+            confused,
+            gallery,
+            data_name,
             len(predictions.errors),
-        )  # fmt: skip
+        )
         replace_folder(building.root, out_dir)
     return metrics
 
@@ -166,14 +200,18 @@ def print_metrics(metrics: dict) -> None:
     keys = [key for key in METRIC_KEYS if isinstance(metrics.get(key), float)]
     console.print(f"n = {metrics['n']}  " + "  ".join(f"{k} = {fmt(metrics[k])}" for k in keys))
     resampled = metrics["ci95_resampled"]
-    intervals = [f"{k} [{v[0]:.3f}, {v[1]:.3f}]" for k, v in metrics["ci95"].items() if v is not None]
+    intervals = [
+        f"{k} [{v[0]:.3f}, {v[1]:.3f}]" for k, v in metrics["ci95"].items() if v is not None
+    ]
     console.print(f"95% intervals (bootstrap over {resampled}): " + ", ".join(intervals))
     calibration = metrics["calibration"]
     perfect = calibration["ece_if_perfect"]
     console.print(
-        f"calibration: temperature {calibration['temperature']:.2f}; ECE {calibration['ece_uncalibrated']:.3f} "
+        f"calibration: temperature {calibration['temperature']:.2f}; ECE "
+        f"{calibration['ece_uncalibrated']:.3f} "
         f"-> {calibration['ece']:.3f} (a perfectly calibrated model would show {perfect['mean']:.3f}, up to "
-        f"{perfect['p95']:.3f}, on {metrics['n']} images); log loss {calibration['log_loss_uncalibrated']:.3f} "
+        f"{perfect['p95']:.3f}, on {metrics['n']} images); log loss "
+        f"{calibration['log_loss_uncalibrated']:.3f} "
         f"-> {calibration['log_loss']:.3f}"
     )
     if calibration["coverage"] is not None:
@@ -183,7 +221,9 @@ def print_metrics(metrics: dict) -> None:
         )
     if metrics["overlap_with_training"] is not None:
         overlap = metrics["overlap_with_training"]
-        console.print(f"copies among the run's training images: {overlap['n']} ({overlap['share']:.1%})")
+        console.print(
+            f"copies among the run's training images: {overlap['n']} ({overlap['share']:.1%})"
+        )
     table = Table(title="Per class")
     for column in ("class", "precision", "recall", "f1", "auc", "support"):
         table.add_column(column, justify="left" if column == "class" else "right")
@@ -207,7 +247,9 @@ def _data_config(config: EvaluateConfig, model_dir: Path) -> DataConfig:
     trained = read_run_config(run).data if run.config.is_file() else DataConfig()
     given = {key: getattr(config, key) for key in ("image_dir", "id_column", "label_column")}
     inherited = {key: getattr(trained, key) for key, value in given.items() if value is None}
-    return DataConfig(path=config.data, **{k: v for k, v in given.items() if v is not None}, **inherited)
+    return DataConfig(
+        path=config.data, **{k: v for k, v in given.items() if v is not None}, **inherited
+    )
 
 
 def model_folder(predictor: Predictor) -> Path:
@@ -216,7 +258,8 @@ def model_folder(predictor: Predictor) -> Path:
 
 
 def evaluate(config: EvaluateConfig) -> Path:
-    """Score ``config.model`` on ``config.data`` and write ``<model dir>/eval/<data-name>/``; returns that folder."""
+    """Score ``config.model`` on ``config.data`` and write ``<model dir>/eval/<data-name>/``;
+    returns that folder."""
     given = Path(config.model)
     require_writable(given if given.is_dir() else given.parent, "eval/")  # before the model loads
     predictor = open_predictor(config.model, config.engine, config.compile)
@@ -229,13 +272,20 @@ def evaluate(config: EvaluateConfig) -> Path:
     run = run_behind(model_dir)
     checks = SelfChecks(
         run=run,
-        overlap=overlap_with_training(run, records) if run is not None and config.overlap_check else None,
+        overlap=overlap_with_training(run, records)
+        if run is not None and config.overlap_check
+        else None,
         groups=evaluation_groups(records, config.group_by, run),
     )
     metrics = evaluate_predictor(
-        predictor, records, out_dir, data_name=f"{source.name} ({split_name})", tta=config.tta,
-        batch_size=config.batch_size, checks=checks,
-    )  # fmt: skip
+        predictor,
+        records,
+        out_dir,
+        data_name=f"{source.name} ({split_name})",
+        tta=config.tta,
+        batch_size=config.batch_size,
+        checks=checks,
+    )
     print_metrics(metrics)
     console.print(f"Evaluation written to [bold]{out_dir}[/] (open report.html)")
     if run is not None and (tracked := log_evaluation(run.root, out_dir.name, metrics)):

@@ -55,29 +55,38 @@ def calibration_bins(
     return (edges[:-1] + edges[1:]) / 2, accuracy, mean_confidence, counts
 
 
-def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> float:
+def expected_calibration_error(
+    y_true: np.ndarray, probabilities: np.ndarray, bins: int = 15
+) -> float:
     """Weighted mean |accuracy - confidence| over ``bins`` equal-width confidence bins.
 
-    Equal to torchmetrics' ``MulticlassCalibrationError(n_bins=15, norm="l1")`` (tested), kept here because the
-    reliability plot needs the per-bin figures it does not return, and because evaluating an ONNX model needs
-    no torch.
+    Equal to torchmetrics' ``MulticlassCalibrationError(n_bins=15, norm="l1")`` (tested), kept here
+    because the reliability plot needs the per-bin figures it does not return, and because
+    evaluating an ONNX model needs no torch.
     """
     _, accuracy, confidence, counts = calibration_bins(y_true, probabilities, bins)
     filled = counts > 0
-    return float(np.sum(counts[filled] * np.abs(accuracy[filled] - confidence[filled])) / counts.sum())
+    return float(
+        np.sum(counts[filled] * np.abs(accuracy[filled] - confidence[filled])) / counts.sum()
+    )
 
 
 def ece_of_perfect_calibration(
     probabilities: np.ndarray, bins: int = 15, draws: int = 200, seed: int = 0
 ) -> tuple[float, float]:
-    """Mean and 95th percentile of the ECE that a perfectly calibrated model with these probabilities would show
-    on this many images: labels drawn from the probabilities themselves (consistency resampling, Bröcker & Smith
-    2007). ECE is biased upwards on few images; a measured ECE inside this range cannot be told from perfect."""
+    """Mean and 95th percentile of the ECE that a perfectly calibrated model with these
+    probabilities would show on this many images: labels drawn from the probabilities themselves
+    (consistency resampling, Bröcker & Smith 2007). ECE is biased upwards on few images; a measured
+    ECE inside this range cannot be told from perfect."""
     rng = np.random.default_rng(seed)
     cumulative = probabilities.cumsum(axis=1)
     scores = []
     for _ in range(draws):
-        drawn = (rng.random((len(probabilities), 1)) > cumulative).sum(axis=1).clip(0, probabilities.shape[1] - 1)
+        drawn = (
+            (rng.random((len(probabilities), 1)) > cumulative)
+            .sum(axis=1)
+            .clip(0, probabilities.shape[1] - 1)
+        )
         scores.append(expected_calibration_error(drawn, probabilities, bins))
     return float(np.mean(scores)), float(np.percentile(scores, 95))
 
@@ -101,7 +110,8 @@ def _overall_auc(y_true: np.ndarray, probabilities: np.ndarray) -> float | None:
 
 
 def compute_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels: list[str]) -> dict:
-    """The scores of ``metrics.json``, in :data:`METRIC_KEYS` order (the evaluate job adds the checks after)."""
+    """The scores of ``metrics.json``, in :data:`METRIC_KEYS` order (the evaluate job adds the
+    checks after)."""
     k = len(labels)
     indices = list(range(k))
     y_pred = probabilities.argmax(axis=1)
@@ -127,17 +137,25 @@ def compute_metrics(y_true: np.ndarray, probabilities: np.ndarray, labels: list[
         "macro_precision": float(precision.mean()),
         "macro_recall": float(recall.mean()),
         "macro_f1": float(f1.mean()),
-        "weighted_f1": float(skm.f1_score(y_true, y_pred, labels=indices, average="weighted", zero_division=0)),
+        "weighted_f1": float(
+            skm.f1_score(y_true, y_pred, labels=indices, average="weighted", zero_division=0)
+        ),
         "roc_auc": _overall_auc(y_true, probabilities),
-        "log_loss": float(skm.log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=indices)),
+        "log_loss": float(
+            skm.log_loss(y_true, clipped / clipped.sum(axis=1, keepdims=True), labels=indices)
+        ),
         "ece": expected_calibration_error(y_true, probabilities),
         "per_class": per_class,
         "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=indices).tolist(),
     }
-    return {key: (None if isinstance(v, float) and math.isnan(v) else v) for key, v in result.items()}
+    return {
+        key: (None if isinstance(v, float) and math.isnan(v) else v) for key, v in result.items()
+    }
 
 
-def most_confused(confusion: list[list[int]], labels: list[str], top: int = 20) -> list[tuple[str, str, int]]:
+def most_confused(
+    confusion: list[list[int]], labels: list[str], top: int = 20
+) -> list[tuple[str, str, int]]:
     """(true, predicted, count) for the off-diagonal cells, largest first."""
     pairs = [
         (labels[t], labels[p], count)

@@ -43,7 +43,9 @@ def plot_confusion(confusion: list[list[int]], labels: list[str], out: str | Pat
     return save_figure(figure, out)
 
 
-def plot_roc(y_true: np.ndarray, probabilities: np.ndarray, labels: list[str], out: str | Path) -> Path:
+def plot_roc(
+    y_true: np.ndarray, probabilities: np.ndarray, labels: list[str], out: str | Path
+) -> Path:
     """One one-vs-rest ROC curve per class that has both positives and negatives."""
     figure, axis = plt.subplots(figsize=(5.5, 5))
     for k, label in enumerate(labels):
@@ -72,9 +74,13 @@ def plot_reliability(
     figure, axis = plt.subplots(figsize=(5.5, 5))
     if uncalibrated is not None:
         _, before, _, _ = calibration_bins(y_true, uncalibrated, bins)
-        axis.plot(centers, before, marker="o", color="#b3261e", lw=1.5, label="before temperature scaling")
+        axis.plot(
+            centers, before, marker="o", color="#b3261e", lw=1.5, label="before temperature scaling"
+        )
     label = "accuracy (calibrated)" if uncalibrated is not None else "accuracy"
-    axis.bar(centers, np.nan_to_num(accuracy), width=1 / bins, edgecolor="black", alpha=0.7, label=label)
+    axis.bar(
+        centers, np.nan_to_num(accuracy), width=1 / bins, edgecolor="black", alpha=0.7, label=label
+    )
     axis.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
     axis.set_xlabel("confidence")
     axis.set_ylabel("accuracy")

@@ -102,8 +102,14 @@ def render_report(
         bounds = intervals.get(key)
         return f"{bounds[0]:.3f}–{bounds[1]:.3f}" if bounds else ""
 
-    names = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro F1",
-             "roc_auc": "ROC-AUC", "log_loss": "log loss", "ece": "ECE"}  # fmt: skip
+    names = {
+        "accuracy": "accuracy",
+        "balanced_accuracy": "balanced accuracy",
+        "macro_f1": "macro F1",
+        "roc_auc": "ROC-AUC",
+        "log_loss": "log loss",
+        "ece": "ECE",
+    }
     headline = [("images", str(metrics["n"]), "")]
     headline += [(title, fmt(metrics[key]), interval(key)) for key, title in names.items()]
     template = Environment(

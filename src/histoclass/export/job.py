@@ -1,7 +1,8 @@
 """The export job: run directory -> ``export/model.{onnx,tflite,pt}`` + labels.txt + preprocess.json, checked.
 
-Every export is written to a temporary folder, loaded back by its own runtime and compared with the PyTorch
-model on real images; only an export that passes is moved into ``export/``. ``parity.json`` records each check.
+Every export is written to a temporary folder, loaded back by its own runtime and compared with the
+PyTorch model on real images; only an export that passes is moved into ``export/``. ``parity.json``
+records each check.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ __all__ = ["export", "quantize_int8"]
 
 
 def _describe(parity: Parity) -> str:
-    text = f"max |Δp| {parity.max_abs_diff:.2e}, top-1 agreement {parity.top1_agreement:.2%} on {parity.images} images"
+    text = (
+        f"max |Δp| {parity.max_abs_diff:.2e}, "
+        f"top-1 agreement {parity.top1_agreement:.2%} on {parity.images} images"
+    )
     if parity.reference_accuracy is not None:
         text += f", accuracy {parity.reference_accuracy:.4f} -> {parity.exported_accuracy:.4f}"
     return text
@@ -43,9 +47,10 @@ def _describe(parity: Parity) -> str:
 def quantize_int8(float_model: Path, out: Path, calibration: np.ndarray, info: ModelInfo) -> None:
     """onnxruntime static quantisation (QDQ, per-channel int8 weights) calibrated on real images.
 
-    ``reduce_range`` avoids the U8S8 saturation of x86 CPUs without VNNI: on EfficientNet-Lite0 it raised top-1
-    agreement from 51% to 84%. OpenVINO's NNCF lands at 86% on the same model, so the rest of the loss is the
-    model's own sensitivity, not the CPU (docs/benchmarks.md); the 99% gate decides.
+    ``reduce_range`` avoids the U8S8 saturation of x86 CPUs without VNNI: on EfficientNet-Lite0 it
+    raised top-1 agreement from 51% to 84%. OpenVINO's NNCF lands at 86% on the same model, so the
+    rest of the loss is the model's own sensitivity, not the CPU (docs/benchmarks.md); the 99% gate
+    decides.
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -83,15 +88,21 @@ def export(config: ExportConfig) -> Path:
     """Export ``config.run`` as ``config.format``, check it, and return the exported model's path."""
     run, fmt = Path(config.run), config.format
     if fmt not in EXPORTERS:
-        raise HistoclassError(f"--format: unknown format '{fmt}'; choose one of {', '.join(EXPORTERS)}")
+        raise HistoclassError(
+            f"--format: unknown format '{fmt}'; choose one of {', '.join(EXPORTERS)}"
+        )
     if config.int8 and fmt != "onnx":
         raise HistoclassError("--int8 is supported for --format onnx")
     require_writable(run, "export/")
     reference = open_predictor(run, "torch", device="cpu")
-    info: ModelInfo = reference.info.model_copy(update={"layout": "NHWC" if config.nhwc else "NCHW"})
+    info: ModelInfo = reference.info.model_copy(
+        update={"layout": "NHWC" if config.nhwc else "NCHW"}
+    )
     pixels, labels = load_check_images(run, config.check_data, info, config.images)
     exporter = EXPORTERS[fmt]
-    network: torch.nn.Module = NHWCInput(reference.engine.model) if config.nhwc else reference.engine.model
+    network: torch.nn.Module = (
+        NHWCInput(reference.engine.model) if config.nhwc else reference.engine.model
+    )
     example = torch.from_numpy(normalize_numpy(pixels[:2], info.mean, info.std, info.layout))
     target = RunDir(run).export_nhwc if config.nhwc else RunDir(run).export
     # Built beside export/, which appears only with its files; an interrupted export's leftovers go next time.
@@ -103,7 +114,11 @@ def export(config: ExportConfig) -> Path:
         info.save(staging.preprocess)
         write_labels(staging.labels, info.labels)
         # OpenVINO is gated at f32 like every format; its bf16 hint is admitted by --engine's agreement check.
-        exported = open_predictor(model_file, fmt, precision="f32") if fmt == "openvino" else open_predictor(model_file)
+        exported = (
+            open_predictor(model_file, fmt, precision="f32")
+            if fmt == "openvino"
+            else open_predictor(model_file)
+        )
         parity = measure_parity(reference, exported, pixels, labels)
         console.print(f"Parity ({fmt}): {_describe(parity)}")
         record = {
@@ -118,13 +133,19 @@ def export(config: ExportConfig) -> Path:
             raise HistoclassError(
                 f"export to {fmt} disagrees with the PyTorch model ({_describe(parity)}); nothing was written"
             )
-        files = [*sorted(staging.root.glob(f"{model_file.stem}.*")), staging.preprocess, staging.labels]
+        files = [
+            *sorted(staging.root.glob(f"{model_file.stem}.*")),
+            staging.preprocess,
+            staging.labels,
+        ]
         if config.int8:
             record["int8"] = _int8_step(staging, reference, pixels, labels, files)
         _move_into(files, target.root)
         _record_parity(target.parity, fmt, record)
     final = target.model(fmt)
-    console.print(f"Exported [bold]{final}[/] (+ {target.labels.name}, {target.preprocess.name}, {target.parity.name})")
+    console.print(
+        f"Exported [bold]{final}[/] (+ {target.labels.name}, {target.preprocess.name}, {target.parity.name})"
+    )
     return final
 
 
@@ -134,10 +155,14 @@ def _int8_step(staging: ExportDir, reference: Predictor, pixels, labels, files: 
         quantize_int8(float_model, quantized, pixels, reference.info)
     parity = measure_parity(reference, open_predictor(quantized, "onnx"), pixels, labels)
     kept = parity.top1_agreement >= INT8_MIN_AGREEMENT
-    sizes = {"size_bytes_float": float_model.stat().st_size, "size_bytes_int8": quantized.stat().st_size}
+    sizes = {
+        "size_bytes_float": float_model.stat().st_size,
+        "size_bytes_int8": quantized.stat().st_size,
+    }
     console.print(
         f"int8: {_describe(parity)}; size {sizes['size_bytes_float'] / 1e6:.1f} MB -> "
-        f"{sizes['size_bytes_int8'] / 1e6:.1f} MB; " + (f"kept as {quantized.name}" if kept else "[red]discarded[/]")
+        f"{sizes['size_bytes_int8'] / 1e6:.1f} MB; "
+        + (f"kept as {quantized.name}" if kept else "[red]discarded[/]")
     )
     if kept:
         files.append(quantized)

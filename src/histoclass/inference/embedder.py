@@ -1,4 +1,5 @@
-"""Feature vectors instead of probabilities: any feature module behind an engine, through the same batched path.
+"""Feature vectors instead of probabilities: any feature module behind an engine, through the same
+batched path.
 
 Used for near-duplicate audits, cached embeddings for probes, and ``histoclass embed``.
 """
@@ -18,10 +19,10 @@ from histoclass.inference.preprocess import DIHEDRAL_VIEWS
 
 __all__ = ["Embedder", "EmbeddingBatch", "Views", "view_count", "view_passes"]
 
-#: ``identity``: the image as it is; ``half-turn``: the mean over it and its 180-degree rotation (the
-#: near-duplicate search's: a quarter of the cost of ``mean``, as good at finding copies, docs/benchmarks.md);
-#: ``mean``: the mean over the 8 flips and rotations (invariant to them); ``all``: each of the 8 kept, as extra
-#: training samples for a probe.
+# : ``identity``: the image as it is; ``half-turn``: the mean over it and its 180-degree rotation
+# (the : near-duplicate search's: a quarter of the cost of ``mean``, as good at finding copies,
+# docs/benchmarks.md); : ``mean``: the mean over the 8 flips and rotations (invariant to them);
+# ``all``: each of the 8 kept, as extra : training samples for a probe.
 Views = Literal["identity", "half-turn", "mean", "all"]
 
 
@@ -59,7 +60,11 @@ class Embedder:
         return features.mean(axis=1, keepdims=True) if views == "mean" else features
 
     def embed_records(
-        self, records: ImageRecords, batch_size: int = 64, views: Views = "identity", threads: int | None = None
+        self,
+        records: ImageRecords,
+        batch_size: int = 64,
+        views: Views = "identity",
+        threads: int | None = None,
     ) -> Iterator[EmbeddingBatch]:
         """Every record in order; unreadable images are reported, not raised."""
         size = self.engine.info.image_size

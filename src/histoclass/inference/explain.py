@@ -1,7 +1,8 @@
 """Grad-CAM: which regions of an image drove the predicted class (torch models only).
 
-The feature map is the backbone's last spatial one: timm's ``forward_features`` where the backbone has it,
-else the output of its last convolution. An ensemble's map is the mean of its members' maps for its own answer.
+The feature map is the backbone's last spatial one: timm's ``forward_features`` where the backbone
+has it, else the output of its last convolution. An ensemble's map is the mean of its members' maps
+for its own answer.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
 __all__ = ["grad_cam", "overlay_png"]
 
 
-def _features_and_logits(model: Classifier, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _features_and_logits(
+    model: Classifier, batch: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     from torch import nn
 
     backbone = model.backbone
@@ -38,8 +41,11 @@ def _features_and_logits(model: Classifier, batch: torch.Tensor) -> tuple[torch.
     return captured[-1], logits
 
 
-def grad_cam(model: Classifier | Ensemble, batch: torch.Tensor, target: int | None = None) -> tuple[np.ndarray, int]:
-    """A [0, 1] heatmap at the input's size for ``target`` (default: the predicted class) of a 1-image batch."""
+def grad_cam(
+    model: Classifier | Ensemble, batch: torch.Tensor, target: int | None = None
+) -> tuple[np.ndarray, int]:
+    """A [0, 1] heatmap at the input's size for ``target`` (default: the predicted class) of a
+    1-image batch."""
     import torch
     from torch import nn
 
@@ -50,7 +56,9 @@ def grad_cam(model: Classifier | Ensemble, batch: torch.Tensor, target: int | No
         if target is None:
             with torch.inference_mode():
                 target = int(model(batch).argmax(dim=1)[0])
-        return _normalised(np.mean([grad_cam(member, batch, target)[0] for member in model.members], axis=0)), target
+        return _normalised(
+            np.mean([grad_cam(member, batch, target)[0] for member in model.members], axis=0)
+        ), target
     with torch.enable_grad():
         batch = batch.clone().requires_grad_(True)
         features, logits = _features_and_logits(model, batch)
@@ -58,7 +66,9 @@ def grad_cam(model: Classifier | Ensemble, batch: torch.Tensor, target: int | No
         (gradients,) = torch.autograd.grad(logits[0, target], features)
     weights = gradients.mean(dim=(2, 3), keepdim=True)
     cam = torch.relu((weights * features).sum(dim=1, keepdim=True)).detach()
-    cam = nn.functional.interpolate(cam, size=batch.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    cam = nn.functional.interpolate(
+        cam, size=batch.shape[-2:], mode="bilinear", align_corners=False
+    )[0, 0]
     return _normalised(cam.cpu().numpy()), target
 
 

@@ -1,8 +1,8 @@
 """One predictor over every model format and engine: images -> probabilities, with test-time views.
 
-Batching, test-time augmentation and softmax live here once; an engine (see :mod:`histoclass.inference.engines`)
-only turns uint8 images into logits. Nothing here imports torch, so an ONNX deployment needs numpy, Pillow,
-SciPy and onnxruntime.
+Batching, test-time augmentation and softmax live here once; an engine (see
+:mod:`histoclass.inference.engines`) only turns uint8 images into logits. Nothing here imports
+torch, so an ONNX deployment needs numpy, Pillow, SciPy and onnxruntime.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ __all__ = ["BatchResult", "Predictor", "ShiftScores", "load"]
 
 @dataclass
 class BatchResult:
-    """Probabilities (and the raw logits of each test-time view, N x V x C) for the readable images of a batch;
-    ``errors`` maps record index -> reason; ``shift``: each image's shift score, when the model has a reference."""
+    """Probabilities (and the raw logits of each test-time view, N x V x C) for the readable images
+    of a batch; ``errors`` maps record index -> reason; ``shift``: each image's shift score, when
+    the model has a reference."""
 
     indices: list[int]
     probabilities: np.ndarray
@@ -49,10 +50,12 @@ class ShiftScores(Protocol):
 
 
 class Predictor:
-    """A model behind an engine, answering with probabilities in :attr:`labels` order; with a ``shift`` scorer,
-    also with each image's distance from the training data."""
+    """A model behind an engine, answering with probabilities in :attr:`labels` order; with a
+    ``shift`` scorer, also with each image's distance from the training data."""
 
-    def __init__(self, engine: Engine, origin: Path | None = None, shift: ShiftScores | None = None) -> None:
+    def __init__(
+        self, engine: Engine, origin: Path | None = None, shift: ShiftScores | None = None
+    ) -> None:
         self.engine = engine
         self._origin = origin
         self.shift = shift
@@ -97,14 +100,19 @@ class Predictor:
     def prediction_sets(self, probabilities: np.ndarray) -> np.ndarray | None:
         """N x classes booleans: each image's conformal prediction set (None when the model has none)."""
         calibration = self.info.calibration
-        return prediction_sets(probabilities, calibration.thresholds) if calibration.has_sets else None
+        return (
+            prediction_sets(probabilities, calibration.thresholds) if calibration.has_sets else None
+        )
 
     def shift_scores(self, pixels: np.ndarray) -> np.ndarray | None:
         """Shift scores of uint8 NHWC images at the model's size (None without a scorer)."""
         return None if self.shift is None else self.shift.score(pixels)
 
     def predict(
-        self, images: Sequence[str | Path | Image.Image | np.ndarray], batch_size: int = 64, tta: bool = False
+        self,
+        images: Sequence[str | Path | Image.Image | np.ndarray],
+        batch_size: int = 64,
+        tta: bool = False,
     ) -> np.ndarray:
         """Probabilities for image files, PIL images or HxWxC arrays; raises on an unreadable image."""
         size = self.info.image_size
@@ -129,12 +137,17 @@ class Predictor:
             if batch.indices:
                 logits = self.view_logits(batch.pixels, tta)
                 shift = self.shift_scores(batch.pixels)
-                yield BatchResult(batch.indices, self.probabilities(logits), batch.errors, logits, shift)
+                yield BatchResult(
+                    batch.indices, self.probabilities(logits), batch.errors, logits, shift
+                )
             else:
-                yield BatchResult([], np.zeros((0, classes)), batch.errors, np.zeros((0, 1, classes), np.float32))
+                yield BatchResult(
+                    [], np.zeros((0, classes)), batch.errors, np.zeros((0, 1, classes), np.float32)
+                )
 
     def explain(self, pixels: np.ndarray) -> tuple[bytes, str]:
-        """A PNG of one uint8 HxWx3 image at the model's size with its Grad-CAM heatmap, and the predicted label."""
+        """A PNG of one uint8 HxWx3 image at the model's size with its Grad-CAM heatmap, and the
+        predicted label."""
         from histoclass.inference.explain import overlay_png
 
         heatmap, target = self.engine.saliency(stain_normalized(pixels[None], self.info.stain)[0])
@@ -156,7 +169,9 @@ def load(path: str | Path, compile: bool = False) -> Predictor:
     """
     path = Path(path)
     if not path.exists():
-        raise HistoclassError(f"no such model or run directory '{path}'; pass runs/NAME or a model.onnx file")
+        raise HistoclassError(
+            f"no such model or run directory '{path}'; pass runs/NAME or a model.onnx file"
+        )
     engine_class = next((ENGINES[name] for name in ENGINES if ENGINES[name].accepts(path)), None)
     if engine_class is None and RunDir(path).config.is_file():
         raise HistoclassError(
@@ -165,7 +180,8 @@ def load(path: str | Path, compile: bool = False) -> Predictor:
         )
     if engine_class is None:
         raise HistoclassError(
-            f"'{path}' is not a model: pass a run directory (with its weights), model.onnx, model.tflite or model.pt"
+            f"'{path}' is not a model: pass a run directory (with its weights), model.onnx, "
+            "model.tflite or model.pt"
         )
     predictor = Predictor(engine_class.open(path))
     if compile:

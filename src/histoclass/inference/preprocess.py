@@ -1,4 +1,5 @@
-"""Decoded uint8 images -> model input: the one normalisation, in numpy and torch forms, and the test-time views.
+"""Decoded uint8 images -> model input: the one normalisation, in numpy and torch forms, and the
+test-time views.
 
 Resizing happens once, when images are decoded (:func:`histoclass.data.images.load_resized`); here pixels are
 scaled to [0, 1] and standardised with the backbone's mean and std. The numpy form serves engines without
@@ -15,22 +16,35 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DIHEDRAL_VIEWS", "dihedral_views", "normalize_numpy", "normalize_torch", "standardize_torch"]
+__all__ = [
+    "DIHEDRAL_VIEWS",
+    "dihedral_views",
+    "normalize_numpy",
+    "normalize_torch",
+    "standardize_torch",
+]
 
 #: Test-time augmentation: the 8 flips and 90-degree rotations (histology and cells have no up).
 DIHEDRAL_VIEWS = 8
 
 
-def normalize_numpy(pixels: np.ndarray, mean: list[float], std: list[float], layout: str = "NCHW") -> np.ndarray:
-    """uint8 NHWC -> float32 ``layout``, scaled by 1/255 and standardised: one multiply-add written straight into
-    the output layout (8x faster than scaling, centring and dividing in turn; a hot path of every CPU engine)."""
+def normalize_numpy(
+    pixels: np.ndarray, mean: list[float], std: list[float], layout: str = "NCHW"
+) -> np.ndarray:
+    """uint8 NHWC -> float32 ``layout``, scaled by 1/255 and standardised: one multiply-add written
+    straight into the output layout (8x faster than scaling, centring and dividing in turn; a hot
+    path of every CPU engine)."""
     std_ = np.asarray(std, np.float32)
     scale, shift = np.float32(1 / 255) / std_, -np.asarray(mean, np.float32) / std_
     n, h, w, c = pixels.shape
     if layout == "NHWC":  # rows of w*c values, so that numpy's inner loop is long (3 is slow)
         source, scale, shift = pixels.reshape(n, h, w * c), np.tile(scale, w), np.tile(shift, w)
     else:
-        source, scale, shift = pixels.transpose(0, 3, 1, 2), scale.reshape(-1, 1, 1), shift.reshape(-1, 1, 1)
+        source, scale, shift = (
+            pixels.transpose(0, 3, 1, 2),
+            scale.reshape(-1, 1, 1),
+            shift.reshape(-1, 1, 1),
+        )
     out = np.empty(source.shape, np.float32)  # C order, whatever the order of ``source``
     np.multiply(source, scale, out=out)
     out += shift

@@ -19,12 +19,21 @@ COLUMNS = ("name", "domain", "hub", "parameters (M)", "embedding", "input", "lic
 
 def _row(spec: FoundationModel) -> tuple[str, ...]:
     embedding = f"{spec.dim} ({spec.embedding})"
-    return (spec.name, spec.domain, spec.repo, f"{spec.parameters_m:.0f}", embedding, f"{spec.image_size}",
-            spec.licence, "yes" if spec.gated else "no")  # fmt: skip
+    return (
+        spec.name,
+        spec.domain,
+        spec.repo,
+        f"{spec.parameters_m:.0f}",
+        embedding,
+        f"{spec.image_size}",
+        spec.licence,
+        "yes" if spec.gated else "no",
+    )
 
 
 def registry_rows(open_only: bool = False) -> list[tuple[str, ...]]:
-    """One row per registered foundation model (only ungated ones if ``open_only``), in :data:`COLUMNS` order."""
+    """One row per registered foundation model (only ungated ones if ``open_only``), in
+    :data:`COLUMNS` order."""
     return [_row(spec) for spec in FOUNDATION_MODELS.values() if not (open_only and spec.gated)]
 
 

@@ -1,4 +1,5 @@
-"""``create_model``: any timm backbone (or a registered torchvision one) + a new head for the dataset's classes.
+"""``create_model``: any timm backbone (or a registered torchvision one) + a new head for the
+dataset's classes.
 
 Weights come from, in order: ``weights`` (a local file), the local hub cache, a download when the hub is
 reachable. Offline with nothing cached is one clear error, not a minute of retries.
@@ -50,7 +51,8 @@ class Backbone:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     blocks: list[list[str]]  # parameter names of each block, input side first
-    input_size: int | None = None  # the size its weights need (fixed position embeddings); None: any size
+    # the size its weights need (fixed position embeddings); None: any size
+    input_size: int | None = None
 
 
 BackboneBuilder = Callable[[bool, str | None], Backbone]
@@ -61,7 +63,8 @@ register_backbone = BACKBONES.register
 
 def _offline_error(name: str) -> HistoclassError:
     return HistoclassError(
-        f"--pretrained: no ImageNet weights for '{name}' in the local cache and the model hub cannot be reached; "
+        f"--pretrained: no ImageNet weights for '{name}' in the local cache and the model hub "
+        "cannot be reached; "
         "pass --weights FILE (a local .safetensors or .pth) or --no-pretrained"
     )
 
@@ -82,7 +85,9 @@ def _cached_timm_weights(name: str) -> str | None:
     return None
 
 
-def _timm_backbone(name: str, pretrained: bool, weights: str | None, drop_path: float = 0.0) -> Backbone:
+def _timm_backbone(
+    name: str, pretrained: bool, weights: str | None, drop_path: float = 0.0
+) -> Backbone:
     overlay = None
     if weights:
         overlay = {"file": resolve_weights_path(weights)}
@@ -95,12 +100,18 @@ def _timm_backbone(name: str, pretrained: bool, weights: str | None, drop_path: 
     try:
         extra = {"drop_path_rate": drop_path} if drop_path else {}
         module = timm.create_model(
-            name, pretrained=pretrained or bool(weights), num_classes=0, pretrained_cfg_overlay=overlay, **extra
+            name,
+            pretrained=pretrained or bool(weights),
+            num_classes=0,
+            pretrained_cfg_overlay=overlay,
+            **extra,
         )
     except RuntimeError as error:  # timm reports a checkpoint that does not fit as a RuntimeError
         if weights:
             first = str(error).splitlines()[0][:200]
-            raise HistoclassError(f"--weights: '{weights}' does not fit '{name}' ({first})") from None
+            raise HistoclassError(
+                f"--weights: '{weights}' does not fit '{name}' ({first})"
+            ) from None
         raise
     return _timm_parts(module)
 
@@ -133,7 +144,9 @@ def alexnet_backbone(pretrained: bool, weights: str | None) -> Backbone:
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
         if not cached.is_file() and not hub_reachable("download.pytorch.org"):
             raise _offline_error("alexnet")
-        model.load_state_dict(torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True))
+        model.load_state_dict(
+            torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
+        )
     model.classifier = model.classifier[:-1]
     blocks = [[f"features.{i}.{p}" for p in ("weight", "bias")] for i in (0, 3, 6, 8, 10)]
     blocks += [[f"classifier.{i}.{p}" for p in ("weight", "bias")] for i in (1, 4)]
@@ -145,26 +158,33 @@ def _load_state_dict_file(model: nn.Module, path: str) -> None:
     try:
         model.load_state_dict(read_state_dict(path))
     except RuntimeError as error:
-        raise HistoclassError(f"--weights: '{path}' does not fit this model ({str(error)[:200]})") from None
+        raise HistoclassError(
+            f"--weights: '{path}' does not fit this model ({str(error)[:200]})"
+        ) from None
 
 
 def _hub_backbone(name: str, pretrained: bool, weights: str | None) -> Backbone:
-    """``hf-hub:ORG/NAME``: any timm model on the hub, its config and weights from there (or a local folder)."""
+    """``hf-hub:ORG/NAME``: any timm model on the hub, its config and weights from there (or a local
+    folder)."""
     source, page = name, hub_page(name.removeprefix("hf-hub:"))
     if weights:
         if not Path(weights).is_dir():
-            raise HistoclassError(f"--weights: for {name} pass the downloaded model folder (with config.json)")
+            raise HistoclassError(
+                f"--weights: for {name} pass the downloaded model folder (with config.json)"
+            )
         source = f"local-dir:{weights}"
     elif not hub_reachable(HUB_HOST) and not _hub_config_cached(name):
         raise HistoclassError(
-            f"--model {name}: the model hub cannot be reached and nothing is cached; pass --weights DIR with the "
+            f"--model {name}: the model hub cannot be reached and nothing is cached; pass "
+            "--weights DIR with the "
             f"model folder downloaded from {page} (gated models also need HF_TOKEN when online)"
         )
     try:
         module = timm.create_model(source, pretrained=pretrained or bool(weights), num_classes=0)
     except Exception as error:  # hub errors (gated, missing) come in several types
         raise HistoclassError(
-            f"--model {name}: {type(error).__name__}; check access at {page} and HF_TOKEN, or pass --weights DIR"
+            f"--model {name}: {type(error).__name__}; check access at {page} and HF_TOKEN, or pass "
+            "--weights DIR"
         ) from None
     return _timm_parts(module)
 
@@ -175,7 +195,9 @@ def _hub_config_cached(name: str) -> bool:
     return isinstance(try_to_load_from_cache(name.removeprefix("hf-hub:"), "config.json"), str)
 
 
-def create_backbone(name: str, pretrained: bool = True, weights: str | None = None, drop_path: float = 0.0) -> Backbone:
+def create_backbone(
+    name: str, pretrained: bool = True, weights: str | None = None, drop_path: float = 0.0
+) -> Backbone:
     """A registered backbone (foundation models by short name), an ``hf-hub:`` name or any timm model name;
     unknown names get suggestions.
 
@@ -194,7 +216,11 @@ def check_model_name(name: str) -> None:
     if name in BACKBONES or name.startswith("hf-hub:") or timm.is_model(name):
         return
     close = difflib.get_close_matches(name, list(BACKBONES) + timm.list_models(), n=4, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}?" if close else "see histoclass models, or timm.list_models()"
+    hint = (
+        f"did you mean {', '.join(close)}?"
+        if close
+        else "see histoclass models, or timm.list_models()"
+    )
     raise HistoclassError(f"--model: unknown model '{name}'; {hint}")
 
 

@@ -73,7 +73,12 @@ class FoundationModel:
         kwargs = dict(self.kwargs)
         if kwargs.pop("swiglu", False):
             kwargs |= {"mlp_layer": SwiGLUPacked, "act_layer": nn.SiLU}
-        fixed = {"num_classes": 0, "global_pool": "token", "img_size": self.image_size, "dynamic_img_size": True}
+        fixed = {
+            "num_classes": 0,
+            "global_pool": "token",
+            "img_size": self.image_size,
+            "dynamic_img_size": True,
+        }
         return {**(published or {}), **kwargs, **fixed}
 
 
@@ -81,51 +86,160 @@ _SWIGLU_G = {"swiglu": True, "mlp_ratio": 2.66667 * 2}
 FOUNDATION_MODELS: dict[str, FoundationModel] = {
     spec.name: spec
     for spec in (
-        FoundationModel("uni", "MahmoodLab/UNI", "vit_large_patch16_224", {"init_values": 1e-5},
-                        dim=1024, parameters_m=303.4, licence="CC-BY-NC-ND-4.0"),
-        FoundationModel("uni2-h", "MahmoodLab/UNI2-h", "vit_giant_patch14_224",
-                        {"patch_size": 14, "depth": 24, "num_heads": 24, "embed_dim": 1536, "init_values": 1e-5,
-                         "no_embed_class": True, "reg_tokens": 8, **_SWIGLU_G},
-                        dim=1536, parameters_m=681.4, licence="CC-BY-NC-ND-4.0"),
-        FoundationModel("virchow2", "paige-ai/Virchow2", "vit_huge_patch14_224",
-                        {"init_values": 1e-5, "mlp_ratio": 5.3375, "reg_tokens": 4, "swiglu": True},
-                        embedding="cls+mean", dim=2560, parameters_m=631.2, licence="CC-BY-NC-ND-4.0"),
-        FoundationModel("h-optimus-0", "bioptimus/H-optimus-0", "vit_giant_patch14_reg4_dinov2",
-                        {"init_values": 1e-5}, dim=1536, parameters_m=1134.8, mean=HOPTIMUS_MEAN,
-                        std=HOPTIMUS_STD, licence="Apache-2.0", gated=False),
-        FoundationModel("h0-mini", "bioptimus/H0-mini", "vit_base_patch14_reg4_dinov2", {"swiglu": True},
-                        embedding="cls+mean", dim=1536, parameters_m=71.6, mean=HOPTIMUS_MEAN, std=HOPTIMUS_STD,
-                        licence="CC-BY-NC-ND-4.0"),
-        FoundationModel("prov-gigapath", "prov-gigapath/prov-gigapath", "vit_giant_patch14_dinov2",
-                        {"patch_size": 16, "mlp_ratio": 5.33334, "init_values": 1e-5},
-                        dim=1536, parameters_m=1135.0, licence="Apache-2.0"),
-        FoundationModel("hibou-b", "histai/hibou-b", "vit_base_patch14_reg4_dinov2", {},
-                        dim=768, parameters_m=85.7, mean=HIBOU_MEAN, std=HIBOU_STD, licence="Apache-2.0",
-                        gated=False, checkpoint="dinov2-hf"),
-        FoundationModel("hibou-l", "histai/hibou-L", "vit_large_patch14_reg4_dinov2", {},
-                        dim=1024, parameters_m=303.2, mean=HIBOU_MEAN, std=HIBOU_STD, licence="Apache-2.0",
-                        checkpoint="dinov2-hf"),
-        FoundationModel("phikon-v2", "owkin/phikon-v2", "vit_large_patch16_224",
-                        {"init_values": 1e-5, "no_embed_class": True}, dim=1024, parameters_m=303.3,
-                        licence="Owkin non-commercial", gated=False, checkpoint="dinov2-hf"),
-        FoundationModel("kaiko-vits16", "1aurent/vit_small_patch16_224.kaiko_ai_towards_large_pathology_fms",
-                        "vit_small_patch16_224", {}, dim=384, parameters_m=21.7, mean=HALF, std=HALF,
-                        licence="other (kaiko.ai)", gated=False),
+        FoundationModel(
+            "uni",
+            "MahmoodLab/UNI",
+            "vit_large_patch16_224",
+            {"init_values": 1e-5},
+            dim=1024,
+            parameters_m=303.4,
+            licence="CC-BY-NC-ND-4.0",
+        ),
+        FoundationModel(
+            "uni2-h",
+            "MahmoodLab/UNI2-h",
+            "vit_giant_patch14_224",
+            {
+                "patch_size": 14,
+                "depth": 24,
+                "num_heads": 24,
+                "embed_dim": 1536,
+                "init_values": 1e-5,
+                "no_embed_class": True,
+                "reg_tokens": 8,
+                **_SWIGLU_G,
+            },
+            dim=1536,
+            parameters_m=681.4,
+            licence="CC-BY-NC-ND-4.0",
+        ),
+        FoundationModel(
+            "virchow2",
+            "paige-ai/Virchow2",
+            "vit_huge_patch14_224",
+            {"init_values": 1e-5, "mlp_ratio": 5.3375, "reg_tokens": 4, "swiglu": True},
+            embedding="cls+mean",
+            dim=2560,
+            parameters_m=631.2,
+            licence="CC-BY-NC-ND-4.0",
+        ),
+        FoundationModel(
+            "h-optimus-0",
+            "bioptimus/H-optimus-0",
+            "vit_giant_patch14_reg4_dinov2",
+            {"init_values": 1e-5},
+            dim=1536,
+            parameters_m=1134.8,
+            mean=HOPTIMUS_MEAN,
+            std=HOPTIMUS_STD,
+            licence="Apache-2.0",
+            gated=False,
+        ),
+        FoundationModel(
+            "h0-mini",
+            "bioptimus/H0-mini",
+            "vit_base_patch14_reg4_dinov2",
+            {"swiglu": True},
+            embedding="cls+mean",
+            dim=1536,
+            parameters_m=71.6,
+            mean=HOPTIMUS_MEAN,
+            std=HOPTIMUS_STD,
+            licence="CC-BY-NC-ND-4.0",
+        ),
+        FoundationModel(
+            "prov-gigapath",
+            "prov-gigapath/prov-gigapath",
+            "vit_giant_patch14_dinov2",
+            {"patch_size": 16, "mlp_ratio": 5.33334, "init_values": 1e-5},
+            dim=1536,
+            parameters_m=1135.0,
+            licence="Apache-2.0",
+        ),
+        FoundationModel(
+            "hibou-b",
+            "histai/hibou-b",
+            "vit_base_patch14_reg4_dinov2",
+            {},
+            dim=768,
+            parameters_m=85.7,
+            mean=HIBOU_MEAN,
+            std=HIBOU_STD,
+            licence="Apache-2.0",
+            gated=False,
+            checkpoint="dinov2-hf",
+        ),
+        FoundationModel(
+            "hibou-l",
+            "histai/hibou-L",
+            "vit_large_patch14_reg4_dinov2",
+            {},
+            dim=1024,
+            parameters_m=303.2,
+            mean=HIBOU_MEAN,
+            std=HIBOU_STD,
+            licence="Apache-2.0",
+            checkpoint="dinov2-hf",
+        ),
+        FoundationModel(
+            "phikon-v2",
+            "owkin/phikon-v2",
+            "vit_large_patch16_224",
+            {"init_values": 1e-5, "no_embed_class": True},
+            dim=1024,
+            parameters_m=303.3,
+            licence="Owkin non-commercial",
+            gated=False,
+            checkpoint="dinov2-hf",
+        ),
+        FoundationModel(
+            "kaiko-vits16",
+            "1aurent/vit_small_patch16_224.kaiko_ai_towards_large_pathology_fms",
+            "vit_small_patch16_224",
+            {},
+            dim=384,
+            parameters_m=21.7,
+            mean=HALF,
+            std=HALF,
+            licence="other (kaiko.ai)",
+            gated=False,
+        ),
         # DinoBloom (Koch et al., MICCAI 2024): DINOv2 fine-tuned on 13 blood and bone-marrow cell datasets.
         *(
-            FoundationModel(f"dinobloom-{size.lower()}", "MarrLab/DinoBloom", f"vit_{arch}_patch14_dinov2", {},
-                            dim=dim, parameters_m=params, licence="Apache-2.0", gated=False,
-                            checkpoint="dinov2-teacher", files=(f"DinoBloom-{size}.pth",), domain="haematology")
+            FoundationModel(
+                f"dinobloom-{size.lower()}",
+                "MarrLab/DinoBloom",
+                f"vit_{arch}_patch14_dinov2",
+                {},
+                dim=dim,
+                parameters_m=params,
+                licence="Apache-2.0",
+                gated=False,
+                checkpoint="dinov2-teacher",
+                files=(f"DinoBloom-{size}.pth",),
+                domain="haematology",
+            )
             for size, arch, dim, params in (
-                ("S", "small", 384, 21.6), ("B", "base", 768, 85.7), ("L", "large", 1024, 303.2),
+                ("S", "small", 384, 21.6),
+                ("B", "base", 768, 85.7),
+                ("L", "large", 1024, 303.2),
                 ("G", "giant", 1536, 1134.8),
             )
         ),
-        FoundationModel("kaiko-vitb16", "1aurent/vit_base_patch16_224.kaiko_ai_towards_large_pathology_fms",
-                        "vit_base_patch16_224", {}, dim=768, parameters_m=85.8, mean=HALF, std=HALF,
-                        licence="other (kaiko.ai)", gated=False),
+        FoundationModel(
+            "kaiko-vitb16",
+            "1aurent/vit_base_patch16_224.kaiko_ai_towards_large_pathology_fms",
+            "vit_base_patch16_224",
+            {},
+            dim=768,
+            parameters_m=85.8,
+            mean=HALF,
+            std=HALF,
+            licence="other (kaiko.ai)",
+            gated=False,
+        ),
     )
-}  # fmt: skip
+}
 
 
 #: transformers DINOv2 block entries -> timm ViT block entries (query/key/value are merged separately).
@@ -157,7 +271,8 @@ def _pop_either(state: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor
 
 
 class ClsMeanPool(nn.Module):
-    """The class token concatenated with the mean of the patch tokens (registers left out): Virchow's embedding."""
+    """The class token concatenated with the mean of the patch tokens (registers left out):
+    Virchow's embedding."""
 
     def __init__(self, vit: nn.Module) -> None:
         super().__init__()
@@ -192,20 +307,26 @@ def dinov2_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for i in blocks:
         src, dst = f"encoder.layer.{i}.", f"blocks.{i}."
         for kind in ("weight", "bias"):
-            qkv = [_pop_either(state, [f"{src}{name}.{kind}" for name in names]) for names in _DINOV2_QKV]
+            qkv = [
+                _pop_either(state, [f"{src}{name}.{kind}" for name in names])
+                for names in _DINOV2_QKV
+            ]
             out[f"{dst}attn.qkv.{kind}"] = torch.cat(qkv)
         for old, new in _DINOV2_BLOCK_NAMES.items():
             for suffix in ("", ".weight", ".bias"):
                 if f"{src}{old}{suffix}" in state:
                     out[f"{dst}{new}{suffix}"] = state.pop(f"{src}{old}{suffix}")
     if state:
-        raise HistoclassError(f"unexpected DINOv2 checkpoint entries: {', '.join(sorted(state)[:5])}")
+        raise HistoclassError(
+            f"unexpected DINOv2 checkpoint entries: {', '.join(sorted(state)[:5])}"
+        )
     return out
 
 
 def dinov2_teacher_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A DINOv2 training checkpoint (``teacher`` weights, as DinoBloom publishes) -> the backbone's entries in
-    DINOv2's own names, which timm's checkpoint filter converts (``mask_token`` kept: it marks them as DINOv2)."""
+    """A DINOv2 training checkpoint (``teacher`` weights, as DinoBloom publishes) -> the backbone's
+    entries in DINOv2's own names, which timm's checkpoint filter converts (``mask_token`` kept: it
+    marks them as DINOv2)."""
     state = state.get("teacher", state)
     heads = ("dino_head.", "ibot_head.")
     return {
@@ -231,19 +352,24 @@ def _load_weights(vit: nn.Module, spec: FoundationModel, path: str) -> None:
         state = dinov2_to_timm(state)
     elif spec.checkpoint == "dinov2-teacher":
         state = dinov2_teacher_to_timm(state)
-    if not any(key.startswith("head.") for key in vit.state_dict()):  # headless here: a published head is unused
+    # headless here: a published head is unused
+    if not any(key.startswith("head.") for key in vit.state_dict()):
         state = {key: value for key, value in state.items() if not key.startswith("head.")}
     state = checkpoint_filter_fn(state, vit)  # resamples position embeddings to the built grid
     try:
         vit.load_state_dict(state)
     except RuntimeError as error:
         first = str(error).splitlines()[0][:200]
-        raise HistoclassError(f"--weights: '{path}' does not fit {spec.name} ({first}); see {spec.page}") from None
+        raise HistoclassError(
+            f"--weights: '{path}' does not fit {spec.name} ({first}); see {spec.page}"
+        ) from None
 
 
 def build_foundation(spec: FoundationModel, pretrained: bool, weights: str | None) -> Backbone:
-    """``spec`` as a backbone: random weights, or the hub's (cached or downloaded), or a local file or folder."""
-    path = None  # found (or downloaded) before building: a missing file fails in a second, not after 1B weights
+    """``spec`` as a backbone: random weights, or the hub's (cached or downloaded), or a local file
+    or folder."""
+    # found (or downloaded) before building: a missing file fails in a second, not after 1B weights
+    path = None
     if weights:
         path = resolve_weights_path(weights, tuple(dict.fromkeys((*spec.files, *WEIGHT_FILES))))
     elif pretrained:
@@ -266,7 +392,9 @@ def build_foundation(spec: FoundationModel, pretrained: bool, weights: str | Non
 
 
 def _register(spec: FoundationModel) -> None:
-    BACKBONES.register(spec.name)(lambda pretrained, weights: build_foundation(spec, pretrained, weights))
+    BACKBONES.register(spec.name)(
+        lambda pretrained, weights: build_foundation(spec, pretrained, weights)
+    )
 
 
 for _spec in FOUNDATION_MODELS.values():

@@ -28,13 +28,17 @@ def linear_head(in_features: int, num_classes: int, dropout: float) -> nn.Module
 def gap_dense_head(in_features: int, num_classes: int, dropout: float) -> nn.Module:
     """Keras seeds: GlobalAveragePooling -> Dense(1024, relu) -> Dense(classes)."""
     return nn.Sequential(
-        nn.Linear(in_features, 1024), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(1024, num_classes)
+        nn.Linear(in_features, 1024),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(1024, num_classes),
     )
 
 
 @register_head("gap-bn-dense")
 def gap_bn_dense_head(in_features: int, num_classes: int, dropout: float) -> nn.Module:
-    """Keras seeds: pooling -> BatchNorm -> Dense -> BatchNorm -> Dropout -> Dense (weight decay: optimiser)."""
+    """Keras seeds: pooling -> BatchNorm -> Dense -> BatchNorm -> Dropout -> Dense (weight decay:
+    optimiser)."""
     return nn.Sequential(
         nn.BatchNorm1d(in_features),
         nn.Linear(in_features, 1024),
@@ -47,8 +51,11 @@ def gap_bn_dense_head(in_features: int, num_classes: int, dropout: float) -> nn.
 
 @register_head("mlp")
 def mlp_head(in_features: int, num_classes: int, dropout: float) -> nn.Module:
-    """One hidden layer on frozen embeddings (``--probe mlp``): room for a non-linear boundary, little to overfit."""
-    return nn.Sequential(nn.Linear(in_features, 512), nn.GELU(), nn.Dropout(dropout), nn.Linear(512, num_classes))
+    """One hidden layer on frozen embeddings (``--probe mlp``): room for a non-linear boundary,
+    little to overfit."""
+    return nn.Sequential(
+        nn.Linear(in_features, 512), nn.GELU(), nn.Dropout(dropout), nn.Linear(512, num_classes)
+    )
 
 
 class KNNHead(nn.Module):
@@ -58,7 +65,9 @@ class KNNHead(nn.Module):
     and exports treat it as any head's logits. The bank is a buffer: it travels in ``model.safetensors``.
     """
 
-    def __init__(self, in_features: int, num_classes: int, k: int = 20, temperature: float = 0.07) -> None:
+    def __init__(
+        self, in_features: int, num_classes: int, k: int = 20, temperature: float = 0.07
+    ) -> None:
         super().__init__()
         self.k, self.temperature = k, temperature
         self.register_buffer("bank", torch.zeros(0, in_features))

@@ -38,7 +38,8 @@ def hub_page(repo: str) -> str:
 
 
 def hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:
-    """Whether ``host`` answers on 443 within ``timeout`` seconds: checked once, before any download retries."""
+    """Whether ``host`` answers on 443 within ``timeout`` seconds: checked once, before any download
+    retries."""
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True
@@ -55,7 +56,9 @@ def resolve_weights_path(weights: str, filenames: Sequence[str] = WEIGHT_FILES) 
                 return str(path / name)
         raise HistoclassError(f"--weights: folder '{weights}' holds none of {', '.join(filenames)}")
     if not path.is_file():
-        raise HistoclassError(f"--weights: no such file '{weights}'; pass a .safetensors or .pth checkpoint")
+        raise HistoclassError(
+            f"--weights: no such file '{weights}'; pass a .safetensors or .pth checkpoint"
+        )
     return str(path)
 
 
@@ -68,7 +71,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickles with objects, damaged files: many exception types
-        raise HistoclassError(f"--weights: cannot read '{path}' as tensors ({type(error).__name__})") from None
+        raise HistoclassError(
+            f"--weights: cannot read '{path}' as tensors ({type(error).__name__})"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -83,7 +88,9 @@ def timm_model_args(weights_path: str) -> dict:
         values = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    args = values.get("model_args") if isinstance(values, dict) and "architecture" in values else None
+    args = (
+        values.get("model_args") if isinstance(values, dict) and "architecture" in values else None
+    )
     return dict(args) if isinstance(args, dict) else {}
 
 
@@ -98,7 +105,8 @@ def _cached(repo: str, filenames: Sequence[str]) -> str | None:
 
 
 def download_weights(repo: str, filenames: Sequence[str], name: str, gated: bool) -> str:
-    """Local path of ``repo``'s weights: from the hub cache, else downloaded (with ``HF_TOKEN`` when gated)."""
+    """Local path of ``repo``'s weights: from the hub cache, else downloaded (with ``HF_TOKEN`` when
+    gated)."""
     from huggingface_hub import get_token, hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
 
@@ -109,15 +117,19 @@ def download_weights(repo: str, filenames: Sequence[str], name: str, gated: bool
     offline = f"pass --weights DIR_OR_FILE with weights downloaded from {page}"
     if gated and not get_token():  # no download can succeed, online or not
         raise HistoclassError(
-            f"--model {name} is gated: request access at {page}, then set HF_TOKEN (or huggingface-cli login); "
+            f"--model {name} is gated: request access at {page}, then set HF_TOKEN (or "
+            "huggingface-cli login); "
             f"or {offline}"
         )
     if not hub_reachable():
-        raise HistoclassError(f"--model {name}: the model hub cannot be reached and nothing is cached; {offline}")
+        raise HistoclassError(
+            f"--model {name}: the model hub cannot be reached and nothing is cached; {offline}"
+        )
     for filename in filenames:
         try:
             path = hf_hub_download(repo, filename)
-            with contextlib.suppress(EntryNotFoundError):  # the architecture's arguments, where the repo has them
+            # the architecture's arguments, where the repo has them
+            with contextlib.suppress(EntryNotFoundError):
                 hf_hub_download(repo, "config.json")
             return path
         except EntryNotFoundError:
@@ -127,5 +139,7 @@ def download_weights(repo: str, filenames: Sequence[str], name: str, gated: bool
                 f"--model {name}: HF_TOKEN has no access to {page}; request access there, or {offline}"
             ) from None
         except RepositoryNotFoundError:
-            raise HistoclassError(f"--model {name}: {page} does not exist or HF_TOKEN cannot see it") from None
+            raise HistoclassError(
+                f"--model {name}: {page} does not exist or HF_TOKEN cannot see it"
+            ) from None
     raise HistoclassError(f"--model {name}: {page} has none of {', '.join(filenames)}")

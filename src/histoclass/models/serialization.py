@@ -34,13 +34,17 @@ def load_model(folder: str | Path) -> tuple[Classifier | Ensemble, ModelInfo]:
     run = RunDir(folder)
     for needed in (run.weights, run.model_info):
         if not needed.is_file():
-            raise HistoclassError(f"'{folder}' has no {needed.name}; pass a finished run directory (runs/NAME)")
+            raise HistoclassError(
+                f"'{folder}' has no {needed.name}; pass a finished run directory (runs/NAME)"
+            )
     info = ModelInfo.load(run.model_info)  # a damaged description is its own one line
     try:
         state = load_file(str(run.weights))
     except Exception as error:  # a damaged file shows up as many different exception types
         reason = str(error).splitlines()[0][:200] if str(error) else ""
-        raise HistoclassError(f"'{run.weights}' is damaged ({type(error).__name__}: {reason}); train again") from None
+        raise HistoclassError(
+            f"'{run.weights}' is damaged ({type(error).__name__}: {reason}); train again"
+        ) from None
     members = [
         create_model(info.architecture, info.num_classes, info.head, info.dropout, pretrained=False)
         for _ in range(info.members)
@@ -49,7 +53,9 @@ def load_model(folder: str | Path) -> tuple[Classifier | Ensemble, ModelInfo]:
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise HistoclassError(f"'{run.weights}' does not match {run.model_info.name} ({str(error)[:200]})") from None
+        raise HistoclassError(
+            f"'{run.weights}' does not match {run.model_info.name} ({str(error)[:200]})"
+        ) from None
     return model.eval(), info
 
 

@@ -46,7 +46,11 @@ class Predictions:
     @property
     def labels_index(self) -> np.ndarray:
         """The predicted class of each image: the decision threshold's, else the most probable."""
-        return self.decisions if self.decisions is not None else np.nan_to_num(self.probabilities).argmax(axis=1)
+        return (
+            self.decisions
+            if self.decisions is not None
+            else np.nan_to_num(self.probabilities).argmax(axis=1)
+        )
 
 
 def decide(probabilities: np.ndarray, threshold: float | None) -> np.ndarray | None:
@@ -61,11 +65,15 @@ def resolve_threshold(predictor: Predictor, threshold: str | None) -> float | No
     if threshold is None:
         return None
     if len(predictor.labels) != 2:
-        raise HistoclassError(f"--threshold works for two classes; this model has {len(predictor.labels)}")
+        raise HistoclassError(
+            f"--threshold works for two classes; this model has {len(predictor.labels)}"
+        )
     if threshold == "auto":
         value = predictor.info.calibration.decision_threshold
         if value is None:
-            raise HistoclassError("--threshold auto: this model has no tuned threshold; retrain it, or pass a number")
+            raise HistoclassError(
+                "--threshold auto: this model has no tuned threshold; retrain it, or pass a number"
+            )
         return value
     try:
         value = float(threshold)
@@ -103,15 +111,21 @@ def run_predictions(
             progress.advance(task, len(result.indices) + len(result.errors))
     sets = predictor.prediction_sets(np.nan_to_num(probabilities))
     unlike = None if shift is None else predictor.shift.reference.unlike(np.nan_to_num(shift))
-    return Predictions(records.ids, probabilities, errors, view_logits, sets, shift=shift, unlike=unlike)
+    return Predictions(
+        records.ids, probabilities, errors, view_logits, sets, shift=shift, unlike=unlike
+    )
 
 
 def report_shift(predictions: Predictions, predictor: Predictor) -> str | None:
     """Print and return the batch verdict on the readable images' shift scores (None: no warning)."""
     if predictions.unlike is None:
         return None
-    readable = np.asarray([i not in predictions.errors for i in range(len(predictions.ids))], dtype=bool)
-    verdict = shift_verdict(predictions.unlike[readable], predictor.shift.reference.quantile, str(predictor.origin))
+    readable = np.asarray(
+        [i not in predictions.errors for i in range(len(predictions.ids))], dtype=bool
+    )
+    verdict = shift_verdict(
+        predictions.unlike[readable], predictor.shift.reference.quantile, str(predictor.origin)
+    )
     if verdict:
         console.print(f"[yellow]Warning:[/] {verdict}")
     return verdict
@@ -137,7 +151,9 @@ def write_predictions_csv(
     chosen = columns or header
     unknown = [c for c in chosen if c not in header]
     if unknown:
-        raise HistoclassError(f"--columns: unknown column {', '.join(unknown)}; choose from {', '.join(header)}")
+        raise HistoclassError(
+            f"--columns: unknown column {', '.join(unknown)}; choose from {', '.join(header)}"
+        )
     rows = []
     chosen_labels = predictions.labels_index
     for i, image_id in enumerate(predictions.ids):
@@ -154,10 +170,15 @@ def write_predictions_csv(
             row |= {"label": labels[best], "confidence": f"{probs[best]:.9g}"}
             row |= {f"prob_{c}": f"{p:.9g}" for c, p in zip(labels, probs, strict=True)}
             if predictions.sets is not None:
-                members = [c for c, inside in zip(labels, predictions.sets[i], strict=True) if inside]
+                members = [
+                    c for c, inside in zip(labels, predictions.sets[i], strict=True) if inside
+                ]
                 row |= {"prediction_set": "|".join(members), "set_size": len(members)}
             if predictions.shift is not None:
-                row |= {"shift_score": f"{predictions.shift[i]:.4f}", "unlike_training": int(predictions.unlike[i])}
+                row |= {
+                    "shift_score": f"{predictions.shift[i]:.4f}",
+                    "unlike_training": int(predictions.unlike[i]),
+                }
         rows.append([row[c] for c in chosen])
     return write_csv(out, chosen, rows)
 

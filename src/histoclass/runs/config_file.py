@@ -1,4 +1,5 @@
-"""A run's ``config.yaml``: the resolved train config, written once at the start and read back by later jobs."""
+"""A run's ``config.yaml``: the resolved train config, written once at the start and read back by
+later jobs."""
 
 from __future__ import annotations
 
@@ -20,5 +21,7 @@ def write_run_config(run: RunDir, config: Config) -> None:
 def read_run_config(run: RunDir) -> Config:
     """The config a run was trained with; a run directory without one is an error naming it."""
     if not run.config.is_file():
-        raise HistoclassError(f"'{run.root}' is not a run directory (no {run.config.name}); pass runs/NAME")
+        raise HistoclassError(
+            f"'{run.root}' is not a run directory (no {run.config.name}); pass runs/NAME"
+        )
     return build_config(load_yaml(run.config))

@@ -1,4 +1,5 @@
-"""Every file name of a run directory, an export folder and an evaluation folder: spelled here and nowhere else.
+"""Every file name of a run directory, an export folder and an evaluation folder: spelled here and
+nowhere else.
 
 A run directory holds everything a run produced, with paths relative to itself, so it can be moved or copied.
 An existing run is never overwritten: a taken name gets the next free ``NAME-2``, ``NAME-3``, ...
@@ -101,7 +102,8 @@ class EvalDir:
 
 @dataclass(frozen=True)
 class SlideDir:
-    """What ``slide`` writes for one slide; ``tiles.csv`` grows in ``tiles.partial.csv`` until the slide is done."""
+    """What ``slide`` writes for one slide; ``tiles.csv`` grows in ``tiles.partial.csv`` until the
+    slide is done."""
 
     root: Path
 
@@ -115,7 +117,8 @@ class SlideDir:
 
     @property
     def geometry(self) -> Path:
-        """The tiling a partial ``tiles.csv`` was made with: a resumed run goes on only when it is the same."""
+        """The tiling a partial ``tiles.csv`` was made with: a resumed run goes on only when it is
+        the same."""
         return self.root / "geometry.json"
 
     @property
@@ -251,7 +254,15 @@ class RunDir:
     @property
     def key_files(self) -> list[Path]:
         """What a tracking server keeps of a finished run (the weights stay in the run directory)."""
-        return [self.config, self.metrics, self.history, self.model_info, self.labels, self.split, self.plots]
+        return [
+            self.config,
+            self.metrics,
+            self.history,
+            self.model_info,
+            self.labels,
+            self.split,
+            self.plots,
+        ]
 
     @property
     def tensorboard(self) -> str:
@@ -316,6 +327,8 @@ def claim_run_dir(runs_dir: str | Path, name: str, timeout: float = 600.0) -> tu
     deadline = time.monotonic() + timeout
     while not marker.is_file():
         if time.monotonic() > deadline:
-            raise HistoclassError(f"rank {rank}: rank 0 did not create the run directory in {timeout:.0f} s")
+            raise HistoclassError(
+                f"rank {rank}: rank 0 did not create the run directory in {timeout:.0f} s"
+            )
         time.sleep(0.5)
     return RunDir(Path(marker.read_text().strip())), False

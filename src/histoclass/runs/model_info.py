@@ -82,10 +82,14 @@ class ModelInfo(BaseModel):
         except ValidationError as error:
             first = error.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "the file"
-            raise HistoclassError(f"'{path}' is damaged ({where}: {first['msg']}); export or train again") from None
+            raise HistoclassError(
+                f"'{path}' is damaged ({where}: {first['msg']}); export or train again"
+            ) from None
         except (OSError, ValueError) as error:  # unreadable, or not JSON
             reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise HistoclassError(f"'{path}' is damaged ({reason}); export or train again") from None
+            raise HistoclassError(
+                f"'{path}' is damaged ({reason}); export or train again"
+            ) from None
 
 
 def write_labels(path: str | Path, labels: list[str]) -> None:

@@ -29,7 +29,9 @@ def split_records(run: RunDir, split: str) -> ImageRecords:
         chosen = [i for i, image_id in enumerate(records.ids) if image_id in wanted]
         if chosen:
             return records.subset(np.asarray(chosen))
-    raise HistoclassError(f"none of the run's {split} images were found in {config.data.path}; pass --check-data")
+    raise HistoclassError(
+        f"none of the run's {split} images were found in {config.data.path}; pass --check-data"
+    )
 
 
 def validation_records(run: RunDir) -> ImageRecords:

@@ -21,10 +21,15 @@ class SplitRow:
 
 def write_split(path: str | Path, rows: list[SplitRow]) -> None:
     """Write the split atomically."""
-    write_csv(path, ["id", "label", "split", "group"], ((r.id, r.label, r.split, r.group) for r in rows))
+    write_csv(
+        path, ["id", "label", "split", "group"], ((r.id, r.label, r.split, r.group) for r in rows)
+    )
 
 
 def read_split(path: str | Path) -> list[SplitRow]:
     """The rows of a ``split.csv`` (runs from before groups were recorded have none)."""
     with open(path, newline="") as handle:
-        return [SplitRow(r["id"], r["label"], r["split"], r.get("group") or "") for r in csv.DictReader(handle)]
+        return [
+            SplitRow(r["id"], r["label"], r["split"], r.get("group") or "")
+            for r in csv.DictReader(handle)
+        ]

@@ -14,8 +14,8 @@ __all__ = ["StudyDir"]
 
 @dataclass(frozen=True)
 class StudyDir:
-    """``study.db`` (the default SQLite storage), ``trials.csv``, ``best`` (a relative link to the best trial's
-    run, so the study can move), ``plots/`` and ``trial-NNNN/`` run directories."""
+    """``study.db`` (the default SQLite storage), ``trials.csv``, ``best`` (a relative link to the
+    best trial's run, so the study can move), ``plots/`` and ``trial-NNNN/`` run directories."""
 
     root: Path
 

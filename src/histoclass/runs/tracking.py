@@ -26,7 +26,9 @@ def _numbers(metrics: dict, prefix: str) -> dict[str, float]:
         if isinstance(value, int | float):
             found[f"{prefix}{key}"] = float(value)
         elif isinstance(value, dict):
-            found |= {k: v for k, v in _numbers(value, f"{prefix}{key}.").items() if k.count(".") <= 2}
+            found |= {
+                k: v for k, v in _numbers(value, f"{prefix}{key}.").items() if k.count(".") <= 2
+            }
     return found
 
 

@@ -72,12 +72,16 @@ def _model_card(predictor: Predictor, model: Path, tta: bool, explain: bool) -> 
 
 def _rejection(errors: list[UploadRejected], headers: dict | None = None) -> JSONResponse:
     """Every refusal's one shape: ``{"detail": one line, "errors": [{filename, status, error}, ...]}``."""
-    detail = "; ".join(e.message if e.filename == "(request)" else f"{e.filename}: {e.message}" for e in errors)
+    detail = "; ".join(
+        e.message if e.filename == "(request)" else f"{e.filename}: {e.message}" for e in errors
+    )
     content = {"detail": detail, "errors": [e.as_dict() for e in errors]}
     return JSONResponse(status_code=errors[0].status, content=content, headers=headers)
 
 
-def _result(name: str, probabilities: np.ndarray, members: np.ndarray | None, labels: list[str]) -> dict:
+def _result(
+    name: str, probabilities: np.ndarray, members: np.ndarray | None, labels: list[str]
+) -> dict:
     best = int(np.argmax(probabilities))
     result = {
         "filename": name,
@@ -99,9 +103,11 @@ def _docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request) -> HTMLResponse:
-        key = request.query_params.get(API_KEY_PARAMETER)  # percent-encoded: never markup in the page's script
+        # percent-encoded: never markup in the page's script
+        key = request.query_params.get(API_KEY_PARAMETER)
         return get_swagger_ui_html(
-            openapi_url="/openapi.json" + (f"?{API_KEY_PARAMETER}={quote(key, safe='')}" if key else ""),
+            openapi_url="/openapi.json"
+            + (f"?{API_KEY_PARAMETER}={quote(key, safe='')}" if key else ""),
             title=f"{app.title} API",
             swagger_js_url="/docs-assets/swagger-ui-bundle.js",
             swagger_css_url="/docs-assets/swagger-ui.css",
@@ -117,9 +123,21 @@ def create_app(settings: ServeConfig) -> FastAPI:
     """Build the app for ``settings`` (loads the model now, so a bad model fails before serving)."""
     predictor = open_predictor(settings.model, settings.engine)
     # Heatmaps need gradients: a run served on a faster engine keeps its PyTorch model for them.
-    explainer = predictor if predictor.can_explain or settings.engine != "auto" else _torch_or_none(settings.model)
-    card = _model_card(predictor, Path(settings.model), settings.tta, explainer is not None and explainer.can_explain)
-    limit, request_limit = int(settings.max_megapixels * 1e6), int(settings.max_request_megapixels * 1e6)
+    explainer = (
+        predictor
+        if predictor.can_explain or settings.engine != "auto"
+        else _torch_or_none(settings.model)
+    )
+    card = _model_card(
+        predictor,
+        Path(settings.model),
+        settings.tta,
+        explainer is not None and explainer.can_explain,
+    )
+    limit, request_limit = (
+        int(settings.max_megapixels * 1e6),
+        int(settings.max_request_megapixels * 1e6),
+    )
     budget, image_size = DecodeBudget(settings.decode_pixels), predictor.info.image_size
     batcher = MicroBatcher(predictor, tta=settings.tta)
 
@@ -133,7 +151,13 @@ def create_app(settings: ServeConfig) -> FastAPI:
         if library is not None:
             library.close()
 
-    app = FastAPI(title=f"histoclass: {card['name']}", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title=f"histoclass: {card['name']}",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     # Chunked bodies are cut off as they stream in; the guard (outermost) refuses announced ones unread.
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_request_bytes)
     app.add_middleware(
@@ -145,20 +169,35 @@ def create_app(settings: ServeConfig) -> FastAPI:
     app.state.card = card
     _docs(app)
 
-    async def read_images(request: Request, field: str, max_files: int) -> list[tuple[str, np.ndarray]]:
+    async def read_images(
+        request: Request, field: str, max_files: int
+    ) -> list[tuple[str, np.ndarray]]:
         """The request's images, size-checked from their headers, then decoded within the worker's budget."""
         uploads = await read_uploads(
-            request.headers.get("content-type"), request.stream(), field, settings.max_bytes, max_files
+            request.headers.get("content-type"),
+            request.stream(),
+            field,
+            settings.max_bytes,
+            max_files,
         )
         pixels, rejected = [], []
         for upload in uploads:
             try:
-                pixels.append(checked_pixels(upload.filename, upload.data, upload.size, settings.max_bytes, limit))
+                pixels.append(
+                    checked_pixels(
+                        upload.filename, upload.data, upload.size, settings.max_bytes, limit
+                    )
+                )
             except UploadRejected as error:
                 rejected.append(error)
         if not rejected and sum(pixels) > request_limit:
-            message = f"{sum(pixels) / 1e6:.0f} megapixels in one request; the limit is {request_limit / 1e6:g}"
-            rejected.append(UploadRejected(413, "(request)", message + " (send fewer images a request)"))
+            megapixels = sum(pixels) / 1e6
+            message = (
+                f"{megapixels:.0f} megapixels in one request; the limit is {request_limit / 1e6:g}"
+            )
+            rejected.append(
+                UploadRejected(413, "(request)", message + " (send fewer images a request)")
+            )
         if rejected:
             raise UploadsRejected(rejected)
         decoded = []
@@ -178,7 +217,9 @@ def create_app(settings: ServeConfig) -> FastAPI:
 
     async def decode(upload: Upload, pixels: int) -> tuple[str, np.ndarray]:
         async with budget.hold(pixels):
-            image = await run_in_threadpool(decode_resized, upload.filename, upload.data, image_size)
+            image = await run_in_threadpool(
+                decode_resized, upload.filename, upload.data, image_size
+            )
         return upload.filename, image
 
     @app.exception_handler(UploadsRejected)
@@ -187,13 +228,17 @@ def create_app(settings: ServeConfig) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        return _rejection([UploadRejected(error.status_code, "(request)", str(error.detail))], error.headers)
+        return _rejection(
+            [UploadRejected(error.status_code, "(request)", str(error.detail))], error.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ()))
-        return _rejection([UploadRejected(422, "(request)", f"{where}: {first.get('msg', 'invalid')}")])
+        return _rejection(
+            [UploadRejected(422, "(request)", f"{where}: {first.get('msg', 'invalid')}")]
+        )
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -213,10 +258,11 @@ def create_app(settings: ServeConfig) -> FastAPI:
     async def predict(request: Request):
         """Classify images: label, confidence, every class's probability and the prediction set for each.
 
-        ``prediction_set`` holds the true class with the model's stated coverage (``/api/model``); when it has
-        more than one class, ``uncertain`` is true: the model cannot tell those classes apart on this image.
-        ``shift_score`` (run directories) is the image's distance from the training images; ``unlike_training``
-        is true above the threshold 95% of unseen same-source images stay under: expect lower accuracy.
+        ``prediction_set`` holds the true class with the model's stated coverage (``/api/model``);
+        when it has more than one class, ``uncertain`` is true: the model cannot tell those classes
+        apart on this image. ``shift_score`` (run directories) is the image's distance from the
+        training images; ``unlike_training`` is true above the threshold 95% of unseen same-source
+        images stay under: expect lower accuracy.
         """
         images = await read_images(request, "files", settings.max_files)
         pixels = np.stack([image for _, image in images])
@@ -233,12 +279,15 @@ def create_app(settings: ServeConfig) -> FastAPI:
                 result |= {"shift_score": float(score), "unlike_training": unlike}
         return {"results": results}
 
-    @app.post("/api/explain", response_class=Response, openapi_extra=multipart_body("file", many=False))
+    @app.post(
+        "/api/explain", response_class=Response, openapi_extra=multipart_body("file", many=False)
+    )
     async def explain(request: Request) -> Response:
         """A PNG of the image with its Grad-CAM heatmap for the predicted class (run directories only)."""
         if not card["explain"]:
             raise HTTPException(
-                status_code=409, detail="heatmaps need a run directory (a PyTorch model), not an export"
+                status_code=409,
+                detail="heatmaps need a run directory (a PyTorch model), not an export",
             )
         [(_, pixels)] = await read_images(request, "file", 1)
         png, label = await batcher.call(explainer.explain, pixels)

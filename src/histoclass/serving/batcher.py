@@ -19,10 +19,18 @@ __all__ = ["MicroBatcher"]
 
 
 class MicroBatcher:
-    """Collects images for up to ``wait_ms`` (or ``max_batch`` images), predicts them together, answers each."""
+    """Collects images for up to ``wait_ms`` (or ``max_batch`` images), predicts them together,
+    answers each."""
 
-    def __init__(self, predictor: Predictor, tta: bool = False, max_batch: int = 64, wait_ms: float = 5.0) -> None:
-        self.predictor, self.tta, self.max_batch, self.wait = predictor, tta, max_batch, wait_ms / 1000
+    def __init__(
+        self, predictor: Predictor, tta: bool = False, max_batch: int = 64, wait_ms: float = 5.0
+    ) -> None:
+        self.predictor, self.tta, self.max_batch, self.wait = (
+            predictor,
+            tta,
+            max_batch,
+            wait_ms / 1000,
+        )
         self.queue: asyncio.Queue = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.task: asyncio.Task | None = None

@@ -25,17 +25,25 @@ OPEN_PREFIXES = ("/static/",)
 
 
 class RequestGuard:
-    """Answers 401 to requests outside :data:`OPEN_PATHS` without the key, 413 to announced oversize bodies, 408
-    to a client that stops sending its body for ``body_timeout`` seconds."""
+    """Answers 401 to requests outside :data:`OPEN_PATHS` without the key, 413 to announced oversize
+    bodies, 408 to a client that stops sending its body for ``body_timeout`` seconds."""
 
-    def __init__(self, app: Callable, api_key: str | None, max_bytes: int, body_timeout: float = 30.0) -> None:
-        self.app, self.api_key, self.max_bytes, self.body_timeout = app, api_key, max_bytes, body_timeout
+    def __init__(
+        self, app: Callable, api_key: str | None, max_bytes: int, body_timeout: float = 30.0
+    ) -> None:
+        self.app, self.api_key, self.max_bytes, self.body_timeout = (
+            app,
+            api_key,
+            max_bytes,
+            body_timeout,
+        )
 
     def _authorised(self, scope: dict, headers: dict[bytes, bytes]) -> bool:
         path = scope["path"]
         if not self.api_key or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
             return True
-        given = headers.get(API_KEY_HEADER.encode(), b"")  # the header's bytes as sent: UTF-8 keys match too
+        # the header's bytes as sent: UTF-8 keys match too
+        given = headers.get(API_KEY_HEADER.encode(), b"")
         if not given:
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
             given = query.get(API_KEY_PARAMETER, [""])[0].encode("utf-8", "replace")
@@ -53,7 +61,9 @@ class RequestGuard:
             )
         return None
 
-    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable) -> None:
+    async def __call__(
+        self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable
+    ) -> None:
         refusal = self._refusal(scope) if scope["type"] == "http" else None
         if refusal is not None:
             await _answer(send, *refusal)
@@ -67,7 +77,11 @@ class RequestGuard:
             """The app's answer, or 408 in its place when the body timed out (FastAPI turns it into a 400)."""
             if timer.expired and message["type"] == "http.response.start":
                 timer.replaced = True
-                await _answer(send, 408, f"no request body for {self.body_timeout:g} s; send the whole request")
+                await _answer(
+                    send,
+                    408,
+                    f"no request body for {self.body_timeout:g} s; send the whole request",
+                )
             elif not timer.replaced:
                 await send(message)
 

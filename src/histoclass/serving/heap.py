@@ -1,7 +1,8 @@
 """glibc's allocator, tuned for a server: few arenas, and freed pages handed back after large decodes.
 
-glibc gives each thread that allocates its own arena and keeps what they free; a server's many threads then hold
-on to memory long after a burst of large images (measured in docs/benchmarks.md). Other C libraries: no-ops.
+glibc gives each thread that allocates its own arena and keeps what they free; a server's many
+threads then hold on to memory long after a burst of large images (measured in docs/benchmarks.md).
+Other C libraries: no-ops.
 """
 
 from __future__ import annotations

@@ -26,10 +26,16 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as error:
         sock.close()
         if error.errno == errno.EADDRINUSE:
-            raise HistoclassError(f"--port: {port} is in use on {host}; pass another --port") from None
+            raise HistoclassError(
+                f"--port: {port} is in use on {host}; pass another --port"
+            ) from None
         if error.errno == errno.EACCES:
-            raise HistoclassError(f"--port: {port} needs administrator rights; pass a port above 1023") from None
-        raise HistoclassError(f"--host: cannot listen on {host}:{port} ({error.strerror})") from None
+            raise HistoclassError(
+                f"--port: {port} needs administrator rights; pass a port above 1023"
+            ) from None
+        raise HistoclassError(
+            f"--host: cannot listen on {host}:{port} ({error.strerror})"
+        ) from None
     sock.set_inheritable(True)
     return sock
 
@@ -46,13 +52,18 @@ def serve(settings: ServeConfig) -> None:
     app = create_app(settings)  # also builds a run's engine cache once, before any worker starts
     title = app.title.removeprefix("histoclass: ")
     url = f"http://{settings.host}:{settings.port}"
-    console.print(f"Serving {title} ({len(app.state.card['labels'])} classes) on [bold]{url}[/]  (API docs: /docs)")
+    console.print(
+        f"Serving {title} ({len(app.state.card['labels'])} classes) on [bold]{url}[/]  (API docs: /docs)"
+    )
     if settings.workers == 1:
         config = uvicorn.Config(app, log_level="warning")
         uvicorn.Server(config).run(sockets=[sock])
         return
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
     config = uvicorn.Config(
-        "histoclass.serving.app:create_app_from_env", factory=True, workers=settings.workers, log_level="warning"
+        "histoclass.serving.app:create_app_from_env",
+        factory=True,
+        workers=settings.workers,
+        log_level="warning",
     )
     Multiprocess(config, sockets=[sock]).run()

@@ -55,7 +55,10 @@ class _Parts:
 
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self._disposition)
-        if options.get(b"name", b"").decode("utf-8", "replace") != self.wanted or b"filename" not in options:
+        if (
+            options.get(b"name", b"").decode("utf-8", "replace") != self.wanted
+            or b"filename" not in options
+        ):
             return  # other form fields are not ours to read
         if len(self.uploads) == self.max_files:
             message = f"more than {self.max_files} files; the limit is {self.max_files} a request"
@@ -74,7 +77,14 @@ class _Parts:
             upload.data += data[start:end]
 
     def callbacks(self) -> dict:
-        names = ("part_begin", "header_field", "header_value", "header_end", "headers_finished", "part_data")
+        names = (
+            "part_begin",
+            "header_field",
+            "header_value",
+            "header_end",
+            "headers_finished",
+            "part_data",
+        )
         return {f"on_{name}": getattr(self, f"on_{name}") for name in names}
 
 
@@ -83,23 +93,32 @@ def _request_error(status: int, message: str) -> UploadsRejected:
 
 
 async def read_uploads(
-    content_type: str | None, body: AsyncIterator[bytes], wanted: str, max_bytes: int, max_files: int
+    content_type: str | None,
+    body: AsyncIterator[bytes],
+    wanted: str,
+    max_bytes: int,
+    max_files: int,
 ) -> list[Upload]:
     """The files sent in field ``wanted`` of a ``multipart/form-data`` body; raises :class:`UploadsRejected`
     (415 not multipart, 400 malformed, 413 too many files, 422 no file)."""
     kind, options = parse_options_header(content_type)
     if kind != b"multipart/form-data" or b"boundary" not in options:
         raise _request_error(
-            415, f"send the images as multipart/form-data in the field '{wanted}' (curl -F {wanted}=@cell.jpg)"
+            415,
+            f"send the images as multipart/form-data in the field '{wanted}' (curl -F {wanted}=@cell.jpg)",
         )
     parts = _Parts(wanted, max_bytes, max_files)
     try:
-        parser = MultipartParser(options[b"boundary"], parts.callbacks(), max_header_size=MAX_HEADER_BYTES)
+        parser = MultipartParser(
+            options[b"boundary"], parts.callbacks(), max_header_size=MAX_HEADER_BYTES
+        )
         async for chunk in body:
             parser.write(chunk)
         parser.finalize()
     except (FormParserError, ValueError) as error:
-        raise _request_error(400, f"malformed multipart body ({str(error).splitlines()[0][:120]})") from None
+        raise _request_error(
+            400, f"malformed multipart body ({str(error).splitlines()[0][:120]})"
+        ) from None
     if not parts.uploads:
         raise _request_error(422, f"no file in the field '{wanted}' (curl -F {wanted}=@cell.jpg)")
     return parts.uploads

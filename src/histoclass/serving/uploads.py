@@ -20,9 +20,17 @@ from PIL import Image
 from histoclass.data.images import EMPTY_FILE, IMAGE_EXTENSIONS, open_rgb, resize_square
 from histoclass.serving.heap import give_back_freed_memory
 
-__all__ = ["DecodeBudget", "UploadRejected", "UploadsRejected", "checked_pixels", "decode_resized", "kept_name"]
+__all__ = [
+    "DecodeBudget",
+    "UploadRejected",
+    "UploadsRejected",
+    "checked_pixels",
+    "decode_resized",
+    "kept_name",
+]
 
-#: Leading bytes of the formats we read: a file that starts like one but does not open is damaged, not foreign.
+# : Leading bytes of the formats we read: a file that starts like one but does not open is damaged,
+# not foreign.
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"II*\x00", b"MM\x00*", b"BM", b"RIFF", b"GIF8")
 
 
@@ -54,28 +62,39 @@ def kept_name(filename: str, unique: str) -> str:
     return f"{unique}-{clean}{re.sub(r'[^A-Za-z0-9.]+', '', suffix)}"
 
 
-def checked_pixels(filename: str, data: bytes | None, size: int, max_bytes: int, max_pixels: int) -> int:
+def checked_pixels(
+    filename: str, data: bytes | None, size: int, max_bytes: int, max_pixels: int
+) -> int:
     """The image's pixel count, read from its header only, once size and type are checked; raises
     :class:`UploadRejected`. ``data`` is ``None`` for a file that went past ``max_bytes`` (``size`` bytes)."""
     if data is None or size > max_bytes:
-        raise UploadRejected(413, filename, f"file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:g} MB")
+        raise UploadRejected(
+            413, filename, f"file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:g} MB"
+        )
     if not data:
         raise UploadRejected(422, filename, EMPTY_FILE)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit below says it
+            # the limit below says it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as probe:
                 width, height = probe.size
     except Image.DecompressionBombError as error:
         raise UploadRejected(413, filename, f"image has too many pixels ({error})") from None
     except (Image.UnidentifiedImageError, OSError):
         if data.startswith(_SIGNATURES):
-            raise UploadRejected(422, filename, "damaged image (its header is cut off or corrupt)") from None
+            raise UploadRejected(
+                422, filename, "damaged image (its header is cut off or corrupt)"
+            ) from None
         readable = ", ".join(sorted(extension[1:] for extension in IMAGE_EXTENSIONS))
-        raise UploadRejected(415, filename, f"not an image this server reads ({readable})") from None
+        raise UploadRejected(
+            415, filename, f"not an image this server reads ({readable})"
+        ) from None
     if width * height > max_pixels:
         raise UploadRejected(
-            413, filename, f"image is {width}x{height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels"
+            413,
+            filename,
+            f"image is {width}x{height} pixels; the limit is {max_pixels / 1e6:.0f} megapixels",
         )
     return width * height
 
@@ -85,10 +104,13 @@ def decode_resized(filename: str, data: bytes, size: int) -> np.ndarray:
     image lives only inside this call. Raises :class:`UploadRejected` (422) on damaged data."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked_pixels has bounded it
+            # checked_pixels has bounded it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             return resize_square(open_rgb(bytes(data), size), size)
     except Exception as error:  # truncated or corrupt data surfaces as many exception types
-        raise UploadRejected(422, filename, f"damaged image ({str(error).splitlines()[0][:120]})") from None
+        raise UploadRejected(
+            422, filename, f"damaged image ({str(error).splitlines()[0][:120]})"
+        ) from None
 
 
 class DecodeBudget:

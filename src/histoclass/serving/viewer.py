@@ -1,5 +1,6 @@
-"""The slide viewer: ``/slides`` (the page), and the API it reads: Deep Zoom tiles of the served folder's slides,
-the model's map of each (computed in the background when there is none) and the make-up of drawn regions.
+"""The slide viewer: ``/slides`` (the page), and the API it reads: Deep Zoom tiles of the served
+folder's slides, the model's map of each (computed in the background when there is none) and the
+make-up of drawn regions.
 
 Tiles, maps and regions are plain ``def`` routes: FastAPI runs them on its thread pool, so slide reads (which
 release the GIL) proceed in parallel and never block the event loop. The request guard's API key applies.
@@ -26,26 +27,35 @@ _EXTRA = "pip install 'histoclass[slides]'"
 
 
 def _answer(error: HistoclassError) -> HTTPException:
-    return HTTPException(status_code=404 if isinstance(error, SlideNotFound) else 422, detail=str(error))
+    return HTTPException(
+        status_code=404 if isinstance(error, SlideNotFound) else 422, detail=str(error)
+    )
 
 
 def check_slides(settings: ServeConfig) -> None:
     """One line (exit 2) before the model loads when ``--slides`` cannot be shown."""
     folder = Path(settings.slides)
     if not folder.is_dir():
-        raise HistoclassError(f"--slides: '{folder}' is not a folder; pass the folder that holds the slides")
+        raise HistoclassError(
+            f"--slides: '{folder}' is not a folder; pass the folder that holds the slides"
+        )
     if not has_slide_reader():
         raise HistoclassError(f"--slides: viewing slides needs OpenSlide or tiffslide: {_EXTRA}")
     if settings.workers > 1:  # each worker would map the same slide into the same folder at once
-        raise HistoclassError("--slides: maps are made by the serving process; serve slides with --workers 1")
+        raise HistoclassError(
+            "--slides: maps are made by the serving process; serve slides with --workers 1"
+        )
 
 
 def open_library(settings: ServeConfig, predictor: Predictor) -> SlideLibrary:
     """The slides of ``settings.slides``, mapped with ``predictor``."""
     check_slides(settings)
     folder = Path(settings.slides)
-    shift = predictor.shift is not None  # maps made here carry each tile's shift score where the run can
-    maps = SlideConfig(model=settings.model, slides=[str(folder)], out=settings.slide_maps, shift=shift)
+    # maps made here carry each tile's shift score where the run can
+    shift = predictor.shift is not None
+    maps = SlideConfig(
+        model=settings.model, slides=[str(folder)], out=settings.slide_maps, shift=shift
+    )
     return SlideLibrary(folder, Path(settings.slide_maps), predictor, maps)
 
 
@@ -66,7 +76,11 @@ def slide_router(library: SlideLibrary) -> APIRouter:
     @router.get("/api/slides")
     def slides() -> dict:
         """The slides of the served folder and whether each has a map."""
-        return {"slides": [{"name": name, "map": library.state(name).status} for name in library.names()]}
+        return {
+            "slides": [
+                {"name": name, "map": library.state(name).status} for name in library.names()
+            ]
+        }
 
     @router.get("/api/slides/{name:path}.dzi")
     def dzi(name: str) -> Response:
@@ -96,17 +110,23 @@ def slide_router(library: SlideLibrary) -> APIRouter:
         probabilities (and prediction set, where the run has them) in level-0 pixels."""
         guarded(library.path, name)
         state = library.state(name)
-        answer = {"status": state.status, "error": state.error, "tiles_done": library.progress(name)}
+        answer = {
+            "status": state.status,
+            "error": state.error,
+            "tiles_done": library.progress(name),
+        }
         return answer | guarded(library.map_json, name) if state.status == "done" else answer
 
     @router.post("/api/slides/{name:path}/region")
     def region(
         name: str,
-        polygon: list[list[float]] = Body(..., embed=True, description="[[x, y], ...] in level-0 pixels"),
+        polygon: list[list[float]] = Body(
+            ..., embed=True, description="[[x, y], ...] in level-0 pixels"
+        ),
         answer: Literal["json", "geojson"] = Query("json", alias="format"),
     ) -> Response:
-        """Tissue area and class make-up of the tiles whose centres lie in ``polygon``; ``?format=geojson``: the
-        region and those tiles as QuPath GeoJSON."""
+        """Tissue area and class make-up of the tiles whose centres lie in ``polygon``;
+        ``?format=geojson``: the region and those tiles as QuPath GeoJSON."""
         if answer == "geojson":
             text = guarded(library.region_geojson, name, polygon)
             headers = {"Content-Disposition": 'attachment; filename="region.geojson"'}

@@ -45,14 +45,20 @@ class FeatureStatistics(nn.Module):
 
 
 def feature_embedder(run_root: str | Path) -> Embedder:
-    """An embedder of the run's backbone statistics (an ensemble's first member: the members saw the same data)."""
+    """An embedder of the run's backbone statistics (an ensemble's first member: the members saw the
+    same data)."""
     model, info = load_model(run_root)
     classifier = model.members[0] if isinstance(model, Ensemble) else model
-    return Embedder(TorchEngine(FeatureStatistics(classifier.backbone).eval(), info, Path(run_root)))
+    return Embedder(
+        TorchEngine(FeatureStatistics(classifier.backbone).eval(), info, Path(run_root))
+    )
 
 
-def embed_sample(embedder: Embedder, records: ImageRecords, limit: int, seed: int = 0) -> np.ndarray:
-    """Features (M x D) of at most ``limit`` of ``records``, drawn at random with ``seed``; unreadable ones left out."""
+def embed_sample(
+    embedder: Embedder, records: ImageRecords, limit: int, seed: int = 0
+) -> np.ndarray:
+    """Features (M x D) of at most ``limit`` of ``records``, drawn at random with ``seed``;
+    unreadable ones left out."""
     if len(records) > limit:
         chosen = np.sort(np.random.default_rng(seed).choice(len(records), limit, replace=False))
         records = records.subset(chosen)

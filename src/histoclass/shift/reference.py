@@ -50,7 +50,8 @@ class ShiftReference:
         return unit_rows((np.asarray(features, np.float32) - self.center) / self.scale)
 
     def score(self, features: np.ndarray, chunk: int = 1024) -> np.ndarray:
-        """Shift scores (N,) of ``features`` (N x D): mean cosine distance to the k nearest reference images."""
+        """Shift scores (N,) of ``features`` (N x D): mean cosine distance to the k nearest
+        reference images."""
         features = self.standardize(features)
         k = min(self.k, len(self.features))
         scores = np.empty(len(features), np.float32)
@@ -91,7 +92,9 @@ class ShiftReference:
                     fitted_on=str(stored["fitted_on"]),
                 )
         except (OSError, KeyError, ValueError) as error:
-            raise HistoclassError(f"'{path}' is damaged ({error}); train the run again or delete the file") from None
+            raise HistoclassError(
+                f"'{path}' is damaged ({error}); train the run again or delete the file"
+            ) from None
 
 
 def fit_reference(
@@ -106,6 +109,8 @@ def fit_reference(
         raise HistoclassError("a shift reference needs reference and held-out images")
     reference = np.asarray(reference, np.float32)
     center, scale = reference.mean(axis=0), reference.std(axis=0) + 1e-6
-    draft = ShiftReference(unit_rows((reference - center) / scale), center, scale, k, float("inf"), quantile, fitted_on)
+    draft = ShiftReference(
+        unit_rows((reference - center) / scale), center, scale, k, float("inf"), quantile, fitted_on
+    )
     threshold = float(np.quantile(draft.score(held_out), quantile))
     return replace(draft, threshold=threshold)

@@ -20,8 +20,9 @@ REFERENCE_IMAGES = 2000
 
 
 class ShiftScorer:
-    """uint8 NHWC images at the model's size -> shift scores, with the run's reference. The run's backbone (and
-    torch) is loaded at the first score, so opening a run on a converted engine stays torch-free until then."""
+    """uint8 NHWC images at the model's size -> shift scores, with the run's reference. The run's
+    backbone (and torch) is loaded at the first score, so opening a run on a converted engine stays
+    torch-free until then."""
 
     def __init__(self, run_root: Path, reference: ShiftReference) -> None:
         self.run_root, self.reference = run_root, reference
@@ -45,9 +46,14 @@ def open_scorer(run_root: str | Path) -> ShiftScorer | None:
 
 
 def build_reference(
-    run: RunDir, reference: ImageRecords, held_out: ImageRecords, seed: int = 0, fitted_on: str = "train"
+    run: RunDir,
+    reference: ImageRecords,
+    held_out: ImageRecords,
+    seed: int = 0,
+    fitted_on: str = "train",
 ) -> ShiftReference | None:
-    """Embed ``reference`` and ``held_out`` images with the run's model, fit the threshold and save it in the run."""
+    """Embed ``reference`` and ``held_out`` images with the run's model, fit the threshold and save
+    it in the run."""
     from histoclass.shift.features import embed_sample, feature_embedder
 
     if len(reference) == 0 or len(held_out) == 0:

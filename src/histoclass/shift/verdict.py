@@ -18,8 +18,9 @@ def unlike_share(unlike: np.ndarray) -> float:
 def shift_verdict(unlike: np.ndarray, quantile: float, model: str) -> str | None:
     """One warning line when far more images are flagged than same-source images would be, else None.
 
-    Same-source images exceed the threshold ``1 - quantile`` of the time (5% by default); a warning needs three
-    times that share and at least a fifth of the batch, so a few odd images in a same-lab batch stay quiet.
+    Same-source images exceed the threshold ``1 - quantile`` of the time (5% by default); a warning
+    needs three times that share and at least a fifth of the batch, so a few odd images in a
+    same-lab batch stay quiet.
     """
     share, expected = unlike_share(unlike), 1.0 - quantile
     if len(unlike) < MIN_IMAGES or share < max(3 * expected, 0.2):
@@ -27,5 +28,6 @@ def shift_verdict(unlike: np.ndarray, quantile: float, model: str) -> str | None
     return (
         f"{share:.0%} of these {len(unlike)} images are unlike the training data (same-source images: "
         f"{expected:.0%}): expect lower accuracy; adapt the model to them with "
-        f"histoclass adapt {model} --data THESE_IMAGES (no labels needed), or --shots K with a few labelled ones"
+        f"histoclass adapt {model} --data THESE_IMAGES (no labels needed), or --shots K with a few "
+        "labelled ones"
     )

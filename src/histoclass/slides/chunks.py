@@ -1,10 +1,11 @@
 """Regions of a tiled TIFF pyramid (SVS, generic tiled TIFF) assembled from the file's own decoded tiles.
 
-OpenSlide paints every region through cairo into premultiplied ARGB: about 1.2 ms for a 256-pixel tile, of which
-the JPEG decode is 0.18 ms; tiffslide goes through zarr's event loop and takes about 1 ms. Decoding the TIFF's
-tiles with tifffile (libjpeg-turbo through imagecodecs) gives the same pixels five times cheaper, which is most
-of what a slide map costs besides the model. It is used only where it was checked: a slide's levels are matched
-to TIFF pages by size, and regions read both ways must be equal before any tile is read this way.
+OpenSlide paints every region through cairo into premultiplied ARGB: about 1.2 ms for a 256-pixel
+tile, of which the JPEG decode is 0.18 ms; tiffslide goes through zarr's event loop and takes about
+1 ms. Decoding the TIFF's tiles with tifffile (libjpeg-turbo through imagecodecs) gives the same
+pixels five times cheaper, which is most of what a slide map costs besides the model. It is used
+only where it was checked: a slide's levels are matched to TIFF pages by size, and regions read both
+ways must be equal before any tile is read this way.
 """
 
 from __future__ import annotations
@@ -52,9 +53,12 @@ def _readable(page: Any) -> bool:
 
 
 class TiffChunks:
-    """Regions at the levels whose pages were matched, answered like ``Slide.read`` (white outside the level)."""
+    """Regions at the levels whose pages were matched, answered like ``Slide.read`` (white outside
+    the level)."""
 
-    def __init__(self, path: Path, tiff: Any, levels: dict[int, _Level], downsamples: list[float]) -> None:
+    def __init__(
+        self, path: Path, tiff: Any, levels: dict[int, _Level], downsamples: list[float]
+    ) -> None:
         self.tiff, self.levels, self.downsamples = tiff, levels, downsamples
         self.handle = path.open("rb")
         self.lock = threading.Lock()
@@ -65,7 +69,8 @@ class TiffChunks:
         """The region, or None where this level or position is not read here (the slide's reader answers)."""
         found = self.levels.get(level)
         downsample = self.downsamples[level]
-        if found is None or x % downsample or y % downsample:  # OpenSlide interpolates between pixels there
+        # OpenSlide interpolates between pixels there
+        if found is None or x % downsample or y % downsample:
             return None
         left, top = int(x // downsample), int(y // downsample)
         out = np.full((height, width, 3), 255, np.uint8)
@@ -75,12 +80,15 @@ class TiffChunks:
         for row in range(max(top, 0) // found.tile_height, -(-bottom // found.tile_height)):
             for column in range(max(left, 0) // found.tile_width, -(-right // found.tile_width)):
                 tile = self._tile(level, found, row, column)
-                if tile is None:  # a tile the scanner left out reads as glass, as OpenSlide shows it
+                # a tile the scanner left out reads as glass, as OpenSlide shows it
+                if tile is None:
                     continue
                 y0, x0 = row * found.tile_height, column * found.tile_width
                 sy, sx = max(top, y0), max(left, x0)
                 ey, ex = min(bottom, y0 + tile.shape[0]), min(right, x0 + tile.shape[1])
-                out[sy - top : ey - top, sx - left : ex - left] = tile[sy - y0 : ey - y0, sx - x0 : ex - x0]
+                out[sy - top : ey - top, sx - left : ex - left] = tile[
+                    sy - y0 : ey - y0, sx - x0 : ex - x0
+                ]
         return out
 
     def _tile(self, level: int, found: _Level, row: int, column: int) -> np.ndarray | None:
@@ -94,7 +102,8 @@ class TiffChunks:
             self.handle.seek(offset)
             data = self.handle.read(count) if count else b""
         tile = None
-        if data:  # decoded outside the lock: imagecodecs releases the GIL, so reader threads decode in parallel
+        # decoded outside the lock: imagecodecs releases the GIL, so reader threads decode in parallel
+        if data:
             decoded = found.page.decode(data, index, **found.decode_args)[0]
             tile = np.asarray(decoded).reshape(decoded.shape[-3:])
         with self.lock:
@@ -132,7 +141,10 @@ def _probes(level: _Level, downsample: float) -> list[tuple[int, int, int, int]]
 
 def _agrees(chunks: TiffChunks, level: int, reference: Reader) -> bool:
     probes = _probes(chunks.levels[level], chunks.downsamples[level])
-    return all(np.array_equal(chunks.read(x, y, level, w, h), reference(x, y, level, w, h)) for x, y, w, h in probes)
+    return all(
+        np.array_equal(chunks.read(x, y, level, w, h), reference(x, y, level, w, h))
+        for x, y, w, h in probes
+    )
 
 
 def open_chunks(
@@ -140,13 +152,17 @@ def open_chunks(
 ) -> TiffChunks | None:
     """Direct tile reads for ``path`` where its pages hold the slide's levels and agree with ``reference``
     (the slide's own reader) pixel for pixel; None where not (another format, or any difference)."""
-    if importlib.util.find_spec("tifffile") is None or importlib.util.find_spec("imagecodecs") is None:
+    if (
+        importlib.util.find_spec("tifffile") is None
+        or importlib.util.find_spec("imagecodecs") is None
+    ):
         return None
     import tifffile
 
     try:
         tiff = tifffile.TiffFile(path)
-    except Exception:  # not a TIFF (MRXS, DICOM, ...), or one tifffile cannot parse: the reader stays
+    # not a TIFF (MRXS, DICOM, ...), or one tifffile cannot parse: the reader stays
+    except Exception:
         return None
     chunks = TiffChunks(path, tiff, {}, downsamples)
     try:
@@ -155,7 +171,8 @@ def open_chunks(
                 chunks.levels[level] = found
                 if not _agrees(chunks, level, reference):
                     del chunks.levels[level]
-    except Exception:  # a compression imagecodecs lacks, a damaged tile: the slide's reader reads it all
+    # a compression imagecodecs lacks, a damaged tile: the slide's reader reads it all
+    except Exception:
         chunks.levels = {}
     if not chunks.levels:
         chunks.close()

@@ -62,14 +62,17 @@ class DeepZoom:
 
     def _source_level(self, downsample: float) -> int:
         """The slide level with the most detail not finer than needed (at most ``downsample``)."""
-        fitting = [k for k, d in enumerate(self.slide.level_downsamples) if d <= downsample * 1.0001]
+        fitting = [
+            k for k, d in enumerate(self.slide.level_downsamples) if d <= downsample * 1.0001
+        ]
         return fitting[-1] if fitting else 0
 
     def tile_image(self, level: int, column: int, row: int) -> Image.Image:
         left, top, right, bottom = self._bounds(level, column, row)
         downsample = 2.0 ** (self.top - level)  # level-0 pixels per pixel of this level
         source = self._source_level(downsample)
-        factor = downsample / self.slide.level_downsamples[source]  # source pixels per pixel of this level
+        # source pixels per pixel of this level
+        factor = downsample / self.slide.level_downsamples[source]
         x0, y0 = round(left * downsample), round(top * downsample)
         width, height = math.ceil((right - left) * factor), math.ceil((bottom - top) * factor)
         region = Image.fromarray(self.slide.read(x0, y0, source, width, height))

@@ -1,9 +1,9 @@
 """Which tiles to cut: the pyramid level and tile size that match the resolution the model was trained at.
 
-A tile must show what a training image showed. With the training images' resolution (``--train-mpp`` at
-training, or ``--mpp`` here) and the slide's, a tile covers the same microns. It is read from the coarsest
-pyramid level that still has at least the model's input size in pixels (fewest pixels decoded, never enlarged),
-then resized to the model's input like any image.
+A tile must show what a training image showed. With the training images' resolution (``--train-mpp``
+at training, or ``--mpp`` here) and the slide's, a tile covers the same microns. It is read from the
+coarsest pyramid level that still has at least the model's input size in pixels (fewest pixels
+decoded, never enlarged), then resized to the model's input like any image.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class TileGrid:
 
 
 def _best_level(slide: Slide, wanted: float) -> int:
-    """The coarsest level whose downsample does not exceed ``wanted``: level-0 pixels per model-input pixel."""
+    """The coarsest level whose downsample does not exceed ``wanted``: level-0 pixels per
+    model-input pixel."""
     fitting = [i for i, d in enumerate(slide.level_downsamples) if d <= wanted * 1.001]
     return max(fitting, key=lambda i: slide.level_downsamples[i]) if fitting else 0
 
@@ -62,8 +63,14 @@ def _target_mpp(slide: Slide, info: ModelInfo, mpp: float | None) -> float | Non
     require_resolution(slide, mpp)
     target = mpp if mpp is not None else info.mpp
     if target is None or slide.mpp is None:
-        why = "the run has no training resolution (train with --train-mpp)" if target is None else "slide has none"
-        console.print(f"[yellow]tiling '{slide.path.name}' at a pyramid level, not a physical resolution: {why}[/]")
+        why = (
+            "the run has no training resolution (train with --train-mpp)"
+            if target is None
+            else "slide has none"
+        )
+        console.print(
+            f"[yellow]tiling '{slide.path.name}' at a pyramid level, not a physical resolution: {why}[/]"
+        )
         return None
     return target
 
@@ -78,7 +85,9 @@ def plan_grid(
 ) -> TileGrid:
     """The tiling of ``slide`` for a model described by ``info`` (see the module docstring)."""
     target = _target_mpp(slide, info, mpp) if level is None else None
-    tile = tile_size or (info.tile_pixels if target is not None and info.tile_pixels else info.image_size)
+    tile = tile_size or (
+        info.tile_pixels if target is not None and info.tile_pixels else info.image_size
+    )
     if overlap >= tile:
         raise HistoclassError(f"--overlap {overlap} must be smaller than the tile ({tile} pixels)")
     if target is not None:

@@ -1,8 +1,8 @@
 """The slides of one folder, as the viewer shows them: Deep Zoom pyramids, the model's map of each (read from
 ``histoclass slide``'s outputs, or computed in the background) and the make-up of a drawn region.
 
-Only the folder's slide files are ever opened: a requested name is looked up in the folder's own listing, never
-joined into a path.
+Only the folder's slide files are ever opened: a requested name is looked up in the folder's own
+listing, never joined into a path.
 """
 
 from __future__ import annotations
@@ -57,22 +57,34 @@ class SlideMap:
 class SlideLibrary:
     """The slides under ``folder``; maps live in ``maps`` (the folder ``histoclass slide --out`` writes)."""
 
-    def __init__(self, folder: Path, maps: Path, predictor: Predictor, settings: SlideConfig) -> None:
-        self.folder, self.index, self.predictor, self.settings = folder.resolve(), SlideIndex(maps), predictor, settings
+    def __init__(
+        self, folder: Path, maps: Path, predictor: Predictor, settings: SlideConfig
+    ) -> None:
+        self.folder, self.index, self.predictor, self.settings = (
+            folder.resolve(),
+            SlideIndex(maps),
+            predictor,
+            settings,
+        )
         self._open: dict[str, tuple[Slide, threading.Lock]] = {}
         self._states: dict[str, MapState] = {}
         self._lock = threading.Lock()
 
     def names(self) -> dict[str, Path]:
-        """Slide name (its path inside the folder, with ``/``) -> file, for every slide file in the folder (links
-        the folder's owner put there included): requests name one of these, and nothing else is opened."""
-        files = sorted(p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
+        """Slide name (its path inside the folder, with ``/``) -> file, for every slide file in the
+        folder (links the folder's owner put there included): requests name one of these, and
+        nothing else is opened."""
+        files = sorted(
+            p for p in self.folder.rglob("*") if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES
+        )
         return {p.relative_to(self.folder).as_posix(): p for p in files}
 
     def path(self, name: str) -> Path:
         found = self.names().get(name)
         if found is None:
-            raise SlideNotFound(f"no slide '{name}' in the served folder; GET /api/slides lists them")
+            raise SlideNotFound(
+                f"no slide '{name}' in the served folder; GET /api/slides lists them"
+            )
         return found
 
     def _slide(self, name: str) -> tuple[Slide, threading.Lock]:
@@ -99,11 +111,13 @@ class SlideLibrary:
         with lock:  # one reader per slide handle at a time; slides are read in parallel
             return DeepZoom(slide).tile_jpeg(level, column, row)
 
-    # -- maps --------------------------------------------------------------------------------------------------
+    # -- maps
+    # --------------------------------------------------------------------------------------------------
 
     def _out(self, name: str) -> SlideDir:
-        """Where the slide's map lives: ``MAPS/<file name without extension>``, as ``histoclass slide`` writes it;
-        a name that two slides share in the folder's sub-folders gets its path instead."""
+        """Where the slide's map lives: ``MAPS/<file name without extension>``, as ``histoclass
+        slide`` writes it; a name that two slides share in the folder's sub-folders gets its path
+        instead."""
         stem = Path(name).stem
         shared = sum(Path(other).stem == stem for other in self.names()) > 1
         return self.index.slide(str(Path(name).with_suffix("")) if shared else stem)
@@ -137,7 +151,10 @@ class SlideLibrary:
                 map_slide(self.predictor, path, self.index, self.settings)
                 state.status = "done"
             except Exception as error:  # any failure is shown on the page, the server goes on
-                state.status, state.error = "failed", str(error).splitlines()[0][:300] if str(error) else repr(error)
+                state.status, state.error = (
+                    "failed",
+                    str(error).splitlines()[0][:300] if str(error) else repr(error),
+                )
 
         state.status, state.error = "running", ""
         state.thread = threading.Thread(target=work, name=f"map {name}", daemon=True)
@@ -161,7 +178,9 @@ class SlideLibrary:
         end = 7 + len(labels)
         boxes = np.array([[int(v) for v in row[:4]] for row in rows], np.int64).reshape(-1, 4)
         tissue = np.array([float(row[4]) for row in rows])
-        probabilities = np.array([[float(v) for v in row[7:end]] for row in rows]).reshape(-1, len(labels))
+        probabilities = np.array([[float(v) for v in row[7:end]] for row in rows]).reshape(
+            -1, len(labels)
+        )
         step0 = int(json.loads(out.summary.read_text())["step_level0"])
         found = SlideMap(boxes, probabilities, tissue, step0)
         if header[end:] == SHIFT_COLUMNS:
@@ -172,14 +191,29 @@ class SlideLibrary:
     def map_json(self, name: str) -> dict:
         """Everything the overlay draws: the tile grid, each tile's probabilities and prediction set."""
         found, labels = self.slide_map(name), self.predictor.labels
-        sets = self.predictor.prediction_sets(found.probabilities) if len(found.probabilities) else None
+        sets = (
+            self.predictor.prediction_sets(found.probabilities)
+            if len(found.probabilities)
+            else None
+        )
 
         def tile(i: int) -> list:
-            """[x, y, width, height, tissue, probabilities, prediction set or None, [shift, unlike] or None]."""
+            """[x, y, width, height, tissue, probabilities, prediction set or None, [shift, unlike]
+            or None]."""
             members = None if sets is None else [labels[k] for k in np.flatnonzero(sets[i])]
-            shift = None if found.shift is None else [round(float(found.shift[i]), 4), bool(found.unlike[i])]
+            shift = (
+                None
+                if found.shift is None
+                else [round(float(found.shift[i]), 4), bool(found.unlike[i])]
+            )
             probabilities = [round(float(p), 4) for p in found.probabilities[i]]
-            return [*found.boxes[i].tolist(), round(float(found.tissue[i]), 4), probabilities, members, shift]
+            return [
+                *found.boxes[i].tolist(),
+                round(float(found.tissue[i]), 4),
+                probabilities,
+                members,
+                shift,
+            ]
 
         colours = [list(c) for c in class_colours(labels)]
         return {
@@ -195,10 +229,16 @@ class SlideLibrary:
             raise HistoclassError("a region needs at least 3 points (a rectangle: its 4 corners)")
         found = self.slide_map(name)
         centres = found.boxes[:, :2] + found.boxes[:, 2:] / 2
-        inside = Polygon(np.asarray(polygon, float)).contains_points(centres) if len(centres) else np.zeros(0, bool)
+        inside = (
+            Polygon(np.asarray(polygon, float)).contains_points(centres)
+            if len(centres)
+            else np.zeros(0, bool)
+        )
         slide, _ = self._slide(name)
         labels = self.predictor.labels
-        summary = summarise(found.probabilities[inside], found.tissue[inside], labels, found.step0, slide.mpp)
+        summary = summarise(
+            found.probabilities[inside], found.tissue[inside], labels, found.step0, slide.mpp
+        )
         return summary, found, inside
 
     def region_geojson(self, name: str, polygon: list[list[float]]) -> str:

@@ -12,11 +12,20 @@ from PIL import Image, ImageDraw
 
 __all__ = ["class_colours", "class_heatmap", "geojson", "label_heatmap", "png_bytes", "summarise"]
 
-#: Tableau's ten colours, then evenly spaced hues: distinct for the first ten classes, as QuPath's defaults are.
+# : Tableau's ten colours, then evenly spaced hues: distinct for the first ten classes, as QuPath's
+# defaults are.
 _TABLEAU = [
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-]  # fmt: skip
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 _ALPHA = 0.5
 _BAND = 256  # thumbnail rows blended at once
 
@@ -30,30 +39,43 @@ def class_colours(labels: Sequence[str]) -> list[tuple[int, int, int]]:
     return colours[: len(labels)]
 
 
-def _tile_pixels(boxes: np.ndarray, scale: float, shape: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+def _tile_pixels(
+    boxes: np.ndarray, scale: float, shape: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
     """Each level-0 box as (x0, y0, x1, y1) on a thumbnail ``scale`` times smaller (at least one pixel)."""
     height, width = shape
     out = []
     for x, y, w, h in boxes:
         x0, y0 = min(int(x / scale), width - 1), min(int(y / scale), height - 1)
         out.append(
-            (x0, y0, max(x0 + 1, min(width, round((x + w) / scale))), max(y0 + 1, min(height, round((y + h) / scale))))
+            (
+                x0,
+                y0,
+                max(x0 + 1, min(width, round((x + w) / scale))),
+                max(y0 + 1, min(height, round((y + h) / scale))),
+            )
         )
     return out
 
 
-def _paint(thumbnail: np.ndarray, boxes: np.ndarray, colours: np.ndarray, scale: float) -> np.ndarray:
+def _paint(
+    thumbnail: np.ndarray, boxes: np.ndarray, colours: np.ndarray, scale: float
+) -> np.ndarray:
     """The thumbnail with each tile blended with its colour (N x 3 uint8), a band of rows at a time: a 16k
     thumbnail would need gigabytes as one float image."""
     colour = np.zeros_like(thumbnail)
     painted = np.zeros(thumbnail.shape[:2], bool)
-    for (x0, y0, x1, y1), c in zip(_tile_pixels(boxes, scale, thumbnail.shape[:2]), colours, strict=True):
+    for (x0, y0, x1, y1), c in zip(
+        _tile_pixels(boxes, scale, thumbnail.shape[:2]), colours, strict=True
+    ):
         colour[y0:y1, x0:x1] = c
         painted[y0:y1, x0:x1] = True
     out = thumbnail.copy()
     for top in range(0, out.shape[0], _BAND):
         rows, mask = out[top : top + _BAND], painted[top : top + _BAND]
-        blended = (1 - _ALPHA) * rows[mask].astype(np.float32) + _ALPHA * colour[top : top + _BAND][mask]
+        blended = (1 - _ALPHA) * rows[mask].astype(np.float32) + _ALPHA * colour[top : top + _BAND][
+            mask
+        ]
         rows[mask] = blended.round().astype(np.uint8)
     return out
 
@@ -75,7 +97,11 @@ def _with_legend(image: np.ndarray, entries: list[tuple[str, tuple[int, int, int
 
 
 def label_heatmap(
-    thumbnail: np.ndarray, boxes: np.ndarray, predicted: np.ndarray, labels: Sequence[str], scale: float
+    thumbnail: np.ndarray,
+    boxes: np.ndarray,
+    predicted: np.ndarray,
+    labels: Sequence[str],
+    scale: float,
 ) -> Image.Image:
     """Each tile in its predicted class's colour over the thumbnail, with a legend."""
     colours = np.array(class_colours(labels), np.uint8)
@@ -87,10 +113,14 @@ def class_heatmap(
     thumbnail: np.ndarray, boxes: np.ndarray, probability: np.ndarray, label: str, scale: float
 ) -> Image.Image:
     """Each tile coloured by P(``label``) (viridis, 0 to 1) over a greyed thumbnail, with a legend."""
-    grey = np.repeat((thumbnail.sum(axis=2, dtype=np.uint16, keepdims=True) // 3).astype(np.uint8), 3, axis=2)
+    grey = np.repeat(
+        (thumbnail.sum(axis=2, dtype=np.uint16, keepdims=True) // 3).astype(np.uint8), 3, axis=2
+    )
     cmap = matplotlib.colormaps["viridis"]
     colours = (np.asarray(cmap(probability))[:, :3] * 255).round().astype(np.uint8)
-    stops = [(f"P({label}) = {v:.1f}", tuple(int(255 * c) for c in cmap(v)[:3])) for v in (0.0, 0.5, 1.0)]
+    stops = [
+        (f"P({label}) = {v:.1f}", tuple(int(255 * c) for c in cmap(v)[:3])) for v in (0.0, 0.5, 1.0)
+    ]
     return _with_legend(_paint(grey, boxes, colours, scale), stops)
 
 
@@ -102,7 +132,10 @@ def png_bytes(image: Image.Image | np.ndarray) -> bytes:
 
 
 def geojson(
-    boxes: np.ndarray, probabilities: np.ndarray, labels: Sequence[str], annotations: Sequence[dict] = ()
+    boxes: np.ndarray,
+    probabilities: np.ndarray,
+    labels: Sequence[str],
+    annotations: Sequence[dict] = (),
 ) -> Iterator[str]:
     """A FeatureCollection of tile polygons in level-0 pixels, classified and measured as QuPath imports them,
     as text one feature a line: a slide's hundred thousand tiles never sit in memory as one document.
@@ -111,7 +144,9 @@ def geojson(
     yield '{"type": "FeatureCollection", "features": [\n'
     for i, feature in enumerate(annotations):
         yield ("," if i else "") + json.dumps(feature) + "\n"
-    for i, ((x, y, w, h), probs) in enumerate(zip(boxes.tolist(), probabilities, strict=True), start=len(annotations)):
+    for i, ((x, y, w, h), probs) in enumerate(
+        zip(boxes.tolist(), probabilities, strict=True), start=len(annotations)
+    ):
         k = int(np.argmax(probs))
         ring = [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]
         feature = {
@@ -120,7 +155,10 @@ def geojson(
             "properties": {
                 "objectType": "tile",
                 "classification": {"name": labels[k], "color": list(colours[k])},
-                "measurements": {f"prob_{label}": round(float(p), 6) for label, p in zip(labels, probs, strict=True)},
+                "measurements": {
+                    f"prob_{label}": round(float(p), 6)
+                    for label, p in zip(labels, probs, strict=True)
+                },
             },
         }
         yield ("," if i else "") + json.dumps(feature) + "\n"
@@ -128,7 +166,11 @@ def geojson(
 
 
 def summarise(
-    probabilities: np.ndarray, tissue: np.ndarray, labels: Sequence[str], step0: int, mpp: float | None
+    probabilities: np.ndarray,
+    tissue: np.ndarray,
+    labels: Sequence[str],
+    step0: int,
+    mpp: float | None,
 ) -> dict:
     """Tiles, tissue area and mean probability per class. A tile's area is its grid step (overlaps counted
     once) times its tissue share, so the class areas add up to the tissue area."""

@@ -1,8 +1,9 @@
 """Where the tissue is: Otsu on a thumbnail's saturation and grey level, closed, specks removed, holes filled.
 
-Stained tissue is coloured or darker than the glass, which is bright and grey; a pixel is tissue when either
-says so, each with a floor (saturation 20, grey 230) so a slide with only glass gives an empty mask, not noise.
-Closing joins the cells and fibres of one piece of tissue; specks (dust) go, small holes (lumina) are filled.
+Stained tissue is coloured or darker than the glass, which is bright and grey; a pixel is tissue
+when either says so, each with a floor (saturation 20, grey 230) so a slide with only glass gives an
+empty mask, not noise. Closing joins the cells and fibres of one piece of tissue; specks (dust) go,
+small holes (lumina) are filled.
 """
 
 from __future__ import annotations
@@ -53,7 +54,11 @@ def _closed(mask: np.ndarray, side: int) -> np.ndarray:
 
 def tissue_mask(thumbnail: np.ndarray) -> np.ndarray:
     """Booleans, True on tissue, for a uint8 H x W x 3 thumbnail."""
-    smooth = ndimage.uniform_filter(thumbnail.astype(np.float32), size=(3, 3, 1)).round().astype(np.uint8)
+    smooth = (
+        ndimage.uniform_filter(thumbnail.astype(np.float32), size=(3, 3, 1))
+        .round()
+        .astype(np.uint8)
+    )
     saturation, grey = _saturation(smooth), smooth.mean(axis=2).round().astype(np.uint8)
     coloured = saturation > max(otsu_threshold(saturation), MIN_SATURATION)
     dark = grey < min(otsu_threshold(grey), MAX_GREY)

@@ -50,12 +50,18 @@ class TwoPhaseFinetuning(Callback):
     def _trainable_names(self, blocks: list[list[str]], phase: int) -> set[str]:
         if phase == 1:
             return set()
-        chosen = blocks if self.unfreeze_last == "all" else blocks[len(blocks) - int(self.unfreeze_last) :]
+        chosen = (
+            blocks
+            if self.unfreeze_last == "all"
+            else blocks[len(blocks) - int(self.unfreeze_last) :]
+        )
         return {name for block in chosen for name in block} if self.unfreeze_last != 0 else set()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         model = pl_module.model
-        trainable = self._trainable_names(model.blocks, phase_of(trainer.current_epoch, self.phase1_epochs))
+        trainable = self._trainable_names(
+            model.blocks, phase_of(trainer.current_epoch, self.phase1_epochs)
+        )
         for name, parameter in model.backbone.named_parameters():
             parameter.requires_grad_(name in trainable)
         for module in model.backbone.modules():
@@ -104,7 +110,8 @@ class HistoryWriter(Callback):
         if not self._validated:  # an epoch cut short by a stop request has no validation row
             return
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
-        groups = trainer.optimizers[0].param_groups if trainer.optimizers else []  # a k-NN probe has none
+        # a k-NN probe has none
+        groups = trainer.optimizers[0].param_groups if trainer.optimizers else []
         row = {
             "epoch": trainer.current_epoch + 1,
             "phase": phase_of(trainer.current_epoch, self.phase1_epochs),
@@ -119,7 +126,8 @@ class HistoryWriter(Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints go to a temporary file first and are renamed into place: a crash never leaves half a file."""
+    """Checkpoints go to a temporary file first and are renamed into place: a crash never leaves
+    half a file."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         with atomic_path(path) as tmp:
@@ -153,7 +161,10 @@ class GracefulStop(Callback):
         if self.requested:
             os._exit(128 + signum)
         self.requested = True
-        print(f"\nhistoclass: signal {signum}: saving a checkpoint after this batch (again to stop now)", flush=True)
+        print(
+            f"\nhistoclass: signal {signum}: saving a checkpoint after this batch (again to stop now)",
+            flush=True,
+        )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if threading.current_thread() is threading.main_thread():
@@ -172,10 +183,16 @@ class GracefulStop(Callback):
 
 
 class DistributedSummary(Callback):
-    """Prints the effective batch size, the learning rate and the precision in use once the processes are known."""
+    """Prints the effective batch size, the learning rate and the precision in use once the
+    processes are known."""
 
     def __init__(self, batch_size: int, lr: float, scaled: bool, precision_note: str = "") -> None:
-        self.batch_size, self.lr, self.scaled, self.precision_note = batch_size, lr, scaled, precision_note
+        self.batch_size, self.lr, self.scaled, self.precision_note = (
+            batch_size,
+            lr,
+            scaled,
+            precision_note,
+        )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
@@ -183,29 +200,40 @@ class DistributedSummary(Callback):
             lr = self.lr * world if self.scaled else self.lr
             how = f"scaled x{world} (--set train.scale_lr=true)" if self.scaled else "not scaled"
             print(
-                f"{world} process(es) x {self.batch_size} images = effective batch {world * self.batch_size}; "
+                f"{world} process(es) x {self.batch_size} images = effective batch "
+                f"{world * self.batch_size}; "
                 f"lr {lr:g} ({how}); precision {trainer.precision}{self.precision_note}",
                 flush=True,
             )
 
 
 class RelocatableCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose saved state names files, not absolute paths: a moved or copied run directory
-    resumes with its own best checkpoint and best score (Lightning drops both when the folder's path changed)."""
+    """``ModelCheckpoint`` whose saved state names files, not absolute paths: a moved or copied run
+    directory resumes with its own best checkpoint and best score (Lightning drops both when the
+    folder's path changed)."""
 
     _PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
     def state_dict(self) -> dict:
         state = super().state_dict()
         state |= {key: Path(state[key]).name if state[key] else "" for key in self._PATHS}
-        state["best_k_models"] = {Path(path).name: score for path, score in state["best_k_models"].items()}
+        state["best_k_models"] = {
+            Path(path).name: score for path, score in state["best_k_models"].items()
+        }
         return state | {"dirpath": "."}
 
     def load_state_dict(self, state_dict: dict) -> None:
         folder = Path(self.dirpath)
-        here = {key: str(folder / Path(state_dict[key]).name) if state_dict.get(key) else "" for key in self._PATHS}
-        models = {str(folder / Path(p).name): v for p, v in state_dict.get("best_k_models", {}).items()}
-        super().load_state_dict(state_dict | here | {"dirpath": self.dirpath, "best_k_models": models})
+        here = {
+            key: str(folder / Path(state_dict[key]).name) if state_dict.get(key) else ""
+            for key in self._PATHS
+        }
+        models = {
+            str(folder / Path(p).name): v for p, v in state_dict.get("best_k_models", {}).items()
+        }
+        super().load_state_dict(
+            state_dict | here | {"dirpath": self.dirpath, "best_k_models": models}
+        )
 
 
 class RunClock(Callback):

@@ -19,7 +19,12 @@ class HistoDataModule(L.LightningDataModule):
     """
 
     def __init__(
-        self, train: ImageDataset, val: ImageDataset, batch_size: int, workers: int | None = None, seed: int = 0
+        self,
+        train: ImageDataset,
+        val: ImageDataset,
+        batch_size: int,
+        workers: int | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.train_set, self.val_set = train, val
@@ -33,12 +38,20 @@ class HistoDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         replicas, rank = self._shard()
-        sampler = DistributedSampler(self.train_set, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
+        sampler = DistributedSampler(
+            self.train_set, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed
+        )
         # A last batch of one image breaks BatchNorm in training mode: drop only that one.
         lonely = len(sampler) % self.batch_size == 1
-        return batch_loader(self.train_set, self.batch_size, sampler, self.workers, lonely, persistent=True)
+        return batch_loader(
+            self.train_set, self.batch_size, sampler, self.workers, lonely, persistent=True
+        )
 
     def val_dataloader(self) -> DataLoader:
         replicas, rank = self._shard()
-        sampler = None if replicas == 1 else UnrepeatedDistributedSampler(self.val_set, replicas, rank, shuffle=False)
+        sampler = (
+            None
+            if replicas == 1
+            else UnrepeatedDistributedSampler(self.val_set, replicas, rank, shuffle=False)
+        )
         return batch_loader(self.val_set, self.batch_size, sampler, self.workers, persistent=True)

@@ -40,8 +40,8 @@ def _stop_summary(callbacks: RunCallbacks, rows: list[dict], config: Config) -> 
 
 
 def validation_logits(run: RunDir, records: ImageRecords) -> tuple[np.ndarray, np.ndarray]:
-    """Raw logits (N x views x C) of the saved model on the validation images, through the inference path, with
-    the default test-time views; and the images' labels."""
+    """Raw logits (N x views x C) of the saved model on the validation images, through the inference
+    path, with the default test-time views; and the images' labels."""
     predictor = open_predictor(run.root, "torch", shift=False)
     indices, logits = [], []
     with console.status("Predicting the validation split"):
@@ -54,11 +54,15 @@ def validation_logits(run: RunDir, records: ImageRecords) -> tuple[np.ndarray, n
 def calibrate_on_validation(
     run: RunDir, info: ModelInfo, logits: np.ndarray, labels: np.ndarray, config: Config
 ) -> dict:
-    """Fit temperature and prediction sets on the validation split's :func:`validation_logits`, store them in the
-    run's model description, and return the before/after figures for ``metrics.json``."""
+    """Fit temperature and prediction sets on the validation split's :func:`validation_logits`,
+    store them in the run's model description, and return the before/after figures for
+    ``metrics.json``."""
     calibration = fit_calibration(logits, labels, config.train.coverage, config.train.mondrian)
     info.model_copy(update={"calibration": calibration}).save(run.model_info)
-    before, after = calibrated_probabilities(logits), calibrated_probabilities(logits, calibration.temperature)
+    before, after = (
+        calibrated_probabilities(logits),
+        calibrated_probabilities(logits, calibration.temperature),
+    )
     figures = {
         "temperature": calibration.temperature,
         "ece_before": expected_calibration_error(labels, before),
@@ -75,26 +79,39 @@ def calibrate_on_validation(
     return figures
 
 
-def finish_run(plan: TrainingPlan, module: ClassifierModule, info: ModelInfo, callbacks: RunCallbacks) -> None:
+def finish_run(
+    plan: TrainingPlan, module: ClassifierModule, info: ModelInfo, callbacks: RunCallbacks
+) -> None:
     """Best weights -> the run's model files (calibrated, with the shift score's reference), best epoch ->
     metrics.json, history -> curves."""
     run, config = plan.run, plan.config
     if run.best_checkpoint.is_file():
-        # Read through the trainer's own checkpoint IO (weights only). ``trainer.validate(ckpt_path=...)`` would
-        # load it too, but runs on every DDP process while this runs on rank 0 alone, after the fit.
+        # Read through the trainer's own checkpoint IO (weights only).
+        # ``trainer.validate(ckpt_path=...)`` would load it too, but runs on every DDP process while
+        # this runs on rank 0 alone, after the fit.
         state = AtomicCheckpointIO().load_checkpoint(run.best_checkpoint)["state_dict"]
         module.load_state_dict(state, strict=False)
     save_model(module.evaluated, info, run.root)
     rows = read_history(run.history)
     best_row = min(rows, key=lambda r: float(r["val_loss"]))
-    metrics = {key: float(value) for key, value in best_row.items() if key not in ("epoch", "phase", "seconds")}
+    metrics = {
+        key: float(value)
+        for key, value in best_row.items()
+        if key not in ("epoch", "phase", "seconds")
+    }
     stopped = _stop_summary(callbacks, rows, config)
     metrics |= {"best_epoch": int(best_row["epoch"]), "epochs_run": len(rows), **stopped}
-    metrics["calibration"] = calibrate_on_validation(run, info, *validation_logits(run, plan.val_records), config)
+    metrics["calibration"] = calibrate_on_validation(
+        run, info, *validation_logits(run, plan.val_records), config
+    )
     # A probe reads cached embeddings and trains in seconds: a pass of the backbone over the images would undo
     # that, so probes carry no shift score (yet).
     seed = config.train.seed
-    reference = None if config.train.probe else build_reference(run, plan.train_records, plan.val_records, seed)
+    reference = (
+        None
+        if config.train.probe
+        else build_reference(run, plan.train_records, plan.val_records, seed)
+    )
     if reference is not None:
         metrics["shift_threshold"] = reference.threshold
     metrics["train_seconds"] = round(callbacks.clock.seconds, 1)

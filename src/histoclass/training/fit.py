@@ -1,5 +1,6 @@
-"""Fitting one run directory: backbone + new head trained by Lightning on given training and validation images,
-then finished (best weights saved, calibrated, metrics written). The train job calls it once, or once per fold."""
+"""Fitting one run directory: backbone + new head trained by Lightning on given training and
+validation images, then finished (best weights saved, calibrated, metrics written). The train job
+calls it once, or once per fold."""
 
 from __future__ import annotations
 
@@ -69,11 +70,15 @@ def fit_stain(config: Config) -> StainNormalization | None:
     try:
         target = load_resized(data.stain_target, data.image_size)
     except (OSError, ValueError) as error:
-        raise HistoclassError(f"--stain-target: cannot read '{data.stain_target}' as an image ({error})") from None
+        raise HistoclassError(
+            f"--stain-target: cannot read '{data.stain_target}' as an image ({error})"
+        ) from None
     try:
         return StainNormalization.fit(data.stain_normalize, target)
     except ValueError as error:
-        raise HistoclassError(f"--stain-target '{data.stain_target}': {error}; choose a well-stained image") from None
+        raise HistoclassError(
+            f"--stain-target '{data.stain_target}': {error}; choose a well-stained image"
+        ) from None
 
 
 def _datasets(plan: TrainingPlan) -> tuple[ImageDataset, ImageDataset]:
@@ -84,8 +89,11 @@ def _datasets(plan: TrainingPlan) -> tuple[ImageDataset, ImageDataset]:
     with console.status(f"Decoding images into the {cache} cache (once)"):
         pixels = [decoded_cache(records, size, cache) for records in (train, val)]
     if stain is not None:
-        with console.status(f"Normalising the stain of {sum(len(p) for p in pixels)} images ({stain.method}, once)"):
-            pixels = [stain.apply(p) for p in pixels]  # into memory: a cache on disk stays as the images are
+        with console.status(
+            f"Normalising the stain of {sum(len(p) for p in pixels)} images ({stain.method}, once)"
+        ):
+            # into memory: a cache on disk stays as the images are
+            pixels = [stain.apply(p) for p in pixels]
     return ImageDataset(train, size, pixels[0]), ImageDataset(val, size, pixels[1])
 
 
@@ -93,11 +101,15 @@ def _build_parts(plan: TrainingPlan) -> tuple[L.LightningModule, L.LightningData
     """The module and data the fit runs: images for fine-tuning, cached embeddings for a probe."""
     config, backbone, classes = plan.config, plan.backbone, plan.classes
     cfg = config.model
-    model = Classifier(backbone, create_head(cfg.head, backbone.num_features, len(classes), cfg.dropout))
+    model = Classifier(
+        backbone, create_head(cfg.head, backbone.num_features, len(classes), cfg.dropout)
+    )
     balanced = config.train.class_weights == "balanced"
     weights = _balanced_weights(plan.train_records, len(classes)) if balanced else None
     if config.train.probe:
-        return probe_parts(config, model, backbone, len(classes), plan.train_records, plan.val_records, weights)
+        return probe_parts(
+            config, model, backbone, len(classes), plan.train_records, plan.val_records, weights
+        )
     module = ClassifierModule(
         model,
         config.train,
@@ -108,7 +120,9 @@ def _build_parts(plan: TrainingPlan) -> tuple[L.LightningModule, L.LightningData
     )
     train_set, val_set = _datasets(plan)
     data = config.data
-    return module, HistoDataModule(train_set, val_set, data.batch_size, data.workers, seed=config.train.seed)
+    return module, HistoDataModule(
+        train_set, val_set, data.batch_size, data.workers, seed=config.train.seed
+    )
 
 
 def _typical_side(records: ImageRecords, sample: int = 32) -> int | None:
@@ -151,7 +165,9 @@ def fit_run(plan: TrainingPlan) -> bool:
     with _shared_run_dir(run):
         trainer.fit(module, datamodule=datamodule, ckpt_path=plan.checkpoint)
     if trainer.interrupted or run_callbacks.stop.requested:
-        raise Interrupted(f"the last checkpoint is saved; continue with histoclass train --resume {run.root}")
+        raise Interrupted(
+            f"the last checkpoint is saved; continue with histoclass train --resume {run.root}"
+        )
     finished = trainer.is_global_zero
     if finished:
         finish_run(plan, module, _model_info(plan, module), run_callbacks)

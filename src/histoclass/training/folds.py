@@ -1,11 +1,12 @@
 """``train --folds K``: K cross-validation folds, one complete run directory each, and their ensemble as the
 run's model.
 
-The run's validation split (the one a single run would validate on) is held out from every fold. The folds split
-the rest into K group-aware parts; fold k trains on the other parts and picks its checkpoint on part k. The
-ensemble (the mean of the folds' probabilities) never saw the held-out split, so it is calibrated and scored
-there. ``metrics.json`` holds the ensemble's figures at the top, like a single run's, and the folds' own
-validation figures as mean ± sd. An interrupted run resumes at the fold it stopped in.
+The run's validation split (the one a single run would validate on) is held out from every fold. The
+folds split the rest into K group-aware parts; fold k trains on the other parts and picks its
+checkpoint on part k. The ensemble (the mean of the folds' probabilities) never saw the held-out
+split, so it is calibrated and scored there. ``metrics.json`` holds the ensemble's figures at the
+top, like a single run's, and the folds' own validation figures as mean ± sd. An interrupted run
+resumes at the fold it stopped in.
 """
 
 from __future__ import annotations
@@ -38,18 +39,37 @@ from histoclass.training.split import recorded_split
 __all__ = ["FOLD_KEYS", "train_folds"]
 
 #: The per-fold figures summarised as mean ± sd.
-FOLD_KEYS = ("val_accuracy", "val_macro_f1", "val_macro_precision", "val_macro_recall", "val_loss", "best_epoch")
+FOLD_KEYS = (
+    "val_accuracy",
+    "val_macro_f1",
+    "val_macro_precision",
+    "val_macro_recall",
+    "val_loss",
+    "best_epoch",
+)
 #: The ensemble's figures on the held-out split, named as a single run names its validation figures.
-ENSEMBLE_KEYS = ("accuracy", "balanced_accuracy", "macro_precision", "macro_recall", "macro_f1", "roc_auc", "log_loss")
+ENSEMBLE_KEYS = (
+    "accuracy",
+    "balanced_accuracy",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "roc_auc",
+    "log_loss",
+)
 
 
 def _fold_config(config: Config, k: int) -> Config:
-    """Fold ``k``'s config: one process (folds run one after another), its own seed, its run under ``folds/``."""
+    """Fold ``k``'s config: one process (folds run one after another), its own seed, its run under
+    ``folds/``."""
     train = config.train.model_copy(
         update={"folds": 1, "seed": config.train.seed + k - 1, "devices": "1"},
     )
     run = config.run.model_copy(
-        update={"name": str(k), "runs_dir": str(Path(config.run.runs_dir) / str(config.run.name) / "folds")}
+        update={
+            "name": str(k),
+            "runs_dir": str(Path(config.run.runs_dir) / str(config.run.name) / "folds"),
+        }
     )
     return config.model_copy(update={"train": train, "run": run})
 
@@ -60,7 +80,9 @@ def _fold_records(
     """Fold ``k``'s training and validation images: as its ``split.csv`` recorded them once it has one."""
     if fold.split.is_file():
         return recorded_split(report, fold)
-    return pool.subset(np.flatnonzero(numbers != k - 1)), pool.subset(np.flatnonzero(numbers == k - 1))
+    return pool.subset(np.flatnonzero(numbers != k - 1)), pool.subset(
+        np.flatnonzero(numbers == k - 1)
+    )
 
 
 def train_folds(plan: TrainingPlan) -> None:
@@ -80,7 +102,9 @@ def train_folds(plan: TrainingPlan) -> None:
         if checkpoint is None:
             fold.root.mkdir(parents=True, exist_ok=True)
             write_run_header(fold_plan)
-        console.rule(f"fold {k} of {folds}: {len(train_records)} training images, {len(val_records)} validating")
+        console.rule(
+            f"fold {k} of {folds}: {len(train_records)} training images, {len(val_records)} validating"
+        )
         L.seed_everything(fold_plan.config.train.seed, workers=True, verbose=False)
         try:
             finished = fit_run(fold_plan)
@@ -110,7 +134,9 @@ def _finish_ensemble(run: RunDir, config: Config, held_out: ImageRecords) -> Non
     folds = config.train.folds
     ensemble = Ensemble([load_model(run.fold(k).root)[0] for k in range(1, folds + 1)])
     update = {"members": folds, "name": run.root.name, "parameters": count_parameters(ensemble)}
-    info = ModelInfo.load(run.fold(1).model_info).model_copy(update={**update, "calibration": Calibration()})
+    info = ModelInfo.load(run.fold(1).model_info).model_copy(
+        update={**update, "calibration": Calibration()}
+    )
     save_model(ensemble, info, run.root)
     if run.fold(1).shift_reference.is_file():  # the ensemble's shift score is its first member's
         write_bytes(run.shift_reference, run.fold(1).shift_reference.read_bytes())

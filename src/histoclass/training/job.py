@@ -1,4 +1,5 @@
-"""The train job: config -> inputs checked -> :func:`histoclass.training.launch.launch` -> a complete run directory.
+"""The train job: config -> inputs checked -> :func:`histoclass.training.launch.launch` -> a
+complete run directory.
 
 Lightning takes seconds to import; a wrong ``--data``, ``--model`` or ``--weights`` is answered before it.
 """
@@ -20,7 +21,8 @@ __all__ = ["train"]
 
 
 def train(config: Config, callbacks: list | None = None) -> Path:
-    """Train a classifier as ``config`` says (or continue the run ``config.run.resume``); returns the run directory.
+    """Train a classifier as ``config`` says (or continue the run ``config.run.resume``); returns
+    the run directory.
 
     ``callbacks``: extra Lightning callbacks (the benchmark's timer, say).
     """
@@ -29,7 +31,9 @@ def train(config: Config, callbacks: list | None = None) -> Path:
         resumed = RunDir(Path(config.run.resume))
         config = read_run_config(resumed)
     if not config.data.path:
-        raise HistoclassError("--data is required: a class-folder dataset, a labels CSV, an .npz or medmnist:NAME")
+        raise HistoclassError(
+            "--data is required: a class-folder dataset, a labels CSV, an .npz or medmnist:NAME"
+        )
     check_logger(config.run.logger)
     source = read_source(config.data.path, config.data)
     check_model_name(config.model.name)

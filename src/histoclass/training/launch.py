@@ -1,4 +1,5 @@
-"""The train job once its inputs are known to exist: seed, backbone, image check, split, run directory, fit(s)."""
+"""The train job once its inputs are known to exist: seed, backbone, image check, split, run
+directory, fit(s)."""
 
 from __future__ import annotations
 
@@ -40,13 +41,17 @@ def _with_image_size(config: Config, backbone: Backbone) -> Config:
     return config.model_copy(update={"data": config.data.model_copy(update={"image_size": size})})
 
 
-def launch(config: Config, source: DataSource, resumed: RunDir | None, callbacks: list | None) -> Path:
+def launch(
+    config: Config, source: DataSource, resumed: RunDir | None, callbacks: list | None
+) -> Path:
     """Train as ``config`` says on ``source`` (or continue the run ``resumed``); returns the run directory."""
     quiet_lightning()
     run, checkpoint = resumed, None
     if resumed:
         checkpoint = resume_checkpoint(resumed) if config.train.folds == 1 else None
-        console.print(f"Resuming [bold]{resumed.root}[/]" + (f" from {checkpoint.name}" if checkpoint else ""))
+        console.print(
+            f"Resuming [bold]{resumed.root}[/]" + (f" from {checkpoint.name}" if checkpoint else "")
+        )
     L.seed_everything(config.train.seed, workers=True, verbose=False)
     model = config.model
     backbone = create_backbone(
@@ -61,12 +66,24 @@ def launch(config: Config, source: DataSource, resumed: RunDir | None, callbacks
     if run is None:
         train_records, val_records = split_for_training(report, config)
         print_split(source.classes, train_records, val_records)
-        run, writer = claim_run_dir(config.run.runs_dir, config.run.name or f"{source.name}-{config.model.name}")
-        config = config.model_copy(update={"run": config.run.model_copy(update={"name": run.root.name})})
+        run, writer = claim_run_dir(
+            config.run.runs_dir, config.run.name or f"{source.name}-{config.model.name}"
+        )
+        config = config.model_copy(
+            update={"run": config.run.model_copy(update={"name": run.root.name})}
+        )
     else:
         train_records, val_records = recorded_split(report, run)
     plan = TrainingPlan(
-        config, run, backbone, report, train_records, val_records, stain, checkpoint, tuple(callbacks or ())
+        config,
+        run,
+        backbone,
+        report,
+        train_records,
+        val_records,
+        stain,
+        checkpoint,
+        tuple(callbacks or ()),
     )
     if writer:
         write_run_header(plan)

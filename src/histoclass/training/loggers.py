@@ -1,10 +1,11 @@
-"""Where training logs go: TensorBoard (the default), CSV, MLflow or Weights & Biases, through Lightning's loggers.
+"""Where training logs go: TensorBoard (the default), CSV, MLflow or Weights & Biases, through
+Lightning's loggers.
 
 MLflow and W&B read their usual environment (``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``,
-``WANDB_PROJECT``, ``WANDB_MODE=offline``); without a tracking URI, MLflow writes a SQLite store and the artifacts
-beside the runs (``RUNS_DIR/mlflow.db``, ``RUNS_DIR/mlflow-artifacts``). A tracked run gets its config as
-parameters, its epochs as metrics and, once finished, its key files as artifacts and ``tracking.json`` in the run
-directory.
+``WANDB_PROJECT``, ``WANDB_MODE=offline``); without a tracking URI, MLflow writes a SQLite store and
+the artifacts beside the runs (``RUNS_DIR/mlflow.db``, ``RUNS_DIR/mlflow-artifacts``). A tracked run
+gets its config as parameters, its epochs as metrics and, once finished, its key files as artifacts
+and ``tracking.json`` in the run directory.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ def check_logger(name: str) -> None:
         try:
             __import__(module)
         except ImportError:
-            raise HistoclassError(f"--logger {name} needs {module}: pip install 'histoclass[{extra}]'") from None
+            raise HistoclassError(
+                f"--logger {name} needs {module}: pip install 'histoclass[{extra}]'"
+            ) from None
 
 
 def _flat(values: dict, prefix: str = "") -> dict:
@@ -43,14 +46,18 @@ def _flat(values: dict, prefix: str = "") -> dict:
 
 
 def _experiment(config: Config) -> str:
-    """MLflow's experiment / W&B's project: the environment's, else the study's (tune), else ``histoclass``."""
+    """MLflow's experiment / W&B's project: the environment's, else the study's (tune), else
+    ``histoclass``."""
     runs_dir = Path(config.run.runs_dir).resolve().name
     return runs_dir if runs_dir.startswith("tune-") else "histoclass"
 
 
 def tracking_uri(config: Config) -> str:
     """MLflow's store: ``MLFLOW_TRACKING_URI``, else a SQLite file beside the runs."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(config.run.runs_dir).resolve() / 'mlflow.db'}"
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{Path(config.run.runs_dir).resolve() / 'mlflow.db'}"
+    )
 
 
 def build_logger(config: Config, run: RunDir):
@@ -89,5 +96,9 @@ def record_tracking(logger, config: Config, run: RunDir) -> None:
             logger.experiment.log_artifacts(logger.run_id, str(path), artifact_path=path.name)
         elif path.is_file():
             logger.experiment.log_artifact(logger.run_id, str(path))
-    record = {"tracking_uri": tracking_uri(config), "experiment_id": logger.experiment_id, "run_id": logger.run_id}
+    record = {
+        "tracking_uri": tracking_uri(config),
+        "experiment_id": logger.experiment_id,
+        "run_id": logger.run_id,
+    }
     write_json(run.root / TRACKING_FILE, {"logger": "mlflow", **record})

@@ -38,7 +38,9 @@ def validation_metrics(num_classes: int) -> tuple[MetricCollection, MeanMetric]:
     return metrics, MeanMetric()
 
 
-def losses(class_weights: torch.Tensor | None, label_smoothing: float) -> tuple[nn.Module, nn.Module]:
+def losses(
+    class_weights: torch.Tensor | None, label_smoothing: float
+) -> tuple[nn.Module, nn.Module]:
     """Training and validation cross-entropy. Validation scores the plain log loss: smoothing is a training
     device, and the checkpoint chosen on validation should be the one whose probabilities fit best."""
     return (
@@ -79,10 +81,15 @@ class ClassifierModule(L.LightningModule):
         self.mixer = mixer
         self.augment = augment if augment is not None and augment.active else None
         # The averaged weights are what validation scores, checkpoints keep and the run finally saves.
-        self.ema = ModelEmaV3(self.model, decay=train.ema, use_warmup=True, warmup_power=3 / 4) if train.ema else None
+        self.ema = (
+            ModelEmaV3(self.model, decay=train.ema, use_warmup=True, warmup_power=3 / 4)
+            if train.ema
+            else None
+        )
         if self.ema is not None:
             self.ema.requires_grad_(False)
-        if train.compile:  # in place: parameter names (and so checkpoints) stay those of the plain model
+        # in place: parameter names (and so checkpoints) stay those of the plain model
+        if train.compile:
             self.model.compile()
         self.register_buffer("mean", torch.tensor(model.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(model.std).view(1, -1, 1, 1), persistent=False)
@@ -111,7 +118,15 @@ class ClassifierModule(L.LightningModule):
         if self.mixer is not None:
             inputs, targets = self.mixer(inputs, labels)
         loss = self.criterion(self.model(inputs), targets)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
+        self.log(
+            "train_loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(labels),
+            sync_dist=True,
+        )
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -125,5 +140,9 @@ class ClassifierModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = create_optimizer(self.model, self.train_config)
-        scheduler = create_scheduler(optimizer, self.train_config, int(self.trainer.estimated_stepping_batches))
-        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+        scheduler = create_scheduler(
+            optimizer, self.train_config, int(self.trainer.estimated_stepping_batches)
+        )
+        return (
+            optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+        )

@@ -22,13 +22,18 @@ def parameter_groups(model: Classifier, cfg: TrainConfig) -> list[dict]:
     groups = [{"params": list(model.head.parameters()), "lr": cfg.lr, "name": "head"}]
     backbone_lr = cfg.lr * cfg.finetune_lr_scale
     if cfg.layer_decay is None:
-        return [*groups, {"params": list(model.backbone.parameters()), "lr": backbone_lr, "name": "backbone"}]
+        return [
+            *groups,
+            {"params": list(model.backbone.parameters()), "lr": backbone_lr, "name": "backbone"},
+        ]
     named = dict(model.backbone.named_parameters())
     blocks = [[named[n] for n in block if n in named] for block in model.blocks]
     seen = {id(p) for block in blocks for p in block}
     rest = [p for p in named.values() if id(p) not in seen]
     for depth, params in enumerate(reversed(blocks)):
-        groups.append({"params": params, "lr": backbone_lr * cfg.layer_decay**depth, "name": f"block-{depth}"})
+        groups.append(
+            {"params": params, "lr": backbone_lr * cfg.layer_decay**depth, "name": f"block-{depth}"}
+        )
     if rest:
         groups.append({"params": rest, "lr": backbone_lr, "name": "backbone-rest"})
     return groups
@@ -39,7 +44,9 @@ def create_optimizer(model: Classifier, cfg: TrainConfig) -> torch.optim.Optimiz
     optimizers = {
         "adamw": lambda: torch.optim.AdamW(groups, weight_decay=cfg.weight_decay),
         "adam": lambda: torch.optim.Adam(groups, weight_decay=cfg.weight_decay),
-        "sgd": lambda: torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay),
+        "sgd": lambda: torch.optim.SGD(
+            groups, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+        ),
     }
     return optimizers[cfg.optimizer]()
 
@@ -56,14 +63,18 @@ def _warmup_cosine(total_steps: int, warmup_steps: int, floor: float):
     return factor
 
 
-def create_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int) -> dict | None:
+def create_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> dict | None:
     """Lightning's ``lr_scheduler`` entry for ``cfg.scheduler`` (None for ``none``)."""
     if cfg.scheduler == "none":
         return None
     if cfg.scheduler == "cosine":
         warmup = round(total_steps * cfg.warmup_epochs / cfg.epochs)
         floor = cfg.min_lr / cfg.lr
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(total_steps, warmup, floor))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _warmup_cosine(total_steps, warmup, floor)
+        )
         return {"scheduler": schedule, "interval": "step"}
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr

@@ -1,8 +1,8 @@
 """The training plan: what one fit needs, resolved once from the config and handed down whole.
 
-:func:`histoclass.training.launch.launch` makes it (image size settled, run directory claimed, images checked and
-split); the fit, the folds and the finish read it. A fold is the same plan with its own directory, config, images
-and a fresh copy of the backbone.
+:func:`histoclass.training.launch.launch` makes it (image size settled, run directory claimed,
+images checked and split); the fit, the folds and the finish read it. A fold is the same plan with
+its own directory, config, images and a fresh copy of the backbone.
 """
 
 from __future__ import annotations
@@ -43,7 +43,12 @@ class TrainingPlan:
         return self.report.source.classes
 
     def fold(
-        self, run: RunDir, config: Config, train: ImageRecords, val: ImageRecords, checkpoint: Path | None
+        self,
+        run: RunDir,
+        config: Config,
+        train: ImageRecords,
+        val: ImageRecords,
+        checkpoint: Path | None,
     ) -> TrainingPlan:
         """Fold ``run``'s plan: every fold starts from the same backbone weights."""
         return dataclasses.replace(

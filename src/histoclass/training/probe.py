@@ -55,7 +55,15 @@ class ProbeModule(L.LightningModule):
         if isinstance(self.model.head, KNNHead):  # stored, not trained: the epoch only validates
             return None
         loss = self.criterion(self.model.head(features), labels)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
+        self.log(
+            "train_loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(labels),
+            sync_dist=True,
+        )
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -77,34 +85,49 @@ class ProbeModule(L.LightningModule):
         if isinstance(self.model.head, KNNHead):
             return None
         optimizer = create_optimizer(self.model, self.train_config)
-        scheduler = create_scheduler(optimizer, self.train_config, int(self.trainer.estimated_stepping_batches))
-        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+        scheduler = create_scheduler(
+            optimizer, self.train_config, int(self.trainer.estimated_stepping_batches)
+        )
+        return (
+            optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+        )
 
 
 class EmbeddingDataModule(L.LightningDataModule):
     """Batches of (embedding, label, index) from memory: a probe's epoch is a pass over float vectors."""
 
-    def __init__(self, train: TensorDataset, val: TensorDataset, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, train: TensorDataset, val: TensorDataset, batch_size: int, seed: int
+    ) -> None:
         super().__init__()
         self.train, self.val, self.batch_size, self.seed = train, val, batch_size, seed
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled by (seed, epoch) and sharded per process, as image batches are: resumes see the same order."""
+        """Shuffled by (seed, epoch) and sharded per process, as image batches are: resumes see the
+        same order."""
         trainer = self.trainer
-        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = DistributedSampler(self.train, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed)
+        replicas, rank = (
+            (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        )
+        sampler = DistributedSampler(
+            self.train, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed
+        )
         return DataLoader(self.train, batch_size=self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val, batch_size=max(self.batch_size, 256))
 
 
-def _embedded(records: ImageRecords, extractor: Extractor, config: Config, views: str, what: str) -> TensorDataset:
+def _embedded(
+    records: ImageRecords, extractor: Extractor, config: Config, views: str, what: str
+) -> TensorDataset:
     """Embeddings of ``records`` (each view its own sample) with their labels and record indices."""
     embedded = embed_records(records, extractor, views, config.data.batch_size, what)
     if embedded.errors:
         first = next(iter(embedded.errors.values()))
-        raise HistoclassError(f"{len(embedded.errors)} image(s) could not be embedded ({first}); run check-data")
+        raise HistoclassError(
+            f"{len(embedded.errors)} image(s) could not be embedded ({first}); run check-data"
+        )
     features = embedded.features
     n, views_per_image, dims = features.shape
     index = np.repeat(np.arange(n), views_per_image)
@@ -132,4 +155,6 @@ def probe_parts(
     if isinstance(model.head, KNNHead):
         model.head.fit(train_set.tensors[0], train_set.tensors[1])
     module = ProbeModule(model, config, num_classes, class_weights)
-    return module, EmbeddingDataModule(train_set, val_set, config.data.batch_size, config.train.seed)
+    return module, EmbeddingDataModule(
+        train_set, val_set, config.data.batch_size, config.train.seed
+    )

@@ -23,8 +23,13 @@ def resume_checkpoint(run: RunDir) -> Path:
     for path in candidates:
         try:
             AtomicCheckpointIO().load_checkpoint(path)
-        except Exception as error:  # a truncated or foreign file fails in many ways; each means "not this one"
-            console.print(f"[yellow]--resume: {path.name} cannot be loaded ({type(error).__name__}); skipping it[/]")
+        # a truncated or foreign file fails in many ways; each means "not this one"
+        except Exception as error:
+            console.print(
+                f"[yellow]--resume: {path.name} cannot be loaded ({type(error).__name__}); skipping it[/]"
+            )
             continue
         return path
-    raise HistoclassError(f"--resume: no checkpoint in '{run.checkpoints}' can be loaded; start the run again")
+    raise HistoclassError(
+        f"--resume: no checkpoint in '{run.checkpoints}' can be loaded; start the run again"
+    )

@@ -31,7 +31,9 @@ def auto_groups(records: ImageRecords, config: Config) -> list[str]:
     settings = AuditSettings(model=config.model.name, weights=config.model.weights, pretrained=True)
     copies = find_copies(records, settings)
     sizes = copies.sizes
-    console.print(f"auto groups: {len(sizes)} clusters from {len(records)} images, largest {int(sizes.max())}")
+    console.print(
+        f"auto groups: {len(sizes)} clusters from {len(records)} images, largest {int(sizes.max())}"
+    )
     if hint := slide_hint(records.ids):
         console.print(f"  {escape(hint)}")
     return [f"copies-{cluster}" for cluster in copies.clusters]
@@ -41,7 +43,9 @@ def _pool(report: DataReport) -> ImageRecords:
     clean = report.clean
     train = clean.get("train", clean.get("all"))
     if train is None:
-        raise HistoclassError("--data: the dataset has no train split; point --data at the training data")
+        raise HistoclassError(
+            "--data: the dataset has no train split; point --data at the training data"
+        )
     return train
 
 
@@ -55,7 +59,9 @@ def split_for_training(report: DataReport, config: Config) -> tuple[ImageRecords
         train = train.with_groups(auto_groups(train, config))
     elif data.group_by:
         train = train.with_groups(groups_from_pattern(train.ids, data.group_by))
-    train_index, val_index = split_train_val(train, data.val_fraction, config.train.seed, train.groups)
+    train_index, val_index = split_train_val(
+        train, data.val_fraction, config.train.seed, train.groups
+    )
     return train.subset(train_index), train.subset(val_index)
 
 
@@ -64,11 +70,14 @@ def recorded_split(report: DataReport, run: RunDir) -> tuple[ImageRecords, Image
     rows = read_split(run.split)
     clean = report.clean
     pool = [(name, records) for name, records in clean.items() if name in ("train", "val", "all")]
-    where = {image_id: (name, i) for name, records in pool for i, image_id in enumerate(records.ids)}
+    where = {
+        image_id: (name, i) for name, records in pool for i, image_id in enumerate(records.ids)
+    }
     missing = [row.id for row in rows if row.id not in where]
     if missing:
         raise HistoclassError(
-            f"--resume: the data behind '{run.root}' changed since the run started ({len(missing)} image(s) gone, "
+            f"--resume: the data behind '{run.root}' changed since the run started ({len(missing)} "
+            "image(s) gone, "
             f"e.g. {missing[0]}); start a new run"
         )
     parts = []
@@ -97,17 +106,22 @@ def print_split(classes: list[str], train: ImageRecords, val: ImageRecords) -> N
 
 
 def _check_sides(classes: list[str], train_counts, val_counts) -> None:
-    """A class with no training image cannot be learnt: refused. One with no validation image is unscored: said."""
+    """A class with no training image cannot be learnt: refused. One with no validation image is
+    unscored: said."""
     untrained = [name for name, n in zip(classes, train_counts, strict=True) if n == 0]
     if untrained:
-        listed = ", ".join(untrained[:5]) + (f" and {len(untrained) - 5} more" if len(untrained) > 5 else "")
+        listed = ", ".join(untrained[:5]) + (
+            f" and {len(untrained) - 5} more" if len(untrained) > 5 else ""
+        )
         raise HistoclassError(
             f"the split leaves {len(untrained)} class(es) without a training image ({listed}): "
             "add images to them, merge or drop them, or lower --val-fraction"
         )
     unscored = [name for name, n in zip(classes, val_counts, strict=True) if n == 0]
     if unscored:
-        listed = ", ".join(unscored[:5]) + (f" and {len(unscored) - 5} more" if len(unscored) > 5 else "")
+        listed = ", ".join(unscored[:5]) + (
+            f" and {len(unscored) - 5} more" if len(unscored) > 5 else ""
+        )
         console.print(
             f"[yellow]warning:[/] {len(unscored)} class(es) have no validation image ({listed}): "
             "their accuracy is not measured"

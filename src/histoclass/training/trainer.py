@@ -32,8 +32,10 @@ def quiet_lightning() -> None:
     """Keep Lightning's banners and tips out of the user's terminal; warnings and errors still show."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen backbones, on purpose
-    warnings.filterwarnings("ignore", message=".*training_step. returned .None.*")  # k-NN probes store, not step
+    # frozen backbones, on purpose
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    # k-NN probes store, not step
+    warnings.filterwarnings("ignore", message=".*training_step. returned .None.*")
     warnings.filterwarnings("ignore", message=".*ThroughputMonitor.*flops_per_batch.*")
 
 
@@ -48,7 +50,10 @@ def _device_count(config: Config, on_gpu: bool) -> int:
 #: bf16 autocast made the frozen-backbone phase faster but fine-tuning blocks slower (Lite0 at 96-160 px).
 AUTO_PRECISION_REASON = {
     "gpu": "auto: bf16 on GPUs",
-    "cpu": "auto: bf16 measured slower than fp32 for fine-tuning on CPU; --set train.precision=bf16-mixed to try it",
+    "cpu": (
+        "auto: bf16 measured slower than fp32 for fine-tuning on CPU; "
+        "--set train.precision=bf16-mixed to try it"
+    ),
 }
 
 
@@ -64,7 +69,11 @@ def _on_gpu(config: Config) -> bool:
 
 def _precision_note(config: Config) -> str:
     """Why ``auto`` chose the precision (nothing when the user set one)."""
-    return "" if config.train.precision else f" ({AUTO_PRECISION_REASON['gpu' if _on_gpu(config) else 'cpu']})"
+    return (
+        ""
+        if config.train.precision
+        else f" ({AUTO_PRECISION_REASON['gpu' if _on_gpu(config) else 'cpu']})"
+    )
 
 
 def _trainer_settings(config: Config) -> dict:
@@ -74,7 +83,12 @@ def _trainer_settings(config: Config) -> dict:
     precision = cfg.precision or auto_precision(on_gpu)
     several = _device_count(config, on_gpu) * cfg.num_nodes > 1
     strategy = cfg.strategy or ("ddp_find_unused_parameters_true" if several else "auto")
-    return {"accelerator": cfg.accelerator, "devices": cfg.devices, "precision": precision, "strategy": strategy}
+    return {
+        "accelerator": cfg.accelerator,
+        "devices": cfg.devices,
+        "precision": precision,
+        "strategy": strategy,
+    }
 
 
 class RunCallbacks:
@@ -83,12 +97,19 @@ class RunCallbacks:
     def __init__(self, config: Config, run: RunDir) -> None:
         cfg = config.train
         self.best = RelocatableCheckpoint(
-            dirpath=run.checkpoints, filename=run.best_checkpoint.stem, monitor="val_loss", mode="min", save_top_k=1
+            dirpath=run.checkpoints,
+            filename=run.best_checkpoint.stem,
+            monitor="val_loss",
+            mode="min",
+            save_top_k=1,
         )
         # Every epoch, improved or not (``save_last`` only copies a checkpoint that was saved anyway): what
         # --resume continues from.
         self.last = RelocatableCheckpoint(
-            dirpath=run.checkpoints, filename=run.last_checkpoint.stem, monitor=None, enable_version_counter=False
+            dirpath=run.checkpoints,
+            filename=run.last_checkpoint.stem,
+            monitor=None,
+            enable_version_counter=False,
         )
         self.early = PhaseAwareEarlyStopping(
             cfg.phase1_epochs, monitor="val_loss", patience=cfg.early_stopping_patience
@@ -107,7 +128,9 @@ class RunCallbacks:
             self.clock,
             HistoryWriter(run.history, cfg.phase1_epochs),
             self.stop,
-            DistributedSummary(config.data.batch_size, cfg.lr, cfg.scale_lr, _precision_note(config)),
+            DistributedSummary(
+                config.data.batch_size, cfg.lr, cfg.scale_lr, _precision_note(config)
+            ),
             ThroughputMonitor(batch_size_fn=lambda batch: len(batch[1])),
             RichProgressBar(),
         ]

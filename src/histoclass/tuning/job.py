@@ -24,9 +24,13 @@ def _base(config: TuneConfig) -> tuple[Config, str]:
     """The training config every trial starts from and the data's name; the data and model are checked before
     any trial."""
     if not config.data.path:
-        raise HistoclassError("--data is required: a class-folder dataset, a labels CSV, an .npz or medmnist:NAME")
+        raise HistoclassError(
+            "--data is required: a class-folder dataset, a labels CSV, an .npz or medmnist:NAME"
+        )
     if config.run.resume:
-        raise HistoclassError("--resume continues a run; a study resumes by running tune again with its --study")
+        raise HistoclassError(
+            "--resume continues a run; a study resumes by running tune again with its --study"
+        )
     if config.tune.trials is None and config.tune.timeout is None:
         raise HistoclassError("a study needs an end: pass --trials, --timeout or both")
     source = read_source(config.data.path, config.data)
@@ -45,7 +49,16 @@ def _trial_rows(study, direction: str) -> tuple[list[str], list[list]]:
     for trial in done + rest:
         seconds = trial.duration.total_seconds() if trial.duration else ""
         run = trial.user_attrs.get("run", "") if trial.state.name == "COMPLETE" else ""
-        rows.append([trial.number, trial.state.name, trial.value, run, seconds, *(trial.params.get(n) for n in names)])
+        rows.append(
+            [
+                trial.number,
+                trial.state.name,
+                trial.value,
+                run,
+                seconds,
+                *(trial.params.get(n) for n in names),
+            ]
+        )
     return header, rows
 
 
@@ -58,7 +71,8 @@ def _link_best(study_dir: StudyDir, run: str) -> None:
 
 
 def _plots(study, folder: Path) -> list[Path]:
-    """Optuna's own plots as PNGs: history, parameter importances, parallel coordinates (what the trials allow)."""
+    """Optuna's own plots as PNGs: history, parameter importances, parallel coordinates (what the
+    trials allow)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,11 +82,15 @@ def _plots(study, folder: Path) -> list[Path]:
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     wanted = {"history": plots.plot_optimization_history}
     if len(complete) >= 2:
-        wanted |= {"importance": plots.plot_param_importances, "parallel": plots.plot_parallel_coordinate}
+        wanted |= {
+            "importance": plots.plot_param_importances,
+            "parallel": plots.plot_parallel_coordinate,
+        }
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, plot in wanted.items():
-        with warnings.catch_warnings():  # a parameter that took one value gets a flat axis, and a note about it
+        # a parameter that took one value gets a flat axis, and a note about it
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             axes = plot(study)
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
@@ -88,15 +106,19 @@ def _report(study, study_dir: StudyDir, config: TuneConfig) -> None:
     write_csv(study_dir.trials, header, rows)
     best = next((row for row in rows if row[1] == "COMPLETE"), None)
     if best is None:
-        console.print(f"[yellow]No trial of study '{study.study_name}' has finished yet[/]; trials: {study_dir.trials}")
+        console.print(
+            f"[yellow]No trial of study '{study.study_name}' has finished yet[/]; trials: {study_dir.trials}"
+        )
         return
     _link_best(study_dir, best[3])
     plots = _plots(study, study_dir.plots)
     states = [row[1] for row in rows]
+    chosen = (f"{k}={shown(v)}" for k, v in zip(header[5:], best[5:], strict=True) if v is not None)
     console.print(
-        f"Study [bold]{study.study_name}[/]: {states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, "
+        f"Study [bold]{study.study_name}[/]: {states.count('COMPLETE')} complete, "
+        f"{states.count('PRUNED')} pruned, "
         f"{states.count('FAIL')} failed. Best {config.tune.metric} {best[2]:.4f}: trial {best[0]} "
-        f"({', '.join(f'{k}={shown(v)}' for k, v in zip(header[5:], best[5:], strict=True) if v is not None)})"
+        f"({', '.join(chosen)})"
     )
     console.print(
         f"Best run: [bold]{study_dir.best}[/] (evaluate, export and serve it like any run); "
@@ -125,7 +147,11 @@ def tune(config: TuneConfig) -> Path:
         f"({', '.join(p.key for p in space.parameters)})"
     )
     if left != 0:
-        limit = [optuna.study.MaxTrialsCallback(config.tune.trials, states=counted)] if left is not None else None
+        limit = (
+            [optuna.study.MaxTrialsCallback(config.tune.trials, states=counted)]
+            if left is not None
+            else None
+        )
         study.optimize(
             Objective(base, space, study_dir, config.tune.metric),
             n_trials=left,

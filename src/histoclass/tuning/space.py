@@ -1,4 +1,5 @@
-"""The search space as data: dotted config keys, each a range (``low``, ``high``, ``log``) or a list of choices.
+"""The search space as data: dotted config keys, each a range (``low``, ``high``, ``log``) or a list
+of choices.
 
 The defaults cover what the recipe benchmarks showed to matter per dataset (how many blocks to fine-tune and
 their layer decay, learning rate, label smoothing, augmentation, EMA, image size) and the backbones whose
@@ -76,9 +77,15 @@ def _known(key: str) -> bool:
 def _parameter(key: str, spec: Any) -> Parameter:
     """One entry of a space, or one line saying what is wrong with it."""
     if not _known(key):
-        raise HistoclassError(f"--space: unknown parameter '{key}'; use a training config key such as train.lr")
-    if not isinstance(spec, dict) or not ({"choices"} <= spec.keys() or {"low", "high"} <= spec.keys()):
-        raise HistoclassError(f"--space: '{key}' needs {{choices: [...]}} or {{low: .., high: ..}}, not {spec!r}")
+        raise HistoclassError(
+            f"--space: unknown parameter '{key}'; use a training config key such as train.lr"
+        )
+    if not isinstance(spec, dict) or not (
+        {"choices"} <= spec.keys() or {"low", "high"} <= spec.keys()
+    ):
+        raise HistoclassError(
+            f"--space: '{key}' needs {{choices: [...]}} or {{low: .., high: ..}}, not {spec!r}"
+        )
     unknown = set(spec) - {"choices", "low", "high", "log"}
     if unknown:
         raise HistoclassError(f"--space: '{key}' has unknown field(s) {', '.join(sorted(unknown))}")
@@ -87,10 +94,17 @@ def _parameter(key: str, spec: Any) -> Parameter:
             raise HistoclassError(f"--space: '{key}' has no choices; list at least one")
         return Parameter(key, choices=tuple(spec["choices"]))
     low, high = spec["low"], spec["high"]
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)) or not low < high:
-        raise HistoclassError(f"--space: '{key}' has an empty range (low {low!r}, high {high!r}); need low < high")
+    if (
+        not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
+        or not low < high
+    ):
+        raise HistoclassError(
+            f"--space: '{key}' has an empty range (low {low!r}, high {high!r}); need low < high"
+        )
     if spec.get("log") and low <= 0:
-        raise HistoclassError(f"--space: '{key}' is searched on a log scale: low must be above 0, not {low}")
+        raise HistoclassError(
+            f"--space: '{key}' is searched on a log scale: low must be above 0, not {low}"
+        )
     return Parameter(key, low, high, bool(spec.get("log", False)))
 
 
@@ -102,7 +116,8 @@ class SearchSpace:
 
     @classmethod
     def build(cls, base: Config, file: str | None) -> SearchSpace:
-        """The default space (with the backbones that have weights beside ``--weights``), updated by ``file``."""
+        """The default space (with the backbones that have weights beside ``--weights``), updated by
+        ``file``."""
         entries = dict(DEFAULT_SPACE)
         backbones = sibling_weights(base.model.weights)
         if len(backbones) > 1 and base.model.name in backbones:
@@ -133,7 +148,9 @@ class SearchSpace:
                 try:
                     self.apply(base, {parameter.key: value})
                 except HistoclassError as error:
-                    raise HistoclassError(f"--space: '{parameter.key}' = {value!r}: {error}") from None
+                    raise HistoclassError(
+                        f"--space: '{parameter.key}' = {value!r}: {error}"
+                    ) from None
 
     def sample(self, trial) -> dict[str, Any]:
         return {parameter.key: parameter.suggest(trial) for parameter in self.parameters}

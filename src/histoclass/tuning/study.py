@@ -44,7 +44,8 @@ def _storage(optuna, url: str):
     """The RDB storage at ``url`` (SQLite waits for the other processes' locks), or one line."""
     engine = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
-    for attempt in range(3):  # two processes creating one database's tables at once: the loser tries again
+    # two processes creating one database's tables at once: the loser tries again
+    for attempt in range(3):
         try:
             return optuna.storages.RDBStorage(
                 url,
@@ -55,9 +56,12 @@ def _storage(optuna, url: str):
             )
         except ImportError as error:
             raise HistoclassError(f"--storage: cannot open '{url}' ({error})") from None
-        except Exception as error:  # SQLAlchemy's connection errors: long, and all mean the same here
+        # SQLAlchemy's connection errors: long, and all mean the same here
+        except Exception as error:
             if attempt == 2:
-                raise HistoclassError(f"--storage: cannot open '{url}' ({str(error).splitlines()[0][:160]})") from None
+                raise HistoclassError(
+                    f"--storage: cannot open '{url}' ({str(error).splitlines()[0][:160]})"
+                ) from None
             time.sleep(1 + attempt)
 
 
@@ -77,20 +81,26 @@ def open_study(options: TuneOptions, study: StudyDir, name: str, first_epoch: in
             pruner=pruner,
             load_if_exists=True,
         )
-    except optuna.exceptions.DuplicatedStudyError:  # another process created it between the check and the insert
+    # another process created it between the check and the insert
+    except optuna.exceptions.DuplicatedStudyError:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 
 class Objective:
-    """One trial: the base config with the trial's values, trained as a run directory of the study; its value is
-    the run's validation ``metric`` (the best epoch's). Pruned trials leave no directory behind."""
+    """One trial: the base config with the trial's values, trained as a run directory of the study;
+    its value is the run's validation ``metric`` (the best epoch's). Pruned trials leave no
+    directory behind."""
 
     def __init__(self, base: Config, space: SearchSpace, study: StudyDir, metric: str) -> None:
         self.base, self.space, self.study, self.metric = base, space, study, metric
 
     def config(self, values: dict, number: int) -> Config:
         config = self.space.apply(self.base, values)
-        run = {"name": self.study.trial(number).name, "runs_dir": str(self.study.root), "resume": None}
+        run = {
+            "name": self.study.trial(number).name,
+            "runs_dir": str(self.study.root),
+            "resume": None,
+        }
         return config.model_copy(update={"run": config.run.model_copy(update=run)})
 
     def __call__(self, trial) -> float:

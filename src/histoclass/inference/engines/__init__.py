@@ -7,7 +7,13 @@ from histoclass.inference.engines import (
     torch_engine,
     torchscript_engine,
 )
-from histoclass.inference.engines.base import ENGINES, Engine, NumpyEngine, read_export_info, register_engine
+from histoclass.inference.engines.base import (
+    ENGINES,
+    Engine,
+    NumpyEngine,
+    read_export_info,
+    register_engine,
+)
 
 __all__ = [
     "ENGINES",

@@ -42,15 +42,18 @@ class Engine:
         raise NotImplementedError
 
     def view_outputs(self, pixels: np.ndarray, all_views: bool = False) -> np.ndarray:
-        """Raw outputs (N x views x D: logits, or features for a feature model) of uint8 NHWC images at the
-        model's size, stain-normalised as the model was trained, over the 8 flips and rotations or one view."""
+        """Raw outputs (N x views x D: logits, or features for a feature model) of uint8 NHWC images
+        at the model's size, stain-normalised as the model was trained, over the 8 flips and
+        rotations or one view."""
         pixels = stain_normalized(pixels, self.info.stain)
         views = dihedral_views(pixels) if all_views else [pixels]
         return np.stack([self.logits(view) for view in views], axis=1)
 
     def compile(self) -> None:
         """Compile the model for faster batches: PyTorch models only."""
-        raise HistoclassError(f"--compile needs a PyTorch model (a run directory), not '{self.source.name}'")
+        raise HistoclassError(
+            f"--compile needs a PyTorch model (a run directory), not '{self.source.name}'"
+        )
 
     @property
     def can_explain(self) -> bool:
@@ -58,12 +61,14 @@ class Engine:
         return False
 
     def saliency(self, pixels: np.ndarray) -> tuple[np.ndarray, int]:
-        """A [0, 1] heatmap (H x W) of what drove the predicted class of one uint8 HxWx3 image, and that class."""
+        """A [0, 1] heatmap (H x W) of what drove the predicted class of one uint8 HxWx3 image, and
+        that class."""
         raise HistoclassError("heatmaps need a run directory (a PyTorch model), not an export")
 
 
 class NumpyEngine(Engine):
-    """Engines whose runtime takes float32 arrays: normalisation in numpy, in the layout the model declares."""
+    """Engines whose runtime takes float32 arrays: normalisation in numpy, in the layout the model
+    declares."""
 
     def logits(self, pixels: np.ndarray) -> np.ndarray:
         inputs = normalize_numpy(pixels, self.info.mean, self.info.std, self.info.layout)

@@ -27,15 +27,21 @@ class OnnxEngine(NumpyEngine):
         try:
             import onnxruntime as ort
         except ImportError:
-            raise HistoclassError("ONNX models need onnxruntime: pip install 'histoclass[runtime]'") from None
+            raise HistoclassError(
+                "ONNX models need onnxruntime: pip install 'histoclass[runtime]'"
+            ) from None
         self.source = onnx_file(path)
         self.info = read_export_info(self.source)
         available = ort.get_available_providers()
-        chosen = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        chosen = providers or [
+            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
+        ]
         try:
             self.session = ort.InferenceSession(str(self.source), providers=chosen)
         except Exception as error:  # onnxruntime raises its own exception types for damaged files
-            raise HistoclassError(f"'{self.source}' is not a loadable ONNX model ({str(error)[:160]})") from None
+            raise HistoclassError(
+                f"'{self.source}' is not a loadable ONNX model ({str(error)[:160]})"
+            ) from None
         self.input_name = self.session.get_inputs()[0].name
 
     @classmethod

@@ -1,4 +1,5 @@
-"""OpenVINO on the CPU: an export folder's ``model.xml`` (IR) or any ``model.onnx``, bf16 where the CPU has it.
+"""OpenVINO on the CPU: an export folder's ``model.xml`` (IR) or any ``model.onnx``, bf16 where the
+CPU has it.
 
 OpenVINO reads ONNX directly, so the IR is an optimisation of loading, not a requirement. The precision hint
 follows the CPU: bf16 where it computes bf16 natively (AVX-512 BF16 or AMX), f32 elsewhere; the parity gates
@@ -38,7 +39,9 @@ def openvino_core():
 def _model_file(path: Path) -> Path:
     if path.is_dir():
         folder = ExportDir(path)
-        return folder.model("openvino") if folder.model("openvino").is_file() else folder.model("onnx")
+        return (
+            folder.model("openvino") if folder.model("openvino").is_file() else folder.model("onnx")
+        )
     return path
 
 
@@ -52,7 +55,8 @@ class OpenVinoEngine(NumpyEngine):
         self.info = read_export_info(self.source)
         try:
             self._compile(core, core.read_model(str(self.source)), precision, recheck=True)
-        except Exception as error:  # OpenVINO raises RuntimeError subclasses with long native messages
+        # OpenVINO raises RuntimeError subclasses with long native messages
+        except Exception as error:
             raise HistoclassError(
                 f"OpenVINO cannot load '{self.source}' ({str(error).splitlines()[0][:160]})"
             ) from None
@@ -67,9 +71,12 @@ class OpenVinoEngine(NumpyEngine):
         engine = cls.__new__(cls)
         engine.source, engine.info = Path(info.name), info
         size = info.image_size
-        with warnings.catch_warnings():  # the tracer's deprecation and shape notes: nothing a user can act on
+        # the tracer's deprecation and shape notes: nothing a user can act on
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = ov.convert_model(module.float().eval(), example_input=torch.zeros(1, 3, size, size))
+            model = ov.convert_model(
+                module.float().eval(), example_input=torch.zeros(1, 3, size, size)
+            )
         model.reshape([-1, 3, size, size])
         engine._compile(openvino_core(), model, None, recheck=False)
         return engine
@@ -77,8 +84,12 @@ class OpenVinoEngine(NumpyEngine):
     def _compile(self, core, model, precision: str | None, recheck: bool) -> None:
         native = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         self.precision = precision or ("bf16" if native else "f32")
-        precisions = [self.precision, "f32"] if self.precision == "bf16" and recheck else [self.precision]
-        compiled = [core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": p}) for p in precisions]
+        precisions = (
+            [self.precision, "f32"] if self.precision == "bf16" and recheck else [self.precision]
+        )
+        compiled = [
+            core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": p}) for p in precisions
+        ]
         self.request = compiled[0].create_infer_request()
         self.recheck = compiled[1].create_infer_request() if len(compiled) > 1 else None
 

@@ -20,7 +20,9 @@ class TFLiteEngine(NumpyEngine):
         try:
             from ai_edge_litert.interpreter import Interpreter
         except ImportError:
-            raise HistoclassError("TFLite models need LiteRT: pip install 'histoclass[tflite]'") from None
+            raise HistoclassError(
+                "TFLite models need LiteRT: pip install 'histoclass[tflite]'"
+            ) from None
         self.source = path
         self.info = read_export_info(path)
         self.interpreter = Interpreter(model_path=str(path))

@@ -30,7 +30,14 @@ class TorchEngine(Engine):
 
     name = "torch"
 
-    def __init__(self, model, info: ModelInfo, source: Path, device: str | None = None, bf16: bool | None = None):
+    def __init__(
+        self,
+        model,
+        info: ModelInfo,
+        source: Path,
+        device: str | None = None,
+        bf16: bool | None = None,
+    ):
         import torch
 
         self.info, self.source = info, Path(source)

@@ -1,4 +1,5 @@
-"""An exported TorchScript ``model.pt`` (our own export: TorchScript archives are code, load only trusted ones)."""
+"""An exported TorchScript ``model.pt`` (our own export: TorchScript archives are code, load only
+trusted ones)."""
 
 from __future__ import annotations
 
