@@ -40,7 +40,7 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks
 
 test: lint
-	$(BIN)/python -m pytest -q --durations=10
+	$(BIN)/python -m pytest -q --durations=10 -m "slow or not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -164,6 +164,21 @@ def scratch_run(blood_subset: Path, runs_dir: Path) -> Path:
     return train(build_config(values))
 
 
+def probe(data: Path, runs: Path, name: str, kind: str, views: bool = False) -> Path:
+    """A probe run (a head on cached embeddings of the shared Lite0): 40 epochs take seconds."""
+    from histoclass.training.job import train
+
+    values = small_config(data, runs, name, probe=kind, probe_views=views, epochs=40, lr=3e-3)
+    values["data"]["batch_size"] = 64
+    return train(build_config(values))
+
+
+@pytest.fixture(scope="session")
+def probe_run(blood_subset: Path, runs_dir: Path) -> Path:
+    """A linear probe on the subset, with flips and quarter turns embedded as views."""
+    return probe(blood_subset, runs_dir, "probe-linear", "linear", views=True)
+
+
 def val_accuracy(run: Path) -> float:
     import json
 

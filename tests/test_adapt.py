@@ -101,7 +101,17 @@ def test_few_shot_adaptation_scores_the_cells_it_did_not_see(adapted) -> None:
 def test_an_adapted_run_evaluates_and_exports_like_any_run(adapted, tmp_path: Path) -> None:
     bn, _, _ = adapted
     calls = [
-        ["evaluate", str(bn), "--data", str(TECOM), "--no-tta"],
+        # the audits (copies among these cells, of the training cells) are tested in test_audit
+        [
+            "evaluate",
+            str(bn),
+            "--data",
+            str(TECOM),
+            "--no-tta",
+            "--no-overlap-check",
+            "--group-by",
+            "none",
+        ],
         ["export", str(bn), "--format", "onnx", "--images", "32"],
     ]
     evaluated, exported = run_cli_all(calls)

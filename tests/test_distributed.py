@@ -58,6 +58,7 @@ def train_args(data: Path, runs: Path, name: str, epochs: int = 3, *extra: str) 
     ]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_metrics_equal_single_process_evaluation(
     uneven: Path, tmp_path: Path
 ) -> None:
@@ -107,6 +108,7 @@ def start(args: list[str]) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(uneven: Path, tmp_path: Path) -> None:
     assert run_cli(*train_args(uneven, tmp_path, "straight", 3)).returncode == 0
     process = start(train_args(uneven, tmp_path, "killed", 3))
@@ -135,6 +137,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(uneven: Path, tmp_p
         )
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(uneven: Path, tmp_path: Path) -> None:
     process = start(train_args(uneven, tmp_path, "term", 3, "--checkpoint-every-steps", "3"))
     run = tmp_path / "term"

@@ -13,24 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import BLOOD_TEST, LITE0, run_cli, small_config, val_accuracy
-from histoclass.config import build_config
+from conftest import BLOOD_TEST, LITE0, probe, run_cli, val_accuracy
 from histoclass.inference.embedder import Embedder
 
 CHANCE = 0.25
-
-
-def _probe(data: Path, runs: Path, name: str, probe: str, views: bool = False) -> Path:
-    from histoclass.training.job import train
-
-    values = small_config(data, runs, name, probe=probe, probe_views=views, epochs=40, lr=3e-3)
-    values["data"]["batch_size"] = 64
-    return train(build_config(values))
-
-
-@pytest.fixture(scope="module")
-def probe_run(blood_subset: Path, runs_dir: Path) -> Path:
-    return _probe(blood_subset, runs_dir, "probe-linear", "linear", views=True)
 
 
 def test_linear_probe_learns_and_keeps_only_the_head_in_checkpoints(probe_run: Path) -> None:
@@ -57,7 +43,7 @@ def test_a_second_probe_reads_the_cache_instead_of_the_backbone(
     monkeypatch.setattr(
         Embedder, "embed_pixels", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
     )
-    again = _probe(blood_subset, runs_dir, "probe-again", "linear", views=True)
+    again = probe(blood_subset, runs_dir, "probe-again", "linear", views=True)
     assert calls == []
     first = json.loads((probe_run / "metrics.json").read_text())
     second = json.loads((again / "metrics.json").read_text())
@@ -94,7 +80,7 @@ def test_a_probe_run_evaluates_predicts_exports_and_serves(probe_run: Path, tmp_
 
 
 def test_knn_probe_stores_the_training_embeddings(blood_subset: Path, runs_dir: Path) -> None:
-    run = _probe(blood_subset, runs_dir, "probe-knn", "knn")
+    run = probe(blood_subset, runs_dir, "probe-knn", "knn")
     assert val_accuracy(run) > CHANCE + 0.1
     bank = load_file(str(run / "model.safetensors"))["head.bank"]
     with open(run / "split.csv", newline="") as handle:

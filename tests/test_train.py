@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -63,6 +64,7 @@ def test_resolved_config_reproduces_the_run(trained_run: Path) -> None:
     assert config.train.phase1_epochs == 1 and config.augment.vflip and config.augment.rot90
 
 
+@pytest.mark.slow
 def test_pretrained_beats_scratch(trained_run: Path, scratch_run: Path) -> None:
     assert val_accuracy(trained_run) > val_accuracy(scratch_run) + 0.1
 

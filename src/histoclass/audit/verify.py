@@ -121,17 +121,16 @@ def _affine(
     """Inliers of the affine map from ``a``'s keypoints to ``b``'s, and the map."""
     if desc_a is None or desc_b is None or len(desc_a) < 4 or len(desc_b) < 4:
         return 0, None
-    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-    good = [
-        m
-        for m, *rest in matcher.knnMatch(desc_a, desc_b, k=2)
-        if rest and m.distance < 0.8 * rest[0].distance
-    ]
+    # each keypoint's two nearest in b as arrays: a matcher's DMatch objects cost as much to build as
+    # the distances, and hold the GIL while they are built
+    distances, nearest = cv2.batchDistance(
+        desc_a, desc_b, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2, update=0, crosscheck=False
+    )
+    good = np.flatnonzero(distances[:, 0] < 0.8 * distances[:, 1])
     if len(good) < max(min_inliers, 3):
         # fewer ratio-test matches than inliers needed (or than an affine map)
         return len(good), None
-    source = points_a[[m.queryIdx for m in good]]
-    target = points_b[[m.trainIdx for m in good]]
+    source, target = points_a[good], points_b[nearest[good, 0]]
     affine, mask = cv2.estimateAffine2D(source, target, ransacReprojThreshold=2.0, maxIters=500)
     return (int(mask.sum()), affine) if mask is not None else (0, None)
 
