@@ -24,9 +24,9 @@ from histoclass.errors import HistoclassError
 
 __all__ = ["KeypointCache", "Match", "match", "verify_pairs"]
 
-# : Side of the square image keypoints are found on (half the blood-cell images' width: enough
-# detail, 4x faster), : and how many: 800 find tiles sharing a quarter of their area (overlapping
-# slide tiles, ARI 0.97; 400: 0.92).
+#: Side of the square image keypoints are found on (half the blood-cell images' width: enough
+#: detail, 4x faster), and how many: 800 find tiles sharing a quarter of their area (overlapping
+#: slide tiles, ARI 0.97; 400: 0.92).
 KEYPOINT_SIZE, KEYPOINTS = 160, 800
 #: What the pixels must show once aligned: the share of the image both cover and their correlation there.
 MIN_OVERLAP, MIN_CORRELATION = 0.1, 0.5

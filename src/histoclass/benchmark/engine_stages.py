@@ -28,8 +28,8 @@ from histoclass.runs import ExportDir
 
 __all__ = ["ENGINE_STAGES", "REFERENCE_STAGE", "EngineBench", "StageSkipped"]
 
-# : Stage name -> (engine, precision, what it is), PyTorch fp32 first: the reference the others are
-# compared with.
+#: Stage name -> (engine, precision, what it is), PyTorch fp32 first: the reference the others are
+#: compared with.
 ENGINE_STAGES = {
     "engine_torch_fp32": ("torch", "fp32", "PyTorch fp32, channels-last, on decoded batches"),
     "engine_torch_bf16": ("torch", "bf16", "PyTorch bf16 autocast"),

@@ -49,8 +49,8 @@ __all__ = [
 
 #: What writing into a folder on read-only storage raises: no permission, or a read-only file system.
 READ_ONLY_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS)
-# : The engines ``auto`` checks on a run directory; it takes the fastest that passes, measured
-# during the check.
+#: The engines ``auto`` checks on a run directory; it takes the fastest that passes, measured during
+#: the check.
 AUTO_ORDER = ("openvino", "onnx")
 _CHECK_IMAGES = 256
 #: Raised when an engine's answers change (2: OpenVINO bf16 re-checks near ties in f32), so that runs checked
@@ -119,8 +119,8 @@ def _check(reference: Predictor, candidate: Predictor, run: Path) -> dict:
     }
 
 
-# : The run's PyTorch predictor, loaded on first call only: a conversion or a check needs it, a
-# recorded one not.
+#: The run's PyTorch predictor, loaded on first call only: a conversion or a check needs it, a
+#: recorded one not.
 Reference = Callable[[], Predictor]
 
 

@@ -36,9 +36,9 @@ __all__ = [
 ]
 
 FeatureKind = Literal["pooled", "multiscale"]
-# : Image passes (images x views) from which a CPU computes features with OpenVINO: converting the
-# module takes : about 3 s, clearly repaid from this many (20 s of PyTorch for Lite0 at 96 px;
-# OpenVINO is 3.8x faster there).
+#: Image passes (images x views) from which a CPU computes features with OpenVINO: converting the
+#: module takes about 3 s, clearly repaid from this many (20 s of PyTorch for Lite0 at 96 px;
+#: OpenVINO is 3.8x faster there).
 OPENVINO_FROM = 5000
 #: Changes whenever a descriptor's definition changes, so stale cached features are never reused.
 _DESCRIPTOR_VERSION = 1

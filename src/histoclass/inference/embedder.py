@@ -19,10 +19,10 @@ from histoclass.inference.preprocess import DIHEDRAL_VIEWS
 
 __all__ = ["Embedder", "EmbeddingBatch", "Views", "view_count", "view_passes"]
 
-# : ``identity``: the image as it is; ``half-turn``: the mean over it and its 180-degree rotation
-# (the : near-duplicate search's: a quarter of the cost of ``mean``, as good at finding copies,
-# docs/benchmarks.md); : ``mean``: the mean over the 8 flips and rotations (invariant to them);
-# ``all``: each of the 8 kept, as extra : training samples for a probe.
+#: ``identity``: the image as it is; ``half-turn``: the mean over it and its 180-degree rotation
+#: (the near-duplicate search's: a quarter of the cost of ``mean``, as good at finding copies,
+#: docs/benchmarks.md); ``mean``: the mean over the 8 flips and rotations (invariant to them);
+#: ``all``: each of the 8 kept, as extra training samples for a probe.
 Views = Literal["identity", "half-turn", "mean", "all"]
 
 

@@ -29,8 +29,8 @@ __all__ = [
     "kept_name",
 ]
 
-# : Leading bytes of the formats we read: a file that starts like one but does not open is damaged,
-# not foreign.
+#: Leading bytes of the formats we read: a file that starts like one but does not open is damaged,
+#: not foreign.
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"II*\x00", b"MM\x00*", b"BM", b"RIFF", b"GIF8")
 
 

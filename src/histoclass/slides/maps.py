@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw
 
 __all__ = ["class_colours", "class_heatmap", "geojson", "label_heatmap", "png_bytes", "summarise"]
 
-# : Tableau's ten colours, then evenly spaced hues: distinct for the first ten classes, as QuPath's
-# defaults are.
+#: Tableau's ten colours, then evenly spaced hues: distinct for the first ten classes, as QuPath's
+#: defaults are.
 _TABLEAU = [
     (31, 119, 180),
     (255, 127, 14),
