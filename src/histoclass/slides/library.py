@@ -111,8 +111,7 @@ class SlideLibrary:
         with lock:  # one reader per slide handle at a time; slides are read in parallel
             return DeepZoom(slide).tile_jpeg(level, column, row)
 
-    # -- maps
-    # --------------------------------------------------------------------------------------------------
+    # -- maps ---------------------------------------------------------------------------------------
 
     def _out(self, name: str) -> SlideDir:
         """Where the slide's map lives: ``MAPS/<file name without extension>``, as ``histoclass
