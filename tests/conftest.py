@@ -56,6 +56,24 @@ def link_class_folders(target: Path, files: dict[str, list[Path]]) -> Path:
     return target
 
 
+def quick_train(data: Path, runs: Path, name: str, *extra: str, **flags) -> list[str]:
+    """``histoclass train`` arguments for a seconds-long run of the shared Lite0 (32 px, 1 epoch, no
+    loader workers); ``flags`` (``image_size=48``) replace those, ``extra`` arguments follow."""
+    values = {"image_size": 32, "epochs": 1, "phase1_epochs": 1, "workers": 0} | flags
+    values |= {"runs_dir": runs, "name": name}
+    words = [[f"--{key.replace('_', '-')}", str(value)] for key, value in values.items()]
+    start = [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "tf_efficientnet_lite0",
+        "--weights",
+        str(LITE0),
+    ]
+    return [*start, *(word for pair in words for word in pair), *extra]
+
+
 def run_cli_all(
     calls: list[list[str]], env: dict[str, str] | None = None
 ) -> list[subprocess.CompletedProcess]:

@@ -15,7 +15,7 @@ from benchmarks.copies import read_truth
 from benchmarks.tissue_copies import make_tissue_sets
 from sklearn.metrics import adjusted_rand_score
 
-from conftest import BLOOD_TEST, LITE0, SLIDE, run_cli
+from conftest import BLOOD_TEST, LITE0, SLIDE, quick_train, run_cli
 from histoclass.audit.copies import AuditSettings, find_copies
 from histoclass.audit.names import named_slides
 from histoclass.audit.search import neighbour_pairs
@@ -221,29 +221,7 @@ def test_audit_bad_inputs_are_one_line(copies: Path, tmp_path: Path) -> None:
 
 
 def test_group_by_auto_keeps_every_source_on_one_side(copies: Path, tmp_path: Path) -> None:
-    result = run_cli(
-        "train",
-        "--data",
-        str(copies),
-        "--group-by",
-        "auto",
-        "--model",
-        "tf_efficientnet_lite0",
-        "--weights",
-        str(LITE0),
-        "--image-size",
-        "32",
-        "--epochs",
-        "1",
-        "--phase1-epochs",
-        "1",
-        "--workers",
-        "0",
-        "--runs-dir",
-        str(tmp_path),
-        "--name",
-        "auto",
-    )
+    result = run_cli(*quick_train(copies, tmp_path, "auto", "--group-by", "auto"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "auto groups:" in result.stderr
     with open(tmp_path / "auto" / "split.csv", newline="") as handle:
@@ -262,27 +240,7 @@ def test_evaluate_finds_copies_in_the_training_data_and_gives_intervals(
     copies: Path, tmp_path: Path
 ) -> None:
     """A run trained on copies, evaluated on their originals: the overlap is found and warned about."""
-    trained = run_cli(
-        "train",
-        "--data",
-        str(copies),
-        "--model",
-        "tf_efficientnet_lite0",
-        "--weights",
-        str(LITE0),
-        "--image-size",
-        "32",
-        "--epochs",
-        "1",
-        "--phase1-epochs",
-        "1",
-        "--workers",
-        "0",
-        "--runs-dir",
-        str(tmp_path),
-        "--name",
-        "leaky",
-    )
+    trained = run_cli(*quick_train(copies, tmp_path, "leaky"))
     assert trained.returncode == 0, trained.stderr[-2000:]
     result = run_cli("evaluate", str(tmp_path / "leaky"), "--data", str(BLOOD_TEST))
     assert result.returncode == 0, result.stderr[-2000:]

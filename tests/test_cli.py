@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LITE0, blood_files, link_class_folders, run_cli, run_cli_all
+from conftest import LITE0, blood_files, link_class_folders, quick_train, run_cli, run_cli_all
 from histoclass.config import apply_overrides, build_config, load_yaml
 from histoclass.errors import HistoclassError
 from histoclass.models.factory import create_backbone
@@ -149,29 +149,7 @@ def test_offline_pretrained_fails_fast_naming_the_fixes(tmp_path: Path, tiny: Pa
 
 
 def test_cli_train_end_to_end_with_weights_file(tmp_path: Path, tiny: Path) -> None:
-    result = run_cli(
-        "train",
-        "--data",
-        str(tiny),
-        "--model",
-        "tf_efficientnet_lite0",
-        "--weights",
-        str(LITE0),
-        "--image-size",
-        "32",
-        "--epochs",
-        "2",
-        "--phase1-epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--name",
-        "cli",
-        "--runs-dir",
-        str(tmp_path / "runs"),
-    )
+    result = run_cli(*quick_train(tiny, tmp_path / "runs", "cli", epochs=2, batch_size=8))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Split (images per class)" in result.stderr
     # The default recipe trains the whole backbone in phase 2: the stem moves as well as the last block.

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import histoclass
-from conftest import LITE0, blood_files, link_class_folders, run_cli, run_cli_process
+from conftest import blood_files, link_class_folders, quick_train, run_cli, run_cli_process
 from histoclass.calibration.temperature import calibrated_probabilities
 from histoclass.data.images import load_resized
 from histoclass.runs.history import read_history
@@ -30,32 +30,8 @@ def uneven(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train_args(data: Path, runs: Path, name: str, epochs: int = 3, *extra: str) -> list[str]:
-    return [
-        "train",
-        "--data",
-        str(data),
-        "--model",
-        "tf_efficientnet_lite0",
-        "--weights",
-        str(LITE0),
-        "--image-size",
-        "48",
-        "--epochs",
-        str(epochs),
-        "--phase1-epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--accelerator",
-        "cpu",
-        "--runs-dir",
-        str(runs),
-        "--name",
-        name,
-        *extra,
-    ]
+    flags = {"image_size": 48, "epochs": epochs, "batch_size": 8, "accelerator": "cpu"}
+    return quick_train(data, runs, name, *extra, **flags)
 
 
 @pytest.mark.slow

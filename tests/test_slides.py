@@ -51,24 +51,18 @@ def read_tiles(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def map_args(run: Path, slides: list[Path], out: Path) -> list[str]:
+    """``histoclass slide`` over ``slides`` at the tests' resolution, tile size and batch."""
+    flags = ["--mpp", str(MPP), "--tile-size", str(TILE), "--batch-size", "16"]
+    return ["slide", str(run), *(str(slide) for slide in slides), "--out", str(out), *flags]
+
+
 @pytest.fixture(scope="module")
 def mapped(
     trained_run: Path, slides: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     out = tmp_path_factory.mktemp("mapped")
-    result = run_cli(
-        "slide",
-        str(trained_run),
-        str(slides["svs"]),
-        "--out",
-        str(out),
-        "--mpp",
-        str(MPP),
-        "--tile-size",
-        str(TILE),
-        "--batch-size",
-        "16",
-    )
+    result = run_cli(*map_args(trained_run, [slides["svs"]], out))
     assert result.returncode == 0, result.stderr
     return out
 
@@ -235,19 +229,7 @@ def test_a_killed_run_resumes_from_its_tiles(
     # cut mid-line
     (out / "tiles.partial.csv").write_text("\n".join(lines[:half]) + "\n" + lines[half][:20])
     (out / "geometry.json").write_text(json.dumps(summary["geometry"]))
-    result = run_cli(
-        "slide",
-        str(trained_run),
-        str(slides["svs"]),
-        "--out",
-        str(tmp_path),
-        "--mpp",
-        str(MPP),
-        "--tile-size",
-        str(TILE),
-        "--batch-size",
-        "16",
-    )
+    result = run_cli(*map_args(trained_run, [slides["svs"]], tmp_path))
     assert result.returncode == 0, result.stderr
     assert f"{half - 1} tiles already mapped" in result.stderr
     assert (out / "tiles.csv").read_text().splitlines() == lines
@@ -316,18 +298,7 @@ def test_slides_are_shared_between_torchrun_processes(
         "29533",
         "-m",
         "histoclass",
-        "slide",
-        str(trained_run),
-        str(slides["svs"]),
-        str(second),
-        "--out",
-        str(out),
-        "--mpp",
-        str(MPP),
-        "--tile-size",
-        str(TILE),
-        "--batch-size",
-        "16",
+        *map_args(trained_run, [slides["svs"], second], out),
     ]
     result = subprocess.run(
         command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}

@@ -21,7 +21,7 @@ from histoclass.inference.preprocess import normalize_torch, standardize_torch
 from histoclass.models.factory import Classifier
 from histoclass.training.optim import create_optimizer, create_scheduler
 
-__all__ = ["ClassifierModule", "log_validation", "validation_metrics"]
+__all__ = ["ClassifierModule", "log_training_loss", "log_validation", "losses", "validation_metrics"]
 
 
 def validation_metrics(num_classes: int) -> tuple[MetricCollection, MeanMetric]:
@@ -46,6 +46,19 @@ def losses(
     return (
         nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing),
         nn.CrossEntropyLoss(weight=class_weights),
+    )
+
+
+def log_training_loss(module: L.LightningModule, loss: torch.Tensor, images: int) -> None:
+    """A step's training loss, per step and (weighted by ``images``) per epoch, in the progress bar."""
+    module.log(
+        "train_loss",
+        loss,
+        on_step=True,
+        on_epoch=True,
+        prog_bar=True,
+        batch_size=images,
+        sync_dist=True,
     )
 
 
@@ -118,15 +131,7 @@ class ClassifierModule(L.LightningModule):
         if self.mixer is not None:
             inputs, targets = self.mixer(inputs, labels)
         loss = self.criterion(self.model(inputs), targets)
-        self.log(
-            "train_loss",
-            loss,
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(labels),
-            sync_dist=True,
-        )
+        log_training_loss(self, loss, len(labels))
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -20,7 +20,12 @@ from histoclass.embeddings.extractors import Extractor, backbone_extractor
 from histoclass.errors import HistoclassError
 from histoclass.models.factory import Backbone, Classifier
 from histoclass.models.heads import KNNHead
-from histoclass.training.module import log_validation, losses, validation_metrics
+from histoclass.training.module import (
+    log_training_loss,
+    log_validation,
+    losses,
+    validation_metrics,
+)
 from histoclass.training.optim import create_optimizer, create_scheduler
 
 __all__ = ["EmbeddingDataModule", "ProbeModule", "probe_parts"]
@@ -55,15 +60,7 @@ class ProbeModule(L.LightningModule):
         if isinstance(self.model.head, KNNHead):  # stored, not trained: the epoch only validates
             return None
         loss = self.criterion(self.model.head(features), labels)
-        self.log(
-            "train_loss",
-            loss,
-            on_step=True,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(labels),
-            sync_dist=True,
-        )
+        log_training_loss(self, loss, len(labels))
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
