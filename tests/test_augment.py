@@ -149,8 +149,9 @@ def test_stain_deconvolution_and_jitter_match_skimage(cell: torch.Tensor) -> Non
     )
     # Tellez et al.: haematoxylin x1.3 and eosin +0.02, DAB kept; skimage's deconvolution of the result agrees
     jittered = hed_jitter(image, torch.tensor([[1.3, 1.0, 1.0]]), torch.tensor([[0.0, 0.02, 0.0]]))
-    inside = lambda t: ((t > 1e-6) & (t < 1)).all(dim=1)[0].numpy()  # noqa: E731  (neither floor nor clip hit)
-    unclipped = inside(image) & inside(jittered)
+    # pixels where neither the floor nor the clip was hit
+    unclipped = ((image > 1e-6) & (image < 1)).all(dim=1)[0].numpy()
+    unclipped &= ((jittered > 1e-6) & (jittered < 1)).all(dim=1)[0].numpy()
     expected = np.maximum(as_hwc(rgb_to_hed(image)) * [1.3, 1.0, 1.0] + [0.0, 0.02, 0.0], 0)
     assert unclipped.mean() > 0.5
     assert np.allclose(rgb2hed(as_hwc(jittered))[unclipped], expected[unclipped], atol=1e-9)
