@@ -21,7 +21,13 @@ from histoclass.inference.preprocess import normalize_torch, standardize_torch
 from histoclass.models.factory import Classifier
 from histoclass.training.optim import create_optimizer, create_scheduler
 
-__all__ = ["ClassifierModule", "log_training_loss", "log_validation", "losses", "validation_metrics"]
+__all__ = [
+    "ClassifierModule",
+    "log_training_loss",
+    "log_validation",
+    "losses",
+    "validation_metrics",
+]
 
 
 def validation_metrics(num_classes: int) -> tuple[MetricCollection, MeanMetric]:
