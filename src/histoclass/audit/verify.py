@@ -102,8 +102,8 @@ class KeypointCache:
         orb, clahe = self._local.tools
         try:
             grey = cv2.cvtColor(self.records.load(i, self.size), cv2.COLOR_RGB2GRAY)
-        # an unreadable image has no keypoints; it is reported by the embedding step
         except Exception:
+            # an unreadable image has no keypoints; it is reported by the embedding step
             return None
         equalised = clahe.apply(grey)
         points, descriptors = [], []

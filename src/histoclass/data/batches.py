@@ -46,8 +46,8 @@ def default_threads() -> int:
 def _load_one(records: Loadable, i: int, size: int) -> np.ndarray | str:
     try:
         return records.load(i, size)
-    # every decoder failure is a per-file problem, reported in the output
     except Exception as error:
+        # every decoder failure is a per-file problem, reported in the output
         return unreadable_reason(error)
 
 

@@ -48,8 +48,8 @@ def _inspect_file(records: ImageRecords, i: int) -> ImageInfo:
             size, mode = probe.size, probe.mode
         records.open(i, size_hint=_CHECK_DECODE_SIZE)
         return ImageInfo(size, mode, None)
-    # Pillow raises many types for bad data; each becomes a reported reason
     except Exception as error:
+        # Pillow raises many types for bad data; each becomes a reported reason
         return ImageInfo(None, None, unreadable_reason(error))
 
 

@@ -166,8 +166,8 @@ def _admitted(
         return [], [missing]
     try:
         cache = _cache(run, reference)
-    # a shared model folder on read-only storage: nothing can be converted into it
     except OSError as error:
+        # a shared model folder on read-only storage: nothing can be converted into it
         if error.errno not in READ_ONLY_ERRORS:
             raise
         raise HistoclassError(
@@ -209,8 +209,8 @@ def _auto(run: Path, reference: Reference) -> Predictor:
     for engine in AUTO_ORDER:
         try:
             found, why = _admitted(run, engine, reference)
-        # no validation images to check on, a conversion that fails
         except HistoclassError as error:
+            # no validation images to check on, a conversion that fails
             found, why = [], [f"{engine}: {error}"]
         admitted += found
         reasons += why

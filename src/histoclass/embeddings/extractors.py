@@ -102,8 +102,8 @@ class Extractor:
             return OpenVinoEngine.from_module(self.module, self.info)
         except ImportError:
             return None
-        # a module OpenVINO cannot trace: PyTorch computes the same features
         except Exception as error:
+            # a module OpenVINO cannot trace: PyTorch computes the same features
             console.print(
                 f"[dim]features with PyTorch: OpenVINO cannot convert {self.info.name} ({error!s:.120})[/]"
             )

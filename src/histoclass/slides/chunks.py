@@ -161,8 +161,8 @@ def open_chunks(
 
     try:
         tiff = tifffile.TiffFile(path)
-    # not a TIFF (MRXS, DICOM, ...), or one tifffile cannot parse: the reader stays
     except Exception:
+        # not a TIFF (MRXS, DICOM, ...), or one tifffile cannot parse: the reader stays
         return None
     chunks = TiffChunks(path, tiff, {}, downsamples)
     try:
@@ -171,8 +171,8 @@ def open_chunks(
                 chunks.levels[level] = found
                 if not _agrees(chunks, level, reference):
                     del chunks.levels[level]
-    # a compression imagecodecs lacks, a damaged tile: the slide's reader reads it all
     except Exception:
+        # a compression imagecodecs lacks, a damaged tile: the slide's reader reads it all
         chunks.levels = {}
     if not chunks.levels:
         chunks.close()

@@ -23,8 +23,8 @@ def resume_checkpoint(run: RunDir) -> Path:
     for path in candidates:
         try:
             AtomicCheckpointIO().load_checkpoint(path)
-        # a truncated or foreign file fails in many ways; each means "not this one"
         except Exception as error:
+            # a truncated or foreign file fails in many ways; each means "not this one"
             console.print(
                 f"[yellow]--resume: {path.name} cannot be loaded ({type(error).__name__}); skipping it[/]"
             )

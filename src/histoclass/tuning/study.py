@@ -56,8 +56,8 @@ def _storage(optuna, url: str):
             )
         except ImportError as error:
             raise HistoclassError(f"--storage: cannot open '{url}' ({error})") from None
-        # SQLAlchemy's connection errors: long, and all mean the same here
         except Exception as error:
+            # SQLAlchemy's connection errors: long, and all mean the same here
             if attempt == 2:
                 raise HistoclassError(
                     f"--storage: cannot open '{url}' ({str(error).splitlines()[0][:160]})"
@@ -81,8 +81,8 @@ def open_study(options: TuneOptions, study: StudyDir, name: str, first_epoch: in
             pruner=pruner,
             load_if_exists=True,
         )
-    # another process created it between the check and the insert
     except optuna.exceptions.DuplicatedStudyError:
+        # another process created it between the check and the insert
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
 
 

@@ -55,8 +55,8 @@ class OpenVinoEngine(NumpyEngine):
         self.info = read_export_info(self.source)
         try:
             self._compile(core, core.read_model(str(self.source)), precision, recheck=True)
-        # OpenVINO raises RuntimeError subclasses with long native messages
         except Exception as error:
+            # OpenVINO raises RuntimeError subclasses with long native messages
             raise HistoclassError(
                 f"OpenVINO cannot load '{self.source}' ({str(error).splitlines()[0][:160]})"
             ) from None
