@@ -118,6 +118,9 @@ ROWS: dict[str, dict] = {
     # Another lab's cells (benchmarks/robustness.py): strong colour, stain and grey; objects 1/3 to
     # 3x the size.
     "128px-robust": AT_128 | {"augment.preset": "robust"},
+    # The same lab's and another's cells framed alike: a square around each image's cell.
+    "128px-cell": AT_128 | {"data.framing": "cell"},
+    "128px-cell-robust": AT_128 | {"data.framing": "cell", "augment.preset": "robust"},
     # Ensembles: the base recipe trained on 3 group-aware folds of the training split, their mean probability.
     "folds-3": {"train.folds": 3},
     "schedule+folds-3": SCHEDULE | {"train.folds": 3},

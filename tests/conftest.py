@@ -182,12 +182,14 @@ def scratch_run(blood_subset: Path, runs_dir: Path) -> Path:
     return train(build_config(values))
 
 
-def probe(data: Path, runs: Path, name: str, kind: str, views: bool = False) -> Path:
+def probe(
+    data: Path, runs: Path, name: str, kind: str, views: bool = False, framing: str = "field"
+) -> Path:
     """A probe run (a head on cached embeddings of the shared Lite0): 40 epochs take seconds."""
     from histoclass.training.job import train
 
     values = small_config(data, runs, name, probe=kind, probe_views=views, epochs=40, lr=3e-3)
-    values["data"]["batch_size"] = 64
+    values["data"] |= {"batch_size": 64, "framing": framing}
     return train(build_config(values))
 
 

@@ -128,6 +128,7 @@ def adapt(config: AdaptConfig) -> RunDir:
             "--shots fine-tunes one model; adapt a fold of this ensemble (runs/NAME/folds/1)"
         )
     records = _labelled(config, info.labels) if config.shots else _unlabelled(config.data)
+    records = records.framed(info.framing)
     if len(records) < MIN_IMAGES:
         raise HistoclassError(
             f"--data: {len(records)} images; adapting needs at least {MIN_IMAGES} of the new source"

@@ -18,6 +18,7 @@ __all__ = [
     "AugmentConfig",
     "Config",
     "DataConfig",
+    "Framing",
     "ModelConfig",
     "RunConfig",
     "TrainConfig",
@@ -28,6 +29,9 @@ __all__ = [
 #: The input size left open: measured best for CNNs within the CPU budget (docs/benchmarks.md, the recipe
 #: ablation). Models whose weights fix their input (transformers, foundation models) use their own.
 RECIPE_IMAGE_SIZE = 128
+
+#: What of each image a model sees (:mod:`histoclass.data.framing`).
+Framing = Literal["field", "cell"]
 
 
 class DataConfig(ConfigModel):
@@ -60,6 +64,12 @@ class DataConfig(ConfigModel):
         f"square input size in pixels [{RECIPE_IMAGE_SIZE}; a transformer's own size]",
         ge=16,
         le=4096,
+    )
+    framing: Framing = option(
+        "field",
+        "what the model sees of each image, in training and every later use: field (all of it) | cell "
+        "(a square around the most strongly stained cell, so other labs' wider or tighter framing matters "
+        "less; for single-cell images)",
     )
     batch_size: int = option(32, "images per batch and device", ge=1)
     workers: int | None = option(None, "data loader processes (default: CPUs - 1)", ge=0)

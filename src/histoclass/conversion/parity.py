@@ -96,7 +96,7 @@ def load_check_images(
     run: Path, check_data: str | None, info: ModelInfo, limit: int, seed: int = 0
 ):
     """Up to ``limit`` readable images (a seeded random sample) as uint8 NHWC, with labels (-1: unknown)."""
-    records = _check_records(run, check_data, info.labels)
+    records = _check_records(run, check_data, info.labels).framed(info.framing)
     size = info.image_size
     if len(records) > limit:
         records = records.subset(

@@ -1,6 +1,8 @@
-"""Reading one image as 8-bit RGB and resizing it: the single preprocessing path for training and inference.
+"""Reading one image as 8-bit RGB, framing and resizing it: the single preprocessing path for training and
+inference.
 
-Imports only numpy and Pillow, so an ONNX deployment without torch preprocesses exactly as training did.
+Imports only numpy, Pillow and SciPy, so an ONNX deployment without torch preprocesses exactly as training
+did.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from histoclass.console import console
+from histoclass.data.framing import Framing, frame
 
 __all__ = [
     "EMPTY_FILE",
@@ -124,16 +127,19 @@ def _name(source: str | Path | bytes) -> str:
     return "an uploaded image" if isinstance(source, bytes) else f"'{source}'"
 
 
-def resize_square(image: Image.Image, size: int) -> np.ndarray:
-    """Resize to ``size`` x ``size`` (stretching, as the seeds' Keras generators did) -> uint8 HxWx3."""
+def resize_square(image: Image.Image, size: int, framing: Framing = "field") -> np.ndarray:
+    """Frame, then resize to ``size`` x ``size`` (stretching, as the seeds' Keras generators did) -> uint8
+    HxWx3."""
+    image = frame(image, framing)
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.array(image, dtype=np.uint8)
 
 
-def load_resized(source: str | Path | bytes, size: int) -> np.ndarray:
-    """Decode (DCT-scaled when JPEG) and resize to ``size`` x ``size``: uint8 HxWx3, as every path sees it."""
-    return resize_square(open_rgb(source, size), size)
+def load_resized(source: str | Path | bytes, size: int, framing: Framing = "field") -> np.ndarray:
+    """Decode (DCT-scaled when JPEG and the whole field is kept), frame and resize to ``size`` x ``size``:
+    uint8 HxWx3, as every path sees it."""
+    return resize_square(open_rgb(source, size if framing == "field" else None), size, framing)
 
 
 def unreadable_reason(error: Exception) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from histoclass.data.framing import Framing
 from histoclass.data.images import array_to_rgb, load_resized, open_rgb, resize_square
 
 __all__ = ["DataSource", "ImageRecords", "relabel_by_name"]
@@ -18,7 +19,8 @@ class ImageRecords:
     """N images with integer labels, backed either by files (``paths``) or by an in-memory ``array``.
 
     ``ids`` name each image in reports and CSVs (a path relative to the dataset, a CSV id, or an index);
-    ``groups`` (patient, slide, source image) keep related images on one side of a split.
+    ``groups`` (patient, slide, source image) keep related images on one side of a split; ``framing`` is
+    the part of each image a model sees (:mod:`histoclass.data.framing`).
     """
 
     ids: list[str]
@@ -26,6 +28,7 @@ class ImageRecords:
     paths: list[Path] | None = None
     array: np.ndarray | None = None
     groups: list[str] | None = None
+    framing: Framing = "field"
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -59,6 +62,10 @@ class ImageRecords:
         """The same records with ``groups`` (one per record, or None for none)."""
         return replace(self, groups=groups)
 
+    def framed(self, framing: Framing) -> ImageRecords:
+        """The same images as a model with ``framing`` sees them."""
+        return replace(self, framing=framing)
+
     def open(self, i: int, size_hint: int | None = None) -> Image.Image:
         """Image ``i`` as RGB (raises OSError/ValueError if its file is unreadable)."""
         if self.array is not None:
@@ -69,9 +76,9 @@ class ImageRecords:
     def load(self, i: int, size: int) -> np.ndarray:
         """Image ``i`` resized to ``size`` x ``size``, uint8 HxWx3."""
         if self.array is not None:
-            return resize_square(self.open(i), size)
+            return resize_square(self.open(i), size, self.framing)
         assert self.paths is not None
-        return load_resized(self.paths[i], size)
+        return load_resized(self.paths[i], size, self.framing)
 
     def class_counts(self, num_classes: int) -> np.ndarray:
         """Images per class index."""

@@ -117,9 +117,12 @@ def embed(config: EmbedConfig) -> EmbeddingTable:
         raise HistoclassError(
             f"--out: folder '{out.parent}' does not exist; create it or write elsewhere"
         )
-    if not RunDir(Path(config.model)).is_trained():
+    run = RunDir(Path(config.model))
+    if not run.is_trained():
         check_model_name(config.model)
     records, labels, splits = _records(config)
+    if run.is_trained():  # the images as the run's model sees them
+        records = records.framed(ModelInfo.load(run.model_info).framing)
     if not len(records):
         raise HistoclassError(f"'{config.data}' has no images to embed")
     extractor = create_extractor(config.model, config.weights, _image_size(config), "pooled")

@@ -53,6 +53,10 @@ def gallery_items(
     return items
 
 
+def _framing(info: ModelInfo) -> str:
+    return "" if info.framing == "field" else f"framed around the {info.framing}, "
+
+
 def _config_rows(model_dir: Path, info: ModelInfo) -> list[tuple[str, str]]:
     rows = [
         ("model", info.name or model_dir.name),
@@ -61,7 +65,7 @@ def _config_rows(model_dir: Path, info: ModelInfo) -> list[tuple[str, str]]:
         ("image size", f"{info.image_size} px"),
         ("classes", ", ".join(info.labels)),
         ("parameters", f"{info.parameters:,}" if info.parameters else "–"),
-        ("preprocessing", f"{info.resize}; mean {info.mean}, std {info.std}"),
+        ("preprocessing", f"{_framing(info)}{info.resize}; mean {info.mean}, std {info.std}"),
     ]
     run = RunDir(model_dir)
     if run.config.is_file():

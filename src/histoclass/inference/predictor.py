@@ -18,6 +18,7 @@ from PIL import Image
 from histoclass.calibration.conformal import prediction_sets
 from histoclass.calibration.temperature import calibrated_probabilities
 from histoclass.data.batches import iter_batches
+from histoclass.data.framing import Framing
 from histoclass.data.images import array_to_rgb, load_resized, resize_square
 from histoclass.data.records import ImageRecords
 from histoclass.data.stain_normalize import stain_normalized
@@ -118,7 +119,10 @@ class Predictor:
         size = self.info.image_size
         results = []
         for start in range(0, len(images), batch_size):
-            chunk = [_as_pixels(item, size) for item in images[start : start + batch_size]]
+            chunk = [
+                _as_pixels(item, size, self.info.framing)
+                for item in images[start : start + batch_size]
+            ]
             results.append(self.predict_pixels(np.stack(chunk), tta=tta))
         return np.concatenate(results) if results else np.zeros((0, len(self.labels)))
 
@@ -133,6 +137,7 @@ class Predictor:
         """Predict every record in order, decoding a few batches ahead on threads (or reading ``cache``, the
         decoded pixels); unreadable images are reported, not raised."""
         size, classes = self.info.image_size, len(self.labels)
+        records = records.framed(self.info.framing)
         for batch in iter_batches(records, size, batch_size, threads, cache):
             if batch.indices:
                 logits = self.view_logits(batch.pixels, tta)
@@ -154,12 +159,14 @@ class Predictor:
         return overlay_png(pixels, heatmap), self.labels[target]
 
 
-def _as_pixels(item: str | Path | Image.Image | np.ndarray, size: int) -> np.ndarray:
+def _as_pixels(
+    item: str | Path | Image.Image | np.ndarray, size: int, framing: Framing
+) -> np.ndarray:
     if isinstance(item, np.ndarray):
         item = Image.fromarray(array_to_rgb(item))
     if isinstance(item, Image.Image):
-        return resize_square(item.convert("RGB"), size)
-    return load_resized(item, size)
+        return resize_square(item.convert("RGB"), size, framing)
+    return load_resized(item, size, framing)
 
 
 def load(path: str | Path, compile: bool = False) -> Predictor:

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from histoclass.atomic import write_text
+from histoclass.data.framing import Framing
 from histoclass.data.stain_normalize import StainNormalization
 from histoclass.errors import HistoclassError
 
@@ -50,6 +51,8 @@ class ModelInfo(BaseModel):
     mean: list[float]
     std: list[float]
     resize: str
+    #: What of each image is resized (:mod:`histoclass.data.framing`): all of it, or a square around its cell.
+    framing: Framing = "field"
     channels: str = "RGB"
     layout: str = "NCHW"
     input_range: str = "uint8 / 255, then (x - mean) / std"

@@ -218,7 +218,11 @@ def create_app(settings: ServeConfig) -> FastAPI:
     async def decode(upload: Upload, pixels: int) -> tuple[str, np.ndarray]:
         async with budget.hold(pixels):
             image = await run_in_threadpool(
-                decode_resized, upload.filename, upload.data, image_size
+                decode_resized,
+                upload.filename,
+                upload.data,
+                image_size,
+                predictor.info.framing,
             )
         return upload.filename, image
 

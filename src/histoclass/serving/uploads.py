@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from histoclass.data.framing import Framing
 from histoclass.data.images import EMPTY_FILE, IMAGE_EXTENSIONS, open_rgb, resize_square
 from histoclass.serving.heap import give_back_freed_memory
 
@@ -99,14 +100,15 @@ def checked_pixels(
     return width * height
 
 
-def decode_resized(filename: str, data: bytes, size: int) -> np.ndarray:
+def decode_resized(filename: str, data: bytes, size: int, framing: Framing = "field") -> np.ndarray:
     """Decode fully (as every other path does, DCT-scaled for JPEG) and resize to ``size``: the large decoded
     image lives only inside this call. Raises :class:`UploadRejected` (422) on damaged data."""
     try:
         with warnings.catch_warnings():
             # checked_pixels has bounded it
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return resize_square(open_rgb(bytes(data), size), size)
+            hint = size if framing == "field" else None  # a cell is a part of the image
+            return resize_square(open_rgb(bytes(data), hint), size, framing)
     except Exception as error:  # truncated or corrupt data surfaces as many exception types
         raise UploadRejected(
             422, filename, f"damaged image ({str(error).splitlines()[0][:120]})"

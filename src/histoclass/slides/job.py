@@ -405,6 +405,11 @@ def map_slides(config: SlideConfig) -> Path:
     index = SlideIndex(Path(config.out))
     _check_names(paths, index)
     predictor = open_predictor(config.model, config.engine, config.compile)
+    if predictor.info.framing != "field":
+        raise HistoclassError(
+            f"'{config.model}' sees a square around one cell of each image (--framing "
+            f"{predictor.info.framing}); map slides with a model trained on whole fields"
+        )
     rank, world, _ = launch()
     for path in paths[rank::world]:
         map_slide(predictor, path, index, config)

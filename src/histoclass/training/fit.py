@@ -68,7 +68,7 @@ def fit_stain(config: Config) -> StainNormalization | None:
     if not data.stain_normalize:
         return None
     try:
-        target = load_resized(data.stain_target, data.image_size)
+        target = load_resized(data.stain_target, data.image_size, data.framing)
     except (OSError, ValueError) as error:
         raise HistoclassError(
             f"--stain-target: cannot read '{data.stain_target}' as an image ({error})"
@@ -147,6 +147,7 @@ def _model_info(plan: TrainingPlan, module: L.LightningModule) -> ModelInfo:
         mean=list(model.mean),
         std=list(model.std),
         resize=RESIZE_METHOD,
+        framing=config.data.framing,
         name=plan.run.root.name,
         parameters=count_parameters(model),
         mpp=config.data.train_mpp,

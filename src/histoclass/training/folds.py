@@ -79,7 +79,8 @@ def _fold_records(
 ) -> tuple[ImageRecords, ImageRecords]:
     """Fold ``k``'s training and validation images: as its ``split.csv`` recorded them once it has one."""
     if fold.split.is_file():
-        return recorded_split(report, fold)
+        train, val = recorded_split(report, fold)
+        return train.framed(pool.framing), val.framed(pool.framing)
     return pool.subset(np.flatnonzero(numbers != k - 1)), pool.subset(
         np.flatnonzero(numbers == k - 1)
     )

@@ -74,13 +74,14 @@ def launch(
         )
     else:
         train_records, val_records = recorded_split(report, run)
+    framing = config.data.framing
     plan = TrainingPlan(
         config,
         run,
         backbone,
         report,
-        train_records,
-        val_records,
+        train_records.framed(framing),
+        val_records.framed(framing),
         stain,
         checkpoint,
         tuple(callbacks or ()),

@@ -133,7 +133,8 @@ def tune(config: TuneConfig) -> Path:
     study_dir = StudyDir(Path(base.run.runs_dir) / f"tune-{name}")
     study_dir.root.mkdir(parents=True, exist_ok=True)
     space = SearchSpace.build(base, config.tune.space)
-    study = open_study(config.tune, study_dir, name, first_epoch=base.train.phase1_epochs or 1)
+    warmup = max(base.train.phase1_epochs or 1, base.train.epochs // 2)
+    study = open_study(config.tune, study_dir, name, warmup_epochs=warmup)
     import optuna
     from optuna.trial import TrialState
 

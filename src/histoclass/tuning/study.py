@@ -65,11 +65,15 @@ def _storage(optuna, url: str):
             time.sleep(1 + attempt)
 
 
-def open_study(options: TuneOptions, study: StudyDir, name: str, first_epoch: int):
-    """The study ``name`` in its storage, created by the first process that asks, loaded by the others."""
+def open_study(options: TuneOptions, study: StudyDir, name: str, warmup_epochs: int):
+    """The study ``name`` in its storage, created by the first process that asks, loaded by the others.
+
+    Trials are judged only after ``warmup_epochs``: judged from the second epoch, configurations that start
+    fast (small images, few blocks) led and the ones that end best were pruned before they overtook
+    (docs/benchmarks.md, the second study)."""
     optuna = optuna_module()
     storage = _storage(optuna, options.storage or f"sqlite:///{study.database.resolve()}")
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=first_epoch)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup_epochs)
     # Unseeded: two processes started together must not propose the same first trials.
     sampler = optuna.samplers.TPESampler(n_startup_trials=5)
     try:
