@@ -25,6 +25,8 @@ CELL_MARGIN = 1.8
 _SEARCH_SIDE = 256
 #: Pixels darker than this in every channel are padding (rotated copies, scanner borders), not stain.
 _PADDING = 25
+#: Optical densities spread less than this: nothing in the image is stained.
+_FAINT = 0.05
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -42,10 +44,8 @@ def _nucleus_density(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
     hardly do, so nuclei stand out whatever the stain's hue."""
     red = pixels[:, :, 0].astype(np.float32) + 1
     density = -np.log(np.minimum(red / (background[0] + 1), 1.0))
-    padding = ndimage.binary_dilation(
-        pixels.max(axis=2) < _PADDING, iterations=2
-    )  # and its blurred rim
-    density[padding] = 0
+    # the padding and its blurred rim
+    density[ndimage.binary_dilation(pixels.max(axis=2) < _PADDING, iterations=2)] = 0
     return ndimage.gaussian_filter(density, max(1.0, min(pixels.shape[:2]) / 100))
 
 
@@ -58,14 +58,12 @@ def cell_square(pixels: np.ndarray) -> tuple[float, float, float]:
     height, width = pixels.shape[:2]
     background = np.percentile(pixels.reshape(-1, 3), 90, axis=0)
     density = _nucleus_density(pixels, background)
-    stained = density > _otsu(density.ravel())
-    if stained.sum() < 10:
+    if np.ptp(density) < _FAINT:  # nothing stained (empty glass, a blank image): the whole image
         return width / 2, height / 2, float(min(width, height))
+    stained = density > _otsu(density.ravel())
     nuclei = density > _otsu(density[stained])
     reach = max(1, round(min(width, height) * 0.04))
     groups, count = ndimage.label(ndimage.binary_dilation(nuclei, iterations=reach))
-    if count == 0:
-        return width / 2, height / 2, float(min(width, height))
     largest = np.bincount(groups[nuclei], minlength=count + 1)[1:].argmax() + 1
     ys, xs = np.nonzero(nuclei & (groups == largest))
     side = max(xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min(), 0.1 * min(width, height))
