@@ -17,7 +17,7 @@ from PIL import Image
 
 from histoclass.calibration.conformal import prediction_sets
 from histoclass.calibration.temperature import calibrated_probabilities
-from histoclass.data.batches import iter_batches
+from histoclass.data.batches import PixelBatch, iter_batches, load_pixels
 from histoclass.data.framing import Framing
 from histoclass.data.images import array_to_rgb, load_resized, resize_square
 from histoclass.data.records import ImageRecords
@@ -109,6 +109,14 @@ class Predictor:
         """Shift scores of uint8 NHWC images at the model's size (None without a scorer)."""
         return None if self.shift is None else self.shift.score(pixels)
 
+    def _whole_image_shift(self, records: ImageRecords, batch: PixelBatch) -> np.ndarray | None:
+        """Shift scores of the batch's whole images, whatever the model's framing: the square around a cell
+        hides what makes an image another kind (:func:`histoclass.shift.scorer.build_reference`)."""
+        if self.shift is None or self.info.framing == "field":
+            return self.shift_scores(batch.pixels)
+        whole = load_pixels(records.framed("field"), batch.indices, self.info.image_size)
+        return self.shift_scores(whole.pixels)
+
     def predict(
         self,
         images: Sequence[str | Path | Image.Image | np.ndarray],
@@ -141,7 +149,7 @@ class Predictor:
         for batch in iter_batches(records, size, batch_size, threads, cache):
             if batch.indices:
                 logits = self.view_logits(batch.pixels, tta)
-                shift = self.shift_scores(batch.pixels)
+                shift = self._whole_image_shift(records, batch)
                 yield BatchResult(
                     batch.indices, self.probabilities(logits), batch.errors, logits, shift
                 )

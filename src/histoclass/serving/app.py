@@ -171,8 +171,9 @@ def create_app(settings: ServeConfig) -> FastAPI:
 
     async def read_images(
         request: Request, field: str, max_files: int
-    ) -> list[tuple[str, np.ndarray]]:
-        """The request's images, size-checked from their headers, then decoded within the worker's budget."""
+    ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+        """The request's images, size-checked from their headers, then decoded within the worker's budget:
+        (name, pixels as the model sees them, pixels the shift score sees)."""
         uploads = await read_uploads(
             request.headers.get("content-type"),
             request.stream(),
@@ -215,16 +216,15 @@ def create_app(settings: ServeConfig) -> FastAPI:
                 (folder / kept_name(upload.filename, uuid.uuid4().hex)).write_bytes(upload.data)
         return decoded
 
-    async def decode(upload: Upload, pixels: int) -> tuple[str, np.ndarray]:
+    async def decode(upload: Upload, pixels: int) -> tuple[str, np.ndarray, np.ndarray]:
         async with budget.hold(pixels):
-            image = await run_in_threadpool(
-                decode_resized,
-                upload.filename,
-                upload.data,
-                image_size,
-                predictor.info.framing,
-            )
-        return upload.filename, image
+            name, data, framing = upload.filename, upload.data, predictor.info.framing
+            image = await run_in_threadpool(decode_resized, name, data, image_size, framing)
+            # the shift score sees whole images (histoclass.shift.scorer.build_reference)
+            whole = image
+            if framing != "field" and predictor.shift is not None:
+                whole = await run_in_threadpool(decode_resized, name, data, image_size)
+        return name, image, whole
 
     @app.exception_handler(UploadsRejected)
     async def upload_rejected(request: Request, error: UploadsRejected) -> JSONResponse:
@@ -269,15 +269,16 @@ def create_app(settings: ServeConfig) -> FastAPI:
         images stay under: expect lower accuracy.
         """
         images = await read_images(request, "files", settings.max_files)
-        pixels = np.stack([image for _, image in images])
+        pixels = np.stack([image for _, image, _ in images])
         probabilities = await batcher.predict(pixels)
         sets = predictor.prediction_sets(probabilities)
         results = [
             _result(name, probs, None if sets is None else sets[i], predictor.labels)
-            for i, ((name, _), probs) in enumerate(zip(images, probabilities, strict=True))
+            for i, ((name, _, _), probs) in enumerate(zip(images, probabilities, strict=True))
         ]
         if predictor.shift is not None:  # on the inference thread, like every model call
-            scores = await batcher.call(predictor.shift_scores, pixels)
+            whole = np.stack([image for _, _, image in images])
+            scores = await batcher.call(predictor.shift_scores, whole)
             for result, score in zip(results, scores, strict=True):
                 unlike = bool(predictor.shift.reference.unlike(np.asarray([score]))[0])
                 result |= {"shift_score": float(score), "unlike_training": unlike}
@@ -293,7 +294,7 @@ def create_app(settings: ServeConfig) -> FastAPI:
                 status_code=409,
                 detail="heatmaps need a run directory (a PyTorch model), not an export",
             )
-        [(_, pixels)] = await read_images(request, "file", 1)
+        [(_, pixels, _)] = await read_images(request, "file", 1)
         png, label = await batcher.call(explainer.explain, pixels)
         return Response(content=png, media_type="image/png", headers={"X-Predicted-Label": label})
 
