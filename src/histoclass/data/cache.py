@@ -44,10 +44,7 @@ def build_cache(records: ImageRecords, size: int, workers: int | None = None) ->
 def cache_key(records: ImageRecords, size: int) -> str:
     """A digest of what the cached pixels depend on: the framing, each file's path, size and mtime (or the
     array's bytes)."""
-    framing = (
-        "" if records.framing == "field" else f"|{records.framing}"
-    )  # field: the keys made before
-    digest = hashlib.sha256(f"{RESIZE_METHOD}|{size}|{len(records)}{framing}".encode())
+    digest = hashlib.sha256(f"{RESIZE_METHOD}|{size}|{len(records)}{records.framing_key}".encode())
     if records.paths is not None:
         for path in records.paths:
             stat = os.stat(path)

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from histoclass.config.train import Framing
 
-__all__ = ["CELL_MARGIN", "Framing", "cell_square", "frame"]
+__all__ = ["CELL_MARGIN", "Framing", "background_colour", "cell_square", "frame"]
 
 #: The crop's side as a multiple of the stained object's larger side: a nucleus and its cytoplasm.
 CELL_MARGIN = 1.8
@@ -39,6 +39,11 @@ def _otsu(values: np.ndarray) -> float:
     return float(centres[between.argmax()])
 
 
+def background_colour(pixels: np.ndarray) -> np.ndarray:
+    """The glass's RGB: the 90th percentile of each channel (stain only darkens)."""
+    return np.percentile(pixels.reshape(-1, 3), 90, axis=0)
+
+
 def _nucleus_density(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
     """Optical density in the red channel: haematoxylin and its kin absorb red, eosin-pink red cells
     hardly do, so nuclei stand out whatever the stain's hue."""
@@ -49,14 +54,14 @@ def _nucleus_density(pixels: np.ndarray, background: np.ndarray) -> np.ndarray:
     return ndimage.gaussian_filter(density, max(1.0, min(pixels.shape[:2]) / 100))
 
 
-def cell_square(pixels: np.ndarray) -> tuple[float, float, float]:
+def cell_square(pixels: np.ndarray, background: np.ndarray) -> tuple[float, float, float]:
     """Centre x, centre y and side of the square around the image's most strongly stained object.
 
     The densest of the stained pixels (Otsu twice: stain against background, then nuclei against the rest),
     joined over small gaps so that a lobed nucleus counts as one, and the group holding most of them.
+    ``background`` is the glass's colour (:func:`background_colour`).
     """
     height, width = pixels.shape[:2]
-    background = np.percentile(pixels.reshape(-1, 3), 90, axis=0)
     density = _nucleus_density(pixels, background)
     if np.ptp(density) < _FAINT:  # nothing stained (empty glass, a blank image): the whole image
         return width / 2, height / 2, float(min(width, height))
@@ -77,8 +82,9 @@ def frame(image: Image.Image, framing: Framing) -> Image.Image:
         return image
     scale = max(1, -(-max(image.size) // _SEARCH_SIDE))
     small = np.asarray(image.reduce(scale) if scale > 1 else image)
-    x, y, side = (value * scale for value in cell_square(small))
-    fill = tuple(int(v) for v in np.percentile(small.reshape(-1, 3), 90, axis=0))
+    background = background_colour(small)
+    x, y, side = (value * scale for value in cell_square(small, background))
+    fill = tuple(int(v) for v in background)
     box = (x - side / 2, y - side / 2, x + side / 2, y + side / 2)
     out = round(side)
     return image.transform(

@@ -66,6 +66,11 @@ class ImageRecords:
         """The same images as a model with ``framing`` sees them."""
         return replace(self, framing=framing)
 
+    @property
+    def framing_key(self) -> str:
+        """What cache keys add for the framing: nothing for the whole field (the keys made before)."""
+        return "" if self.framing == "field" else f"|{self.framing}"
+
     def open(self, i: int, size_hint: int | None = None) -> Image.Image:
         """Image ``i`` as RGB (raises OSError/ValueError if its file is unreadable)."""
         if self.array is not None:

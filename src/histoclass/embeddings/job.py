@@ -118,10 +118,11 @@ def embed(config: EmbedConfig) -> EmbeddingTable:
             f"--out: folder '{out.parent}' does not exist; create it or write elsewhere"
         )
     run = RunDir(Path(config.model))
-    if not run.is_trained():
+    trained = run.is_trained()
+    if not trained:
         check_model_name(config.model)
     records, labels, splits = _records(config)
-    if run.is_trained():  # the images as the run's model sees them
+    if trained:  # the images as the run's model sees them
         records = records.framed(ModelInfo.load(run.model_info).framing)
     if not len(records):
         raise HistoclassError(f"'{config.data}' has no images to embed")

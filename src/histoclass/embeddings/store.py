@@ -25,12 +25,12 @@ _MAX_CHUNKS = 8
 
 def image_keys(records: ImageRecords) -> list[str]:
     """One key per record: a digest of its file's identity, or of its pixels for in-memory data, and of
-    its framing (none for the whole field: the keys made before framings existed)."""
+    its framing."""
     if records.paths is not None:
         texts = [file_identity(path).encode() for path in records.paths]
     else:
         texts = [np.ascontiguousarray(records.array[i]).tobytes() for i in range(len(records))]
-    framing = b"" if records.framing == "field" else f"|{records.framing}".encode()
+    framing = records.framing_key.encode()
     return [hashlib.sha1(text + framing).hexdigest() for text in texts]
 
 
