@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -26,6 +27,9 @@ TECOM = SHARED / "data" / "wbc_tecom"
 SLIDE = SHARED / "data" / "slides" / "small_HE.svs"
 LITE0 = SHARED / "weights" / "tf_efficientnet_lite0.in1k.safetensors"
 CLASSES = ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
+#: evaluate's flags for a test of something else: no audits (copies among the images, or of the training
+#: images; test_audit tests them).
+NO_AUDITS = ["--no-overlap-check", "--group-by", "none"]
 #: Class + source image: the augmented copies of one blood-cell photo form one group.
 BLOOD_GROUPS = r"^([^/]+/_\d+)_"
 
@@ -77,8 +81,26 @@ def quick_train(data: Path, runs: Path, name: str, *extra: str, **flags) -> list
 def run_cli_all(
     calls: list[list[str]], env: dict[str, str] | None = None
 ) -> list[subprocess.CompletedProcess]:
-    """Several ``histoclass`` commands, one after another."""
-    return [run_cli(*args, env=env) for args in calls]
+    """Several ``histoclass`` commands, one after another; with ``env``, all in one fresh process
+    (its imports paid once)."""
+    if not env:
+        return [run_cli(*args) for args in calls]
+    script = (
+        "import json, sys; from conftest import run_cli; "
+        "print(json.dumps([vars(run_cli(*c)) for c in json.loads(sys.argv[1])]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(calls)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=Path(__file__).parent,
+        env={**os.environ, **env},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [
+        subprocess.CompletedProcess(**fields) for fields in json.loads(done.stdout.splitlines()[-1])
+    ]
 
 
 def run_cli_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TECOM, run_cli, run_cli_all
+from conftest import NO_AUDITS, TECOM, run_cli, run_cli_all
 from histoclass.adaptation.batchnorm import batchnorm_layers, reestimate_batchnorm
 from histoclass.data.images import load_resized
 from histoclass.data.inputs import collect_inputs
@@ -108,9 +108,7 @@ def test_an_adapted_run_evaluates_and_exports_like_any_run(adapted, tmp_path: Pa
             "--data",
             str(TECOM),
             "--no-tta",
-            "--no-overlap-check",
-            "--group-by",
-            "none",
+            *NO_AUDITS,
         ],
         ["export", str(bn), "--format", "onnx", "--images", "32"],
     ]

@@ -20,6 +20,7 @@ from histoclass.audit.copies import AuditSettings, find_copies
 from histoclass.audit.names import named_slides
 from histoclass.audit.search import neighbour_pairs
 from histoclass.data.sources import cache_root, read_source
+from histoclass.embeddings.store import image_keys
 from test_cli import assert_one_line_error
 
 AUDIT = ["--model", "tf_efficientnet_lite0", "--weights", str(LITE0)]
@@ -74,9 +75,22 @@ def test_an_audit_is_read_back_until_a_file_changes(tissue: dict[str, Path]) -> 
     )
     stat = records.paths[0].stat()
     os.utime(records.paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    verified = _verified_pairs()
     changed = find_copies(records, settings)
-    assert len(set((cache_root() / "audits").iterdir()) - audits) == 1
+    assert (
+        len({p for p in (cache_root() / "audits").iterdir() if "pairs" not in p.name} - audits) == 1
+    )
     assert np.array_equal(changed.clusters, first.clusters)
+    # only the changed file's pairs were verified again
+    new, key = _verified_pairs() - verified, image_keys(records.subset([0]))[0][:20]
+    assert new and all(key in pair for pair in new), len(new)
+
+
+def _verified_pairs() -> set[str]:
+    """The pairs whose verdicts audits keep."""
+    (kept,) = (cache_root() / "audits").glob("pairs-*.npz")
+    with np.load(kept) as saved:
+        return set(saved["pairs"].tolist())
 
 
 def test_glass_is_never_joined_to_other_glass(tissue: dict[str, Path]) -> None:

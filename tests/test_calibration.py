@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from conftest import CLASSES, blood_files, link_class_folders, run_cli
+from conftest import CLASSES, NO_AUDITS, blood_files, link_class_folders, run_cli
 from histoclass.calibration.conformal import conformal_thresholds, prediction_sets
 from histoclass.inference.predictor import load
 from histoclass.runs import ExportDir, ModelInfo, RunDir
@@ -64,9 +64,7 @@ def test_calibrated_sets_cover_new_images_at_the_stated_rate(
         str(second),
         "--engine",
         "torch",
-        "--no-overlap-check",
-        "--group-by",
-        "none",  # coverage is under test here; the audits are in test_audit
+        *NO_AUDITS,  # coverage is under test here
         "--no-tta",
     )
     assert evaluated.returncode == 0, evaluated.stderr

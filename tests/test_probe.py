@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import BLOOD_TEST, LITE0, probe, run_cli, val_accuracy
+from conftest import BLOOD_TEST, LITE0, NO_AUDITS, probe, run_cli, val_accuracy
 from histoclass.inference.embedder import Embedder
 
 CHANCE = 0.25
@@ -53,7 +53,9 @@ def test_a_second_probe_reads_the_cache_instead_of_the_backbone(
 def test_a_probe_run_evaluates_predicts_exports_and_serves(probe_run: Path, tmp_path: Path) -> None:
     from test_serve import start_server, upload
 
-    evaluated = run_cli("evaluate", str(probe_run), "--data", str(BLOOD_TEST), "--engine", "torch")
+    evaluated = run_cli(
+        "evaluate", str(probe_run), "--data", str(BLOOD_TEST), "--engine", "torch", *NO_AUDITS
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     metrics = json.loads((probe_run / "eval" / "test_simple" / "metrics.json").read_text())
     # 71 unseen source cells, ImageNet features at 96 px, 480 training images: above chance, not good (the

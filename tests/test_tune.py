@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BREAST, LITE0, run_cli, run_cli_process
+from conftest import BREAST, LITE0, NO_AUDITS, run_cli, run_cli_process
 from test_cli import assert_one_line_error
 
 optuna = pytest.importorskip("optuna")
@@ -119,7 +119,14 @@ def test_processes_share_one_study_without_losing_or_repeating_a_trial(study: Pa
 def test_the_best_trial_evaluates_and_compare_reads_the_study(study: Path) -> None:
     root = study / "runs" / "tune-breast"
     evaluated = run_cli(
-        "evaluate", str(root / "best"), "--data", str(BREAST), "--split", "test", "--no-tta"
+        "evaluate",
+        str(root / "best"),
+        "--data",
+        str(BREAST),
+        "--split",
+        "test",
+        "--no-tta",
+        *NO_AUDITS,
     )
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     compared = run_cli("compare", str(root))
@@ -167,7 +174,14 @@ def test_a_tracked_run_shows_its_params_metrics_artifacts_and_evaluation_in_mlfl
     trained = run_cli("train", *common, *(str(part) for pair in flags.items() for part in pair))
     assert trained.returncode == 0, trained.stderr[-2000:]
     evaluated = run_cli(
-        "evaluate", str(runs / "tracked"), "--data", str(BREAST), "--split", "test", "--no-tta"
+        "evaluate",
+        str(runs / "tracked"),
+        "--data",
+        str(BREAST),
+        "--split",
+        "test",
+        "--no-tta",
+        *NO_AUDITS,
     )
     assert evaluated.returncode == 0 and "MLflow run" in evaluated.stderr, evaluated.stderr[-2000:]
     client = mlflow.MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")

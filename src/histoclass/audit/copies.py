@@ -12,6 +12,7 @@ import numpy as np
 from histoclass.atomic import write_json
 from histoclass.audit.clusters import connected_clusters, exact_duplicates
 from histoclass.audit.search import Pairs, neighbour_pairs, whitening
+from histoclass.audit.verdicts import PairVerdicts
 from histoclass.audit.verify import KeypointCache, verify_pairs
 from histoclass.data.records import ImageRecords
 from histoclass.data.sources import cache_root
@@ -66,10 +67,24 @@ def _describe(records: ImageRecords, settings: AuditSettings):
     return embedded.features[:, 0, :], embedded.errors
 
 
-def _verifier(left: KeypointCache, right: KeypointCache, settings: AuditSettings):
+def _verdicts(settings: AuditSettings) -> PairVerdicts:
+    """The pairs audits verified the same way before."""
+    name = f"pairs-v{AUDIT_VERSION}-{settings.min_inliers}.npz"
+    return PairVerdicts(cache_root() / "audits" / name)
+
+
+def _verifier(
+    left: KeypointCache, right: KeypointCache, settings: AuditSettings, verdicts: PairVerdicts
+):
+    """Verification of index pairs (left record, right record), reading verdicts already known."""
     if settings.min_inliers <= 0:
         return None
-    return lambda pairs: verify_pairs(left, right, pairs, settings.min_inliers)
+    keys = (image_keys(left.records), image_keys(right.records))
+
+    def check(pairs: list[tuple[int, int]]) -> list[bool]:
+        return verify_pairs(left, right, pairs, settings.min_inliers)
+
+    return lambda pairs: verdicts.verify(keys, pairs, check)
 
 
 def _cache_file(records: ImageRecords, settings: AuditSettings):
@@ -109,11 +124,12 @@ def _find_copies(records: ImageRecords, settings: AuditSettings) -> Copies:
         vectors = whitening(features[readable])(features[readable])
         found = neighbour_pairs(vectors, None, settings.neighbours, settings.threshold)
         pairs = Pairs(readable[found.left], readable[found.right], found.similarity)
-    keypoints = KeypointCache(records)
+    keypoints, verdicts = KeypointCache(records), _verdicts(settings)
     exact = exact_duplicates(records)
     clusters = connected_clusters(
-        len(records), pairs, _verifier(keypoints, keypoints, settings), exact
+        len(records), pairs, _verifier(keypoints, keypoints, settings, verdicts), exact
     )
+    verdicts.save()
     return Copies(clusters, exact, errors)
 
 
@@ -139,7 +155,8 @@ def copies_in_reference(
         query_vectors, reference_vectors, settings.neighbours, settings.threshold
     )
     candidates = list(zip(q_ok[found.left].tolist(), r_ok[found.right].tolist(), strict=True))
-    verify = _verifier(KeypointCache(query), KeypointCache(reference), settings)
+    verdicts = _verdicts(settings)
+    verify = _verifier(KeypointCache(query), KeypointCache(reference), settings, verdicts)
     # most similar first; a query once matched is not checked again
     for start in range(0, len(candidates), 256):
         todo = [(q, r) for q, r in candidates[start : start + 256] if match[q] < 0]
@@ -147,4 +164,5 @@ def copies_in_reference(
         for (q, r), ok in zip(todo, accepted, strict=True):
             if ok and match[q] < 0:
                 match[q] = r
+    verdicts.save()
     return match

@@ -66,9 +66,10 @@ class MultiScaleGeM(nn.Module):
 
 
 def file_identity(path: str | Path) -> str:
-    """What a file's content is taken to be: its absolute path, size and modification time."""
+    """What a file's content is taken to be: the file's own path (links resolved, so a folder of
+    symlinks shares what its targets cached), size and modification time."""
     stat = os.stat(path)
-    return f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+    return f"{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 @dataclass
