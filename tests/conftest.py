@@ -10,7 +10,12 @@ import shutil
 import subprocess
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+
+# pytest-xdist's workers share the cores: each computes with its share (set before numpy and torch start)
+if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(workers))))
 
 import numpy as np
 import pytest
@@ -145,10 +150,36 @@ def run_cli(
     )
 
 
+def once(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], Path]) -> Path:
+    """``make(folder)`` run once per test run: with pytest-xdist, by whichever worker asks first while
+    the others wait for it and share its result (a path)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return make(factory.mktemp(name))
+    from filelock import FileLock
+
+    # every worker's base folder lies in this run's one folder
+    root = factory.getbasetemp().parent
+    done = root / f"{name}.done"
+    with FileLock(root / f"{name}.lock"):
+        if not done.is_file():
+            folder = root / name
+            folder.mkdir()
+            done.write_text(str(make(folder)))
+    return Path(done.read_text())
+
+
+def own_copy(factory: pytest.TempPathFactory, run: Path) -> Path:
+    """A test module's own copy of a shared run (runs can be moved): modules that write into it
+    (exports, evaluations, calibrations) never meet, whichever worker runs them."""
+    return shutil.copytree(run, factory.mktemp("run") / run.name, symlinks=True)
+
+
 @pytest.fixture(scope="session")
 def blood_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """600 real blood-cell images (150 a class) as class folders."""
-    return link_class_folders(tmp_path_factory.mktemp("blood") / "blood", blood_files(150))
+    return once(
+        tmp_path_factory, "blood", lambda d: link_class_folders(d / "blood", blood_files(150))
+    )
 
 
 def small_config(data: Path, runs: Path, name: str, **train) -> dict:
@@ -172,13 +203,16 @@ def small_config(data: Path, runs: Path, name: str, **train) -> dict:
 @pytest.fixture(scope="session")
 def blood_with_bad_files(tmp_path_factory: pytest.TempPathFactory, blood_subset: Path) -> Path:
     """The subset plus a truncated JPEG, an empty file and a text file named .jpeg."""
-    root = tmp_path_factory.mktemp("blood-bad") / "blood"
-    shutil.copytree(blood_subset, root, symlinks=True)
-    real = next((BLOOD / "MONOCYTE").iterdir()).read_bytes()
-    (root / "MONOCYTE" / "_bad_truncated.jpeg").write_bytes(real[: len(real) // 3])
-    (root / "NEUTROPHIL" / "_bad_empty.jpeg").write_bytes(b"")
-    (root / "EOSINOPHIL" / "_bad_text.jpeg").write_text("this is not an image\n")
-    return root
+
+    def make(folder: Path) -> Path:
+        root = shutil.copytree(blood_subset, folder / "blood", symlinks=True)
+        real = next((BLOOD / "MONOCYTE").iterdir()).read_bytes()
+        (root / "MONOCYTE" / "_bad_truncated.jpeg").write_bytes(real[: len(real) // 3])
+        (root / "NEUTROPHIL" / "_bad_empty.jpeg").write_bytes(b"")
+        (root / "EOSINOPHIL" / "_bad_text.jpeg").write_text("this is not an image\n")
+        return root
+
+    return once(tmp_path_factory, "blood-bad", make)
 
 
 @pytest.fixture(scope="session")
@@ -187,11 +221,23 @@ def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_run(blood_with_bad_files: Path, runs_dir: Path) -> Path:
+def shared_trained_run(
+    blood_with_bad_files: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A real transfer-learning run (ImageNet EfficientNet-Lite0) on the subset with bad files in it."""
     from histoclass.training.job import train
 
-    return train(build_config(small_config(blood_with_bad_files, runs_dir, "pretrained")))
+    return once(
+        tmp_path_factory,
+        "trained",
+        lambda d: train(build_config(small_config(blood_with_bad_files, d, "pretrained"))),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_run(shared_trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's copy of the trained run."""
+    return own_copy(tmp_path_factory, shared_trained_run)
 
 
 @pytest.fixture(scope="session")
@@ -216,9 +262,19 @@ def probe(
 
 
 @pytest.fixture(scope="session")
-def probe_run(blood_subset: Path, runs_dir: Path) -> Path:
+def shared_probe_run(blood_subset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A linear probe on the subset, with flips and quarter turns embedded as views."""
-    return probe(blood_subset, runs_dir, "probe-linear", "linear", views=True)
+    return once(
+        tmp_path_factory,
+        "probe",
+        lambda d: probe(blood_subset, d, "probe-linear", "linear", views=True),
+    )
+
+
+@pytest.fixture(scope="module")
+def probe_run(shared_probe_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's copy of the probe run."""
+    return own_copy(tmp_path_factory, shared_probe_run)
 
 
 def val_accuracy(run: Path) -> float:
@@ -238,12 +294,13 @@ def copies(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from benchmarks.audit import distinct_sources
     from benchmarks.copies import make_copies
 
-    return make_copies(distinct_sources(60), tmp_path_factory.mktemp("copies") / "copies")
+    return once(
+        tmp_path_factory, "copies", lambda d: make_copies(distinct_sources(60), d / "copies")
+    )
 
 
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Caches (decoded images, embeddings) of this test session go to a folder of its own."""
-    import os
-
-    os.environ["HISTOCLASS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    """Caches (decoded images, embeddings) of this test run go to a folder of its own, which
+    pytest-xdist's workers share as concurrent jobs of a user share theirs."""
+    os.environ["HISTOCLASS_CACHE"] = str(once(tmp_path_factory, "cache", lambda d: d))

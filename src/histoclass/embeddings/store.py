@@ -48,9 +48,16 @@ class EmbeddingStore:
         if self._index is None:
             self._index = {}
             for chunk in self._chunks():
-                with np.load(chunk, allow_pickle=False) as data:
-                    self._index.update(zip(data["keys"].tolist(), data["values"], strict=True))
+                self._index.update(self._read(chunk))
         return self._index
+
+    @staticmethod
+    def _read(chunk: Path) -> dict[str, np.ndarray]:
+        try:
+            with np.load(chunk, allow_pickle=False) as data:
+                return dict(zip(data["keys"].tolist(), data["values"], strict=True))
+        except FileNotFoundError:
+            return {}  # merged into a new chunk by another job meanwhile: read as missing
 
     def get(self, keys: list[str]) -> dict[int, np.ndarray]:
         """Cached vectors by position in ``keys`` (missing keys are absent)."""
@@ -66,14 +73,16 @@ class EmbeddingStore:
         self._load().update(zip(keys, values.astype(np.float16), strict=True))
         chunks = self._chunks()
         if len(chunks) > _MAX_CHUNKS:
-            index = self._load()
+            # what the chunks hold now, other jobs' included, so a merge never drops their vectors
+            merged = {key: value for chunk in chunks for key, value in self._read(chunk).items()}
             self._write(
                 self.folder / f"chunk-{uuid.uuid4().hex}.npz",
-                list(index),
-                np.stack(list(index.values())),
+                list(merged),
+                np.stack(list(merged.values())),
             )
             for chunk in chunks:
                 chunk.unlink(missing_ok=True)
+            self._load().update(merged)
 
     @staticmethod
     def _write(path: Path, keys: list[str], values: np.ndarray) -> None:
