@@ -12,10 +12,10 @@ from PIL import Image
 
 from conftest import BLOOD, BLOOD_GROUPS, BREAST, CLASSES, blood_files, link_class_folders
 from histoclass.config import DataConfig
-from histoclass.data.checks import check_source
+from histoclass.data.checks import check_source, scan_records
 from histoclass.data.images import open_rgb, resize_square
 from histoclass.data.inputs import list_images
-from histoclass.data.sources import read_source
+from histoclass.data.sources import cache_root, read_source
 from histoclass.data.splits import groups_from_pattern, split_train_val
 from histoclass.errors import HistoclassError
 
@@ -202,3 +202,20 @@ def test_an_empty_file_is_named_alike_by_check_data_and_prediction(tmp_path: Pat
     (tmp_path / "empty.jpeg").write_bytes(b"")
     with pytest.raises(OSError, match=r"empty file \(0 bytes\)"):
         open_rgb(tmp_path / "empty.jpeg")
+
+
+def test_a_scan_is_read_back_until_a_file_changes(tmp_path: Path) -> None:
+    """A second run over the same files reads the first one's scan; a file replaced since (here by
+    a truncated copy: another size and time) is decoded again, and reported."""
+    data = link_class_folders(tmp_path / "data", blood_files(5))
+    first = scan_records(read_source(str(data)).splits["all"])
+    kept = set((cache_root() / "scans").iterdir())
+    assert kept and all(info.error is None for info in first)
+    assert scan_records(read_source(str(data)).splits["all"]) == first
+    assert set((cache_root() / "scans").iterdir()) == kept
+    victim = read_source(str(data)).splits["all"].paths[0]
+    real = victim.read_bytes()
+    victim.unlink()
+    victim.write_bytes(real[: len(real) // 3])
+    again = scan_records(read_source(str(data)).splits["all"])
+    assert again[0].error and again[1:] == first[1:]

@@ -14,7 +14,12 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import BLOOD_TEST, LITE0, NO_AUDITS, probe, run_cli, val_accuracy
+from histoclass.calibration.temperature import fit_temperature
 from histoclass.inference.embedder import Embedder
+from histoclass.inference.engines.torch_engine import TorchEngine
+from histoclass.runs import ModelInfo, RunDir
+from histoclass.runs.records import split_records
+from histoclass.training.finish import validation_logits
 
 CHANCE = 0.25
 
@@ -35,14 +40,28 @@ def test_linear_probe_learns_and_keeps_only_the_head_in_checkpoints(probe_run: P
     assert "probe: linear" in config and "head: linear" in config
 
 
+def test_a_probe_is_calibrated_as_its_saved_model_answers(probe_run: Path) -> None:
+    """Calibrated on cached embeddings of the validation images' test-time views: the temperature
+    the saved model's own answers on those images give, within a few per cent."""
+    run = RunDir(probe_run)
+    logits, labels = validation_logits(run, split_records(run, "val"))
+    stored = ModelInfo.load(run.model_info).calibration.temperature
+    assert fit_temperature(logits, labels) == pytest.approx(stored, rel=0.05)
+
+
 def test_a_second_probe_reads_the_cache_instead_of_the_backbone(
     probe_run, blood_subset, runs_dir, monkeypatch
 ):
+    """Neither for the training images nor for the calibration's test-time views of the validation
+    images: the backbone never runs (embedded by any engine, or through the inference path)."""
     calls = []
-    original = Embedder.embed_pixels
-    monkeypatch.setattr(
-        Embedder, "embed_pixels", lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
-    )
+    for owner, name in ((Embedder, "embed_pixels"), (TorchEngine, "logits")):
+        original = getattr(owner, name)
+        monkeypatch.setattr(
+            owner,
+            name,
+            lambda self, *a, _original=original, **k: calls.append(1) or _original(self, *a, **k),
+        )
     again = probe(blood_subset, runs_dir, "probe-again", "linear", views=True)
     assert calls == []
     first = json.loads((probe_run / "metrics.json").read_text())

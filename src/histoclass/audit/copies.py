@@ -14,10 +14,11 @@ from histoclass.audit.clusters import connected_clusters, exact_duplicates
 from histoclass.audit.search import Pairs, neighbour_pairs, whitening
 from histoclass.audit.verdicts import PairVerdicts
 from histoclass.audit.verify import KeypointCache, verify_pairs
+from histoclass.data.inputs import file_identity
 from histoclass.data.records import ImageRecords
 from histoclass.data.sources import cache_root
 from histoclass.embeddings.compute import embed_records
-from histoclass.embeddings.extractors import create_extractor, file_identity
+from histoclass.embeddings.extractors import create_extractor
 from histoclass.embeddings.store import image_keys
 from histoclass.errors import HistoclassError
 

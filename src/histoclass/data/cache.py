@@ -17,6 +17,7 @@ import numpy as np
 
 from histoclass.atomic import atomic_path
 from histoclass.data.images import RESIZE_METHOD
+from histoclass.data.inputs import file_identity
 from histoclass.data.records import ImageRecords
 
 __all__ = ["CacheKind", "build_cache", "cache_key", "decoded_cache"]
@@ -47,8 +48,7 @@ def cache_key(records: ImageRecords, size: int) -> str:
     digest = hashlib.sha256(f"{RESIZE_METHOD}|{size}|{len(records)}{records.framing_key}".encode())
     if records.paths is not None:
         for path in records.paths:
-            stat = os.stat(path)
-            digest.update(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{file_identity(path)}\n".encode())
     else:
         assert records.array is not None
         digest.update(np.ascontiguousarray(records.array).data)

@@ -5,18 +5,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from histoclass.atomic import write_json
 from histoclass.data.images import EMPTY_FILE, unreadable_reason
+from histoclass.data.inputs import file_identity
 from histoclass.data.records import DataSource, ImageRecords
+from histoclass.data.sources import cache_root
 
 __all__ = ["BadImage", "DataReport", "check_source", "drop_bad", "print_report", "scan_records"]
 
+#: Changes whenever the scan does, so scans kept from the old way are not reused.
+SCAN_VERSION = 1
 #: JPEGs are decoded at 1/8 scale by the DCT: every byte is still parsed, so truncation is still found.
 _CHECK_DECODE_SIZE = 32
 
@@ -53,17 +61,39 @@ def _inspect_file(records: ImageRecords, i: int) -> ImageInfo:
         return ImageInfo(None, None, unreadable_reason(error))
 
 
+def _scan_file(records: ImageRecords) -> Path | None:
+    """Where the scan of these files (by path, size and time) is kept; None when one cannot be
+    stat'ed (the scan reports it)."""
+    digest = hashlib.sha256(f"scan {SCAN_VERSION}\n".encode())
+    try:
+        for path in records.paths:
+            digest.update(f"{file_identity(path)}\n".encode())
+    except OSError:
+        return None
+    return cache_root() / "scans" / f"{digest.hexdigest()[:32]}.json"
+
+
 def scan_records(records: ImageRecords, workers: int | None = None) -> list[ImageInfo]:
-    """Decode every image of ``records`` (threads: Pillow releases the GIL while decoding)."""
+    """Decode every image of ``records`` (threads: Pillow releases the GIL while decoding); the
+    same files scanned before (a second run, each trial of a study) are read back."""
     if records.paths is None:
         shape = records.array.shape
         mode = "L" if records.array.ndim == 3 else ("RGB" if shape[-1] == 3 else f"{shape[-1]}ch")
         return [ImageInfo((shape[2], shape[1]), mode, None)] * len(records)
+    kept = _scan_file(records)
+    if kept is not None and kept.is_file():
+        return [
+            ImageInfo(tuple(size) if size else None, mode, error)
+            for size, mode, error in json.loads(kept.read_text())
+        ]
     workers = workers or min(32, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(
+        infos = list(
             pool.map(lambda i: _inspect_file(records, i), range(len(records)), chunksize=64)
         )
+    if kept is not None:
+        write_json(kept, [[info.size, info.mode, info.error] for info in infos])
+    return infos
 
 
 def drop_bad(

@@ -13,7 +13,21 @@ from pathlib import Path
 from histoclass.data.images import is_image_file
 from histoclass.errors import HistoclassError
 
-__all__ = ["collect_inputs", "find_image", "index_images", "list_images", "read_csv_rows"]
+__all__ = [
+    "collect_inputs",
+    "file_identity",
+    "find_image",
+    "index_images",
+    "list_images",
+    "read_csv_rows",
+]
+
+
+def file_identity(path: str | Path) -> str:
+    """What a file's content is taken to be: the file's own path (links resolved, so a folder of
+    symlinks shares what its targets cached), size and modification time."""
+    stat = os.stat(path)
+    return f"{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 def list_images(folder: Path) -> list[Path]:

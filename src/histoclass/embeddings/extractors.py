@@ -8,7 +8,6 @@ class: the descriptor near-duplicate search uses.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,6 +17,7 @@ from torch import nn
 
 from histoclass.console import console
 from histoclass.data.images import RESIZE_METHOD
+from histoclass.data.inputs import file_identity
 from histoclass.errors import HistoclassError
 from histoclass.inference.engines import Engine
 from histoclass.inference.engines.torch_engine import TorchEngine, native_bf16
@@ -31,7 +31,6 @@ __all__ = [
     "MultiScaleGeM",
     "backbone_extractor",
     "create_extractor",
-    "file_identity",
     "weights_fingerprint",
 ]
 
@@ -63,13 +62,6 @@ class MultiScaleGeM(nn.Module):
             m.float().clamp(min=1e-6).pow(self.p).mean(dim=(2, 3)).pow(1 / self.p) for m in maps
         ]
         return torch.cat(pooled, dim=1)
-
-
-def file_identity(path: str | Path) -> str:
-    """What a file's content is taken to be: the file's own path (links resolved, so a folder of
-    symlinks shares what its targets cached), size and modification time."""
-    stat = os.stat(path)
-    return f"{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 @dataclass

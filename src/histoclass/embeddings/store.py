@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from histoclass.atomic import atomic_path
+from histoclass.data.inputs import file_identity
 from histoclass.data.records import ImageRecords
-from histoclass.embeddings.extractors import file_identity
 
 __all__ = ["EmbeddingStore", "image_keys"]
 

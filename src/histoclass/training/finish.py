@@ -21,6 +21,7 @@ from histoclass.shift.scorer import build_reference
 from histoclass.training.callbacks import AtomicCheckpointIO
 from histoclass.training.module import ClassifierModule
 from histoclass.training.plan import TrainingPlan
+from histoclass.training.probe import ProbeModule
 from histoclass.training.trainer import RunCallbacks
 
 __all__ = ["calibrate_on_validation", "finish_run", "validation_logits"]
@@ -101,9 +102,13 @@ def finish_run(
     }
     stopped = _stop_summary(callbacks, rows, config)
     metrics |= {"best_epoch": int(best_row["epoch"]), "epochs_run": len(rows), **stopped}
-    metrics["calibration"] = calibrate_on_validation(
-        run, info, *validation_logits(run, plan.val_records), config
+    # a probe's from its cached embeddings, fine-tuning's through the inference path
+    logits, labels = (
+        module.validation_logits(plan.val_records)
+        if isinstance(module, ProbeModule)
+        else validation_logits(run, plan.val_records)
     )
+    metrics["calibration"] = calibrate_on_validation(run, info, logits, labels, config)
     # A probe reads cached embeddings and trains in seconds: a pass of the backbone over the images would undo
     # that, so probes carry no shift score (yet).
     seed = config.train.seed

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from histoclass.config import Config
+from histoclass.config import Config, InferenceOptions
 from histoclass.data.records import ImageRecords
 from histoclass.embeddings.compute import embed_records
 from histoclass.embeddings.extractors import Extractor, backbone_extractor
@@ -41,12 +41,12 @@ class ProbeModule(L.LightningModule):
         model: Classifier,
         config: Config,
         num_classes: int,
+        extractor: Extractor,
         class_weights: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.extractor, self.config = model, extractor, config
         self.model.backbone.requires_grad_(False).eval()
-        self.train_config = config.train
         self.criterion, self.val_criterion = losses(class_weights, config.augment.label_smoothing)
         self.val_metrics, self.val_loss = validation_metrics(num_classes)
         self.strict_loading = False  # checkpoints hold the head only
@@ -72,6 +72,18 @@ class ProbeModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         log_validation(self)
 
+    def validation_logits(self, records: ImageRecords) -> tuple[np.ndarray, np.ndarray]:
+        """The head's logits (N x views x C) on the validation images' embedded test-time views, and
+        their labels, for calibration: the views are embedded once and cached like the training
+        images', so a later probe on the same images never passes the backbone over them."""
+        views = "all" if InferenceOptions().tta else "identity"
+        embedded = _embedded(
+            records, self.extractor, self.config, views, "Embedding validation views"
+        )
+        with torch.no_grad():
+            logits = self.model.head.eval()(embedded.tensors[0])
+        return logits.reshape(len(records), -1, logits.shape[-1]).numpy(), records.labels
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Leave the frozen backbone out: it is rebuilt from the run's config, and may weigh gigabytes."""
         state = checkpoint["state_dict"]
@@ -81,9 +93,9 @@ class ProbeModule(L.LightningModule):
     def configure_optimizers(self):
         if isinstance(self.model.head, KNNHead):
             return None
-        optimizer = create_optimizer(self.model, self.train_config)
+        optimizer = create_optimizer(self.model, self.config.train)
         scheduler = create_scheduler(
-            optimizer, self.train_config, int(self.trainer.estimated_stepping_batches)
+            optimizer, self.config.train, int(self.trainer.estimated_stepping_batches)
         )
         return (
             optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
@@ -151,7 +163,7 @@ def probe_parts(
     val_set = _embedded(val, extractor, config, "identity", "Embedding validation images")
     if isinstance(model.head, KNNHead):
         model.head.fit(train_set.tensors[0], train_set.tensors[1])
-    module = ProbeModule(model, config, num_classes, class_weights)
+    module = ProbeModule(model, config, num_classes, extractor, class_weights)
     return module, EmbeddingDataModule(
         train_set, val_set, config.data.batch_size, config.train.seed
     )
