@@ -163,7 +163,7 @@ def once(factory: pytest.TempPathFactory, name: str, make: Callable[[Path], Path
     with FileLock(root / f"{name}.lock"):
         if not done.is_file():
             folder = root / name
-            folder.mkdir()
+            folder.mkdir(exist_ok=True)  # a worker that failed to make it may have left it
             done.write_text(str(make(folder)))
     return Path(done.read_text())
 
