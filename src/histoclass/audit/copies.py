@@ -80,7 +80,9 @@ def _verifier(
     """Verification of index pairs (left record, right record), reading verdicts already known."""
     if settings.min_inliers <= 0:
         return None
-    keys = (image_keys(left.records), image_keys(right.records))
+    # an audit within one set checks it against itself: its files are stat'ed once
+    left_keys = image_keys(left.records)
+    keys = (left_keys, left_keys if right is left else image_keys(right.records))
 
     def check(pairs: list[tuple[int, int]]) -> list[bool]:
         return verify_pairs(left, right, pairs, settings.min_inliers)

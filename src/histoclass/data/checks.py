@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -92,7 +93,10 @@ def scan_records(records: ImageRecords, workers: int | None = None) -> list[Imag
             pool.map(lambda i: _inspect_file(records, i), range(len(records)), chunksize=64)
         )
     if kept is not None:
-        write_json(kept, [[info.size, info.mode, info.error] for info in infos])
+        with contextlib.suppress(
+            OSError
+        ):  # a cache that cannot be written costs the next run a scan
+            write_json(kept, [[info.size, info.mode, info.error] for info in infos])
     return infos
 
 
