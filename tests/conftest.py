@@ -192,7 +192,6 @@ def small_config(data: Path, runs: Path, name: str, **train) -> dict:
             "image_size": 96,
             "batch_size": 32,
             "group_by": BLOOD_GROUPS,
-            "workers": 1,
         },
         "model": {"name": "tf_efficientnet_lite0", "weights": str(LITE0)},
         "train": {"epochs": 5, "phase1_epochs": 1, "lr": 2e-3, "unfreeze_last": 3, **train},

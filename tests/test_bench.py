@@ -139,3 +139,18 @@ def test_cached_and_decoded_batches_are_identical_in_any_order(small_folder: Pat
     a, b = plain.__getitems__(order), cached.__getitems__(order)
     assert np.array_equal(a[0].numpy(), b[0].numpy()) and a[2].tolist() == b[2].tolist() == order
     assert a[1].tolist() == [int(records.labels[i]) for i in order] and a[0].shape == (6, 3, 40, 40)
+
+
+def test_auto_cache_keeps_in_memory_what_fits_and_says_why_otherwise() -> None:
+    import psutil
+
+    from histoclass.data.cache import RAM_SHARE, fitting_cache
+
+    free = psutil.virtual_memory().available
+    kind, reason = fitting_cache(10_000, 128)  # the README's recipe: 0.46 GiB
+    assert kind == "ram" and "decoded once into memory" in reason
+    # one image more than a quarter of the free memory holds at 512 px, on each of 2 processes
+    images = int(RAM_SHARE * free / (2 * 512 * 512 * 3)) + 1
+    kind, reason = fitting_cache(images, 512, copies=2)
+    assert kind == "none" and "--cache disk" in reason and "every epoch" in reason
+    assert fitting_cache(images, 512, copies=1)[0] == "ram"  # one process: half of that

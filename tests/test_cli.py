@@ -152,6 +152,8 @@ def test_cli_train_end_to_end_with_weights_file(tmp_path: Path, tiny: Path) -> N
     result = run_cli(*quick_train(tiny, tmp_path / "runs", "cli", epochs=2, batch_size=8))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Split (images per class)" in result.stderr
+    # --cache auto: these few images are decoded once into memory, and that is said
+    assert "decoded once into memory" in " ".join(result.stderr.split())
     # The default recipe trains the whole backbone in phase 2: the stem moves as well as the last block.
     start = create_backbone("tf_efficientnet_lite0", weights=str(LITE0)).module.state_dict()
     last = torch.load(RunDir(tmp_path / "runs" / "cli").last_checkpoint, weights_only=True)[

@@ -72,10 +72,16 @@ class DataConfig(ConfigModel):
         "less; for single-cell images)",
     )
     batch_size: int = option(32, "images per batch and device", ge=1)
-    workers: int | None = option(None, "data loader processes (default: CPUs - 1)", ge=0)
-    cache: Literal["none", "ram", "disk"] = option(
-        "none",
-        "decode and resize every image once: ram (this run) or disk ($HISTOCLASS_CACHE, reused)",
+    workers: int | None = option(
+        None,
+        "data loader processes (default: CPUs - 1; none for a decoded cache on the CPU, where "
+        "reading it is a copy)",
+        ge=0,
+    )
+    cache: Literal["auto", "none", "ram", "disk"] = option(
+        "auto",
+        "decode and resize every image once: auto (ram when it fits in a quarter of the free "
+        "memory) | ram (this run) | disk ($HISTOCLASS_CACHE, reused) | none",
     )
     stain_normalize: Literal["macenko", "reinhard"] | None = option(
         None,

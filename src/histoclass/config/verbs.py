@@ -286,7 +286,9 @@ class BenchConfig(ConfigModel):
     augment: Literal["none", "keras", "tfdata", "histology"] = option(
         "keras", "augmentation of both pipelines (preset)"
     )
-    workers: int | None = option(None, "histoclass's loader processes [CPUs - 1]", ge=0)
+    workers: int | None = option(
+        None, "histoclass's loader processes [CPUs - 1; none from the cache on a CPU]", ge=0
+    )
     stages: str | None = option(
         None, "comma-separated subset of the stages [all; on a GPU all but the CPU engines]"
     )

@@ -20,9 +20,29 @@ from histoclass.data.images import RESIZE_METHOD
 from histoclass.data.inputs import file_identity
 from histoclass.data.records import ImageRecords
 
-__all__ = ["CacheKind", "build_cache", "cache_key", "decoded_cache"]
+__all__ = ["CacheKind", "build_cache", "cache_key", "decoded_cache", "fitting_cache"]
 
 CacheKind = Literal["none", "ram", "disk"]
+
+#: ``--cache auto`` keeps the decoded images in memory when they take at most this share of the memory
+#: free at start: decoding once pays for itself from the second epoch (docs/benchmarks.md, issue 34).
+RAM_SHARE = 0.25
+
+
+def fitting_cache(images: int, size: int, copies: int = 1) -> tuple[CacheKind, str]:
+    """``--cache auto``: ``ram`` when ``copies`` (one per training process on this machine) of
+    ``images`` decoded at ``size`` fit in :data:`RAM_SHARE` of the free memory, else ``none``; and
+    why, in words."""
+    import psutil
+
+    needed, free = copies * images * size * size * 3, psutil.virtual_memory().available
+    amount = f"{needed / 2**30:.2f} GiB for {images} images at {size} px"
+    if needed <= RAM_SHARE * free:
+        return "ram", f"decoded once into memory ({amount}; --cache auto)"
+    return "none", (
+        f"decoded from the files every epoch ({amount} would take more than a quarter of the "
+        f"{free / 2**30:.1f} GiB free; --cache auto); --cache disk keeps them on disk"
+    )
 
 
 def _fill(out: np.ndarray, records: ImageRecords, size: int, workers: int | None) -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 from histoclass.atomic import write_text
 from histoclass.config import Config
 from histoclass.console import console
-from histoclass.data.cache import decoded_cache
+from histoclass.data.cache import decoded_cache, fitting_cache
 from histoclass.data.dataset import ImageDataset
 from histoclass.data.device_transforms import BatchAugment
 from histoclass.data.images import RESIZE_METHOD, load_resized
@@ -35,7 +35,12 @@ from histoclass.training.loggers import record_tracking
 from histoclass.training.module import ClassifierModule
 from histoclass.training.plan import TrainingPlan
 from histoclass.training.probe import probe_parts
-from histoclass.training.trainer import RunCallbacks, build_trainer
+from histoclass.training.trainer import (
+    RunCallbacks,
+    build_trainer,
+    device_count,
+    on_gpu_training,
+)
 
 __all__ = ["fit_run", "fit_stain", "write_run_header"]
 
@@ -81,9 +86,21 @@ def fit_stain(config: Config) -> StainNormalization | None:
         ) from None
 
 
-def _datasets(plan: TrainingPlan) -> tuple[ImageDataset, ImageDataset]:
+def _cache_kind(plan: TrainingPlan) -> str:
+    """The run's decoded cache: ``--cache`` as given, or ``auto``'s choice (said once)."""
+    config = plan.config
+    if config.data.cache != "auto":
+        return config.data.cache
+    images = len(plan.train_records) + len(plan.val_records)
+    copies = device_count(config, on_gpu_training(config))
+    kind, reason = fitting_cache(images, config.data.image_size, copies)
+    console.print(f"Images: {reason}")
+    return kind
+
+
+def _datasets(plan: TrainingPlan, cache: str) -> tuple[ImageDataset, ImageDataset]:
     train, val, stain = plan.train_records, plan.val_records, plan.stain
-    size, cache = plan.config.data.image_size, plan.config.data.cache
+    size = plan.config.data.image_size
     if cache == "none":  # normalised batch by batch in the loader processes
         return ImageDataset(train, size, stain=stain), ImageDataset(val, size, stain=stain)
     with console.status(f"Decoding images into the {cache} cache (once)"):
@@ -118,10 +135,15 @@ def _build_parts(plan: TrainingPlan) -> tuple[L.LightningModule, L.LightningData
         mixer=create_batch_mixer(config.augment, len(classes)),
         augment=BatchAugment(config.augment, config.train.seed, fill=backbone.mean),
     )
-    train_set, val_set = _datasets(plan)
-    data = config.data
+    cache = _cache_kind(plan)
+    train_set, val_set = _datasets(plan, cache)
+    data, workers = config.data, config.data.workers
+    if workers is None and cache != "none" and not on_gpu_training(config):
+        # Reading a cached batch is a copy: a loader process would add only the transfer, and take a
+        # core from the step (train/ceiling 0.82 -> 0.90 on 2 cores; docs/benchmarks.md, issue 34).
+        workers = 0
     return module, HistoDataModule(
-        train_set, val_set, data.batch_size, data.workers, seed=config.train.seed
+        train_set, val_set, data.batch_size, workers, seed=config.train.seed
     )
 
 

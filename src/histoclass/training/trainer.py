@@ -25,7 +25,7 @@ from histoclass.training.callbacks import (
 )
 from histoclass.training.loggers import build_logger
 
-__all__ = ["RunCallbacks", "build_trainer", "quiet_lightning"]
+__all__ = ["RunCallbacks", "build_trainer", "device_count", "on_gpu_training", "quiet_lightning"]
 
 
 def quiet_lightning() -> None:
@@ -39,7 +39,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*ThroughputMonitor.*flops_per_batch.*")
 
 
-def _device_count(config: Config, on_gpu: bool) -> int:
+def device_count(config: Config, on_gpu: bool) -> int:
+    """Training processes on this machine (one per device)."""
     devices = config.train.devices
     if devices == "auto":
         return torch.cuda.device_count() if on_gpu else 1
@@ -62,7 +63,8 @@ def auto_precision(on_gpu: bool) -> str:
     return "bf16-mixed" if on_gpu else "32-true"
 
 
-def _on_gpu(config: Config) -> bool:
+def on_gpu_training(config: Config) -> bool:
+    """Whether the fit runs on GPUs."""
     accelerator = config.train.accelerator
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
@@ -72,16 +74,16 @@ def _precision_note(config: Config) -> str:
     return (
         ""
         if config.train.precision
-        else f" ({AUTO_PRECISION_REASON['gpu' if _on_gpu(config) else 'cpu']})"
+        else f" ({AUTO_PRECISION_REASON['gpu' if on_gpu_training(config) else 'cpu']})"
     )
 
 
 def _trainer_settings(config: Config) -> dict:
     """Accelerator, devices, precision and strategy: bf16 on GPUs, and DDP that tolerates frozen blocks."""
     cfg = config.train
-    on_gpu = _on_gpu(config)
+    on_gpu = on_gpu_training(config)
     precision = cfg.precision or auto_precision(on_gpu)
-    several = _device_count(config, on_gpu) * cfg.num_nodes > 1
+    several = device_count(config, on_gpu) * cfg.num_nodes > 1
     strategy = cfg.strategy or ("ddp_find_unused_parameters_true" if several else "auto")
     return {
         "accelerator": cfg.accelerator,
