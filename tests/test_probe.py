@@ -38,6 +38,13 @@ def test_linear_probe_learns_and_keeps_only_the_head_in_checkpoints(probe_run: P
     assert torch.equal(saved["backbone.conv_stem.weight"], lite0["conv_stem.weight"])
     config = (probe_run / "config.yaml").read_text()
     assert "probe: linear" in config and "head: linear" in config
+    # the head steps over probe_batch embeddings (8 views of each training image) at a time
+    samples = 8 * len(split_records(RunDir(probe_run), "train"))
+    steps_per_epoch = -(-samples // 256)
+    last = torch.load(
+        probe_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
+    assert last["global_step"] == steps_per_epoch * (last["epoch"] + 1)
 
 
 def test_a_probe_is_calibrated_as_its_saved_model_answers(probe_run: Path) -> None:

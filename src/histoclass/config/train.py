@@ -286,6 +286,13 @@ class TrainConfig(ConfigModel):
     probe_views: bool = option(
         False, "probe: the 8 flips and rotations of each training image as extra samples"
     )
+    # Embeddings are small and a step of the head costs less than Lightning's work around it: 2,490
+    # steps of 32 took 15 s on 10k cells (docs/benchmarks.md, issue 34)
+    probe_batch: int = option(
+        256,
+        "probe: embeddings per optimizer step (--batch-size is the images per embedding pass)",
+        ge=1,
+    )
     folds: int = option(
         1,
         "train K group-aware cross-validation folds and save their ensemble (mean of probabilities)",

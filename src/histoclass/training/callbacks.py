@@ -186,13 +186,11 @@ class DistributedSummary(Callback):
     """Prints the effective batch size, the learning rate and the precision in use once the
     processes are known."""
 
-    def __init__(self, batch_size: int, lr: float, scaled: bool, precision_note: str = "") -> None:
-        self.batch_size, self.lr, self.scaled, self.precision_note = (
-            batch_size,
-            lr,
-            scaled,
-            precision_note,
-        )
+    def __init__(
+        self, batch_size: int, lr: float, unit: str, scaled: bool, precision_note: str = ""
+    ) -> None:
+        self.batch_size, self.lr, self.unit = batch_size, lr, unit
+        self.scaled, self.precision_note = scaled, precision_note
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
@@ -200,7 +198,7 @@ class DistributedSummary(Callback):
             lr = self.lr * world if self.scaled else self.lr
             how = f"scaled x{world} (--set train.scale_lr=true)" if self.scaled else "not scaled"
             print(
-                f"{world} process(es) x {self.batch_size} images = effective batch "
+                f"{world} process(es) x {self.batch_size} {self.unit} = effective batch "
                 f"{world * self.batch_size}; "
                 f"lr {lr:g} ({how}); precision {trainer.precision}{self.precision_note}",
                 flush=True,

@@ -93,10 +93,9 @@ class ProbeModule(L.LightningModule):
     def configure_optimizers(self):
         if isinstance(self.model.head, KNNHead):
             return None
-        optimizer = create_optimizer(self.model, self.config.train)
-        scheduler = create_scheduler(
-            optimizer, self.config.train, int(self.trainer.estimated_stepping_batches)
-        )
+        train = self.config.train
+        optimizer = create_optimizer(self.model, train)
+        scheduler = create_scheduler(optimizer, train, int(self.trainer.estimated_stepping_batches))
         return (
             optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
         )
@@ -165,5 +164,5 @@ def probe_parts(
         model.head.fit(train_set.tensors[0], train_set.tensors[1])
     module = ProbeModule(model, config, num_classes, extractor, class_weights)
     return module, EmbeddingDataModule(
-        train_set, val_set, config.data.batch_size, config.train.seed
+        train_set, val_set, config.train.probe_batch, config.train.seed
     )

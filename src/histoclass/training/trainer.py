@@ -93,6 +93,13 @@ def _trainer_settings(config: Config) -> dict:
     }
 
 
+def _step_size(config: Config) -> tuple[int, float, str]:
+    """What one optimizer step sees and its learning rate: images, or a probe's embeddings."""
+    if config.train.probe:
+        return config.train.probe_batch, config.train.lr, "embeddings"
+    return config.data.batch_size, config.train.lr, "images"
+
+
 class RunCallbacks:
     """The callbacks the train job reads back after fitting: best checkpoint, early stopping, clock, stop."""
 
@@ -130,9 +137,7 @@ class RunCallbacks:
             self.clock,
             HistoryWriter(run.history, cfg.phase1_epochs),
             self.stop,
-            DistributedSummary(
-                config.data.batch_size, cfg.lr, cfg.scale_lr, _precision_note(config)
-            ),
+            DistributedSummary(*_step_size(config), cfg.scale_lr, _precision_note(config)),
             ThroughputMonitor(batch_size_fn=lambda batch: len(batch[1])),
             RichProgressBar(),
         ]
