@@ -140,7 +140,7 @@ def _build_parts(plan: TrainingPlan) -> tuple[L.LightningModule, L.LightningData
     data, workers = config.data, config.data.workers
     if workers is None and cache != "none" and not on_gpu_training(config):
         # Reading a cached batch is a copy: a loader process would add only the transfer, and take a
-        # core from the step (train/ceiling 0.82 -> 0.90 on 2 cores; docs/benchmarks.md, issue 34).
+        # core from the step (~10% faster on 2 cores; docs/benchmarks.md, issue 34).
         workers = 0
     return module, HistoDataModule(
         train_set, val_set, data.batch_size, workers, seed=config.train.seed

@@ -93,9 +93,10 @@ class ProbeModule(L.LightningModule):
     def configure_optimizers(self):
         if isinstance(self.model.head, KNNHead):
             return None
-        train = self.config.train
-        optimizer = create_optimizer(self.model, train)
-        scheduler = create_scheduler(optimizer, train, int(self.trainer.estimated_stepping_batches))
+        optimizer = create_optimizer(self.model, self.config.train)
+        scheduler = create_scheduler(
+            optimizer, self.config.train, int(self.trainer.estimated_stepping_batches)
+        )
         return (
             optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
         )
