@@ -18,6 +18,7 @@ from histoclass.calibration.temperature import fit_temperature
 from histoclass.inference.embedder import Embedder
 from histoclass.inference.engines.torch_engine import TorchEngine
 from histoclass.runs import ModelInfo, RunDir
+from histoclass.runs.config_file import read_run_config
 from histoclass.runs.records import split_records
 from histoclass.training.finish import validation_logits
 
@@ -39,8 +40,9 @@ def test_linear_probe_learns_and_keeps_only_the_head_in_checkpoints(probe_run: P
     config = (probe_run / "config.yaml").read_text()
     assert "probe: linear" in config and "head: linear" in config
     # the head steps over probe_batch embeddings (8 views of each training image) at a time
-    samples = 8 * len(split_records(RunDir(probe_run), "train"))
-    steps_per_epoch = -(-samples // 256)
+    run = RunDir(probe_run)
+    samples = 8 * len(split_records(run, "train"))
+    steps_per_epoch = -(-samples // read_run_config(run).train.probe_batch)
     last = torch.load(
         probe_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
     )

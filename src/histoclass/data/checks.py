@@ -93,9 +93,8 @@ def scan_records(records: ImageRecords, workers: int | None = None) -> list[Imag
             pool.map(lambda i: _inspect_file(records, i), range(len(records)), chunksize=64)
         )
     if kept is not None:
-        with contextlib.suppress(
-            OSError
-        ):  # a cache that cannot be written costs the next run a scan
+        # a cache that cannot be written costs the next run a scan, not this one its result
+        with contextlib.suppress(OSError):
             write_json(kept, [[info.size, info.mode, info.error] for info in infos])
     return infos
 

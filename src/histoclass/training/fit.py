@@ -86,13 +86,13 @@ def fit_stain(config: Config) -> StainNormalization | None:
         ) from None
 
 
-def _cache_kind(plan: TrainingPlan) -> str:
+def _cache_kind(plan: TrainingPlan, on_gpu: bool) -> str:
     """The run's decoded cache: ``--cache`` as given, or ``auto``'s choice (said once)."""
     config = plan.config
     if config.data.cache != "auto":
         return config.data.cache
     images = len(plan.train_records) + len(plan.val_records)
-    copies = device_count(config, on_gpu_training(config))
+    copies = device_count(config, on_gpu)
     kind, reason = fitting_cache(images, config.data.image_size, copies)
     console.print(f"Images: {reason}")
     return kind
@@ -135,10 +135,11 @@ def _build_parts(plan: TrainingPlan) -> tuple[L.LightningModule, L.LightningData
         mixer=create_batch_mixer(config.augment, len(classes)),
         augment=BatchAugment(config.augment, config.train.seed, fill=backbone.mean),
     )
-    cache = _cache_kind(plan)
+    on_gpu = on_gpu_training(config)
+    cache = _cache_kind(plan, on_gpu)
     train_set, val_set = _datasets(plan, cache)
     data, workers = config.data, config.data.workers
-    if workers is None and cache != "none" and not on_gpu_training(config):
+    if workers is None and cache != "none" and not on_gpu:
         # Reading a cached batch is a copy: a loader process would add only the transfer, and take a
         # core from the step (~10% faster on 2 cores; docs/benchmarks.md, issue 34).
         workers = 0

@@ -93,11 +93,11 @@ def _trainer_settings(config: Config) -> dict:
     }
 
 
-def _step_size(config: Config) -> tuple[int, float, str]:
-    """What one optimizer step sees and its learning rate: images, or a probe's embeddings."""
+def _step_batch(config: Config) -> tuple[int, str]:
+    """What one optimizer step sees: a batch of images, or of a probe's embeddings."""
     if config.train.probe:
-        return config.train.probe_batch, config.train.lr, "embeddings"
-    return config.data.batch_size, config.train.lr, "images"
+        return config.train.probe_batch, "embeddings"
+    return config.data.batch_size, "images"
 
 
 class RunCallbacks:
@@ -128,6 +128,7 @@ class RunCallbacks:
 
     def all(self, config: Config, run: RunDir) -> list[L.Callback]:
         cfg = config.train
+        batch, unit = _step_batch(config)
         callbacks = [
             EpochSeeder(cfg.seed),
             TwoPhaseFinetuning(cfg.phase1_epochs, cfg.unfreeze_last),
@@ -137,7 +138,7 @@ class RunCallbacks:
             self.clock,
             HistoryWriter(run.history, cfg.phase1_epochs),
             self.stop,
-            DistributedSummary(*_step_size(config), cfg.scale_lr, _precision_note(config)),
+            DistributedSummary(batch, cfg.lr, unit, cfg.scale_lr, _precision_note(config)),
             ThroughputMonitor(batch_size_fn=lambda batch: len(batch[1])),
             RichProgressBar(),
         ]
