@@ -13,6 +13,7 @@ import torch
 
 from conftest import NO_AUDITS, TECOM, run_cli, run_cli_all
 from histoclass.adaptation.batchnorm import batchnorm_layers, reestimate_batchnorm
+from histoclass.adaptation.pseudo_labels import confident_per_class
 from histoclass.data.images import load_resized
 from histoclass.data.inputs import collect_inputs
 from histoclass.models.serialization import load_model
@@ -94,6 +95,8 @@ def test_few_shot_adaptation_scores_the_cells_it_did_not_see(adapted) -> None:
     record = json.loads((shots / "adaptation.json").read_text())
     assert record["labelled_images"] == 20 and record["rest"]["images"] == 299 - 20
     assert record["rest"]["balanced_accuracy"] > 0.4  # chance: 0.25
+    # the second fine-tuning's pseudo-labelled images: at most twice the draw, a class at a time
+    assert 0 < record["pseudo_labelled"] <= 2 * 5 * 4 and record["pseudo_labels"]
     info = ModelInfo.load(shots / "model.json")
     assert info.calibration.fitted_on == "adapt --shots" and info.calibration.has_sets
 
@@ -136,3 +139,11 @@ def test_bad_adapt_input_is_one_line(trained_run: Path, tmp_path: Path) -> None:
         assert result.returncode == 2 and message in result.stderr, result.stderr[-1000:]
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_pseudo_labels_are_the_surest_few_of_each_predicted_class() -> None:
+    probabilities = np.array(
+        [[0.9, 0.1], [0.6, 0.4], [np.nan, np.nan], [0.2, 0.8], [0.95, 0.05], [0.4, 0.6]]
+    )
+    assert confident_per_class(probabilities, 2).tolist() == [0, 3, 4, 5]
+    assert confident_per_class(probabilities, 1).tolist() == [3, 4]

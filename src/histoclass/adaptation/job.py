@@ -1,11 +1,11 @@
 """The adapt job: a run adapted to a new source, written as a new run directory beside it.
 
 Without labels: BatchNorm statistics re-estimated on the new images (:mod:`.batchnorm`). With
-``--shots K``: the same, then every layer fine-tuned on K labelled images per class (:mod:`.shots`),
-the calibration re-fitted on half of the remaining labelled images and the result scored on all of
-them and on the other half (one prediction pass). The shift score's reference becomes the new
-source's images. The parent run is only read; the new run is built in a hidden folder and appears
-complete or not at all.
+``--shots K``: the same, then every layer fine-tuned on K labelled images per class (:mod:`.shots`)
+and again with the other images the model is then surest of (:mod:`.pseudo_labels`), the calibration
+re-fitted on half of the remaining labelled images and the result scored on all of them and on the
+other half (one prediction pass). The shift score's reference becomes the new source's images. The
+parent run is only read; the new run is built in a hidden folder and appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from histoclass.adaptation.batchnorm import batchnorm_layers, reestimate_batchnorm
+from histoclass.adaptation.pseudo_labels import with_pseudo_labels
 from histoclass.adaptation.shots import draw_shots, fine_tune
 from histoclass.atomic import building_folder, replace_folder, write_bytes, write_json
 from histoclass.calibration.fit import fit_calibration
@@ -105,6 +106,53 @@ def _score_rest(run: RunDir, rest: ImageRecords, batch_size: int, seed: int) -> 
     }
 
 
+def _few_shot(
+    model,
+    info: ModelInfo,
+    records: ImageRecords,
+    draw: tuple[np.ndarray, np.ndarray],
+    augment: AugmentConfig,
+    config: AdaptConfig,
+    built: RunDir,
+) -> tuple[object, dict]:
+    """Fine-tuning on the labelled draw; with ``--pseudo-labels``, again on the draw plus the other
+    images the first fine-tuning is surest of (:mod:`.pseudo_labels`), predicted from ``built``.
+    Returns the model and what to record of it."""
+    shots, rest = draw
+
+    def tune(start, chosen: ImageRecords):
+        return fine_tune(
+            start,
+            chosen,
+            info.image_size,
+            augment,
+            config.epochs,
+            config.lr,
+            config.seed,
+            info.stain,
+            head_only=config.tune == "head",
+        )
+
+    model = tune(model, records.subset(shots))
+    if not config.pseudo_labels:
+        return model, {}
+    save_model(model, info, built.root)
+    probabilities = run_predictions(
+        open_predictor(built.root, "torch", shift=False),
+        records.subset(rest),
+        config.batch_size,
+        tta=True,
+    ).probabilities
+    chosen, right = with_pseudo_labels(records, shots, rest, probabilities, config.shots)
+    added = len(chosen) - len(shots)
+    console.print(
+        f"Pseudo-labels: the {added} other images the model is surest of added to the "
+        f"{len(shots)} labelled ones"
+        + ("" if right is None else f" ({right:.0%} of their labels right)")
+    )
+    return tune(model, chosen), {"pseudo_labelled": added, "pseudo_labels_right": right}
+
+
 def _copy_run_files(parent: RunDir, built: RunDir) -> None:
     """What makes the new folder a run like any other: its config (the parent's training) and split."""
     for name in ("config", "split", "labels"):
@@ -150,21 +198,6 @@ def adapt(config: AdaptConfig) -> RunDir:
         "images": seen,
         "batchnorm": True,
     }
-    if shots is not None:
-        augment = read_run_config(parent).augment if parent.config.is_file() else AugmentConfig()
-        model = fine_tune(
-            model,
-            records.subset(shots),
-            info.image_size,
-            augment,
-            config.epochs,
-            config.lr,
-            config.seed,
-            info.stain,
-            head_only=config.tune == "head",
-        )
-        record |= {"shots": config.shots, "labelled_images": len(shots), "tune": config.tune}
-        record |= {"epochs": config.epochs, "lr": config.lr}
     runs_dir = Path(config.runs_dir) if config.runs_dir else parent.root.parent
     name = (
         config.name or f"{parent.root.name}-{f'{config.shots}shot' if config.shots else 'adapted'}"
@@ -172,8 +205,18 @@ def adapt(config: AdaptConfig) -> RunDir:
     new_info = info.model_copy(update={"name": name, "parent": str(parent.root.resolve())})
     with building_folder(runs_dir, ".adapt-") as folder:
         built = RunDir(folder)
-        save_model(model, new_info, built.root)
         _copy_run_files(parent, built)
+        if shots is not None:
+            augment = (
+                read_run_config(parent).augment if parent.config.is_file() else AugmentConfig()
+            )
+            model, pseudo = _few_shot(
+                model, new_info, records, (shots, rest), augment, config, built
+            )
+            record |= {"shots": config.shots, "labelled_images": len(shots), "tune": config.tune}
+            record |= {"epochs": config.epochs, "lr": config.lr}
+            record |= {"pseudo_labels": config.pseudo_labels, **pseudo}
+        save_model(model, new_info, built.root)
         write_labels(built.labels, info.labels)
         halves = np.random.default_rng(config.seed).permutation(len(records))
         # the new source's images, labels unused: half as reference, half held out

@@ -186,6 +186,11 @@ class AdaptConfig(LabelledData):
         ge=1,
     )
     tune: Literal["head", "all"] = option("all", "--shots: fine-tune the head only, or every layer")
+    pseudo_labels: bool = option(
+        True,
+        "--shots: fine-tune again with the labelled images plus the other --data images the model is "
+        "then surest of (twice as many a class, labels unused, the model's answers as labels)",
+    )
     epochs: int = option(30, "--shots: fine-tuning epochs over the labelled images", ge=1)
     lr: float = option(2e-4, "--shots: learning rate of the whole network", gt=0)
     name: str | None = option(None, "name of the adapted run [NAME-adapted]")
