@@ -79,9 +79,12 @@ def _adapt(run: Path, out: Path, name: str, **options) -> Path:
     ).root
 
 
-def measure(run: Path, shots: list[int], draws: int, work: Path) -> dict:
+def measure(
+    run: Path, shots: list[int], draws: int, work: Path, pseudo_labels: bool = True
+) -> dict:
     same = BLOOD / "test_simple"
-    result = {"run": str(run), "same_lab": _evaluate(run, same), "zero_shot": _evaluate(run, TECOM)}
+    result = {"run": str(run), "pseudo_labels": pseudo_labels, "same_lab": _evaluate(run, same)}
+    result["zero_shot"] = _evaluate(run, TECOM)
     scores = {name: _shift_scores(run, path) for name, path in (("same", same), ("tecom", TECOM))}
     scores["other_kinds"] = _shift_scores(run, other_kinds(work / "kinds"))
     result["shift_auroc"] = {
@@ -97,7 +100,9 @@ def measure(run: Path, shots: list[int], draws: int, work: Path) -> dict:
     for k in shots:
         rows = []
         for seed in range(draws):
-            folder = _adapt(run, work, f"shots-{k}-{seed}", shots=k, seed=seed)
+            folder = _adapt(
+                run, work, f"shots-{k}-{seed}", shots=k, seed=seed, pseudo_labels=pseudo_labels
+            )
             rows.append(
                 json.loads((folder / "adaptation.json").read_text())["rest"]["balanced_accuracy"]
             )
@@ -135,6 +140,11 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="runs", help="where --row trains")
     parser.add_argument("--shots", default="1,5,10,20")
     parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument(
+        "--no-pseudo-labels",
+        action="store_true",
+        help="few-shot rows without the second, pseudo-labelled fine-tuning",
+    )
     parser.add_argument("--results", help="append the result to this JSON file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
@@ -142,7 +152,8 @@ def main() -> None:
         run = (
             Path(args.run) if args.run else train_row("blood", args.row, 0, Path(args.runs_dir))[0]
         )
-        result = measure(run, [int(k) for k in args.shots.split(",") if k], args.draws, work)
+        shots = [int(k) for k in args.shots.split(",") if k]
+        result = measure(run, shots, args.draws, work, not args.no_pseudo_labels)
         _print(result)
         if args.results:
             path = Path(args.results)

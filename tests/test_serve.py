@@ -131,35 +131,40 @@ def test_200_concurrent_requests_from_20_clients(server) -> None:
     assert after - before < 200 * 2**20
 
 
-def test_api_key_guards_the_api_but_not_health_or_page(trained_run: Path) -> None:
-    process, url = start_server(trained_run, "--api-key", "s3cret")
-    try:
-        image = [(TEST_IMAGES[0].name, TEST_IMAGES[0].read_bytes())]
-        assert upload(url, image).status_code == 401
-        assert upload(url, image, headers={"X-API-Key": "s3cret"}).status_code == 200
-        assert httpx.get(f"{url}/api/model").status_code == 401
-        assert (
-            httpx.get(f"{url}/").status_code == 200
-            and httpx.get(f"{url}/static/app.js").status_code == 200
-        )
-        # The API's description and docs are behind the key too (issue 19); the docs page takes it
-        # as a parameter.
-        assert (
-            httpx.get(f"{url}/openapi.json").status_code == 401
-            and httpx.get(f"{url}/docs").status_code == 401
-        )
-        assert (
-            "/api/predict"
-            in httpx.get(f"{url}/openapi.json", headers={"X-API-Key": "s3cret"}).json()["paths"]
-        )
-        docs = httpx.get(f"{url}/docs?api_key=s3cret")
-        assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
-        assert (
-            httpx.get(f"{url}/docs-assets/swagger-ui-bundle.js?api_key=s3cret").status_code == 200
-        )
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+@pytest.fixture(scope="module")
+def keyed_server(trained_run: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A server behind an API key that takes at most 4 files of 20 MB a request."""
+    process, url = start_server(
+        trained_run, "--api-key", "s3cret", "--max-file-mb", "20", "--max-files", "4"
+    )
+    yield process, url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_api_key_guards_the_api_but_not_health_or_page(keyed_server) -> None:
+    _, url = keyed_server
+    image = [(TEST_IMAGES[0].name, TEST_IMAGES[0].read_bytes())]
+    assert upload(url, image).status_code == 401
+    assert upload(url, image, headers={"X-API-Key": "s3cret"}).status_code == 200
+    assert httpx.get(f"{url}/api/model").status_code == 401
+    assert (
+        httpx.get(f"{url}/").status_code == 200
+        and httpx.get(f"{url}/static/app.js").status_code == 200
+    )
+    # The API's description and docs are behind the key too (issue 19); the docs page takes it
+    # as a parameter.
+    assert (
+        httpx.get(f"{url}/openapi.json").status_code == 401
+        and httpx.get(f"{url}/docs").status_code == 401
+    )
+    assert (
+        "/api/predict"
+        in httpx.get(f"{url}/openapi.json", headers={"X-API-Key": "s3cret"}).json()["paths"]
+    )
+    docs = httpx.get(f"{url}/docs?api_key=s3cret")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert httpx.get(f"{url}/docs-assets/swagger-ui-bundle.js?api_key=s3cret").status_code == 200
 
 
 def test_page_in_chromium_uploads_two_images_and_shows_heatmaps(server, tmp_path: Path) -> None:
@@ -235,31 +240,25 @@ def rss_mib(process: subprocess.Popen) -> float:
     return psutil.Process(process.pid).memory_info().rss / 2**20
 
 
-def test_the_key_and_the_body_limit_are_checked_before_the_body_is_read(trained_run: Path) -> None:
-    process, url = start_server(
-        trained_run, "--api-key", "s3cret", "--max-file-mb", "20", "--max-files", "4"
+def test_the_key_and_the_body_limit_are_checked_before_the_body_is_read(keyed_server) -> None:
+    process, url = keyed_server
+    upload(
+        url,
+        [(TEST_IMAGES[0].name, TEST_IMAGES[0].read_bytes())],
+        headers={"X-API-Key": "s3cret"},
     )
-    try:
-        upload(
-            url,
-            [(TEST_IMAGES[0].name, TEST_IMAGES[0].read_bytes())],
-            headers={"X-API-Key": "s3cret"},
-        )
-        before = rss_mib(process)
-        blob = b"\xff\xd8\xff" + os.urandom(15_000_000)
-        for _ in range(10):
-            refused = upload(url, [("big.jpeg", blob)])
-            assert refused.status_code == 401
-        wrong = upload(url, [("big.jpeg", blob)], headers={"X-API-Key": "s3cret-not"})
-        assert wrong.status_code == 401
-        over = upload(url, [(f"{i}.jpeg", blob) for i in range(6)], headers={"X-API-Key": "s3cret"})
-        assert over.status_code == 413, over.text
-        assert "the limit is 80 MB" in over.json()["detail"]  # --max-files x --max-file-mb
-        # none of the 240 MB was buffered
-        assert rss_mib(process) - before < 60, (before, rss_mib(process))
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    before = rss_mib(process)
+    blob = b"\xff\xd8\xff" + os.urandom(15_000_000)
+    for _ in range(10):
+        refused = upload(url, [("big.jpeg", blob)])
+        assert refused.status_code == 401
+    wrong = upload(url, [("big.jpeg", blob)], headers={"X-API-Key": "s3cret-not"})
+    assert wrong.status_code == 401
+    over = upload(url, [(f"{i}.jpeg", blob) for i in range(6)], headers={"X-API-Key": "s3cret"})
+    assert over.status_code == 413, over.text
+    assert "the limit is 80 MB" in over.json()["detail"]  # --max-files x --max-file-mb
+    # none of the 240 MB was buffered
+    assert rss_mib(process) - before < 60, (before, rss_mib(process))
 
 
 def test_kept_uploads_get_safe_bounded_names_and_refused_requests_keep_nothing(
