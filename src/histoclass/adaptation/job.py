@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import train_test_split
+from torch import nn
 
 from histoclass.adaptation.batchnorm import batchnorm_layers, reestimate_batchnorm
 from histoclass.adaptation.pseudo_labels import with_pseudo_labels
@@ -107,20 +108,20 @@ def _score_rest(run: RunDir, rest: ImageRecords, batch_size: int, seed: int) -> 
 
 
 def _few_shot(
-    model,
+    model: nn.Module,
     info: ModelInfo,
     records: ImageRecords,
     draw: tuple[np.ndarray, np.ndarray],
     augment: AugmentConfig,
     config: AdaptConfig,
     built: RunDir,
-) -> tuple[object, dict]:
+) -> tuple[nn.Module, dict]:
     """Fine-tuning on the labelled draw; with ``--pseudo-labels``, again on the draw plus the other
     images the first fine-tuning is surest of (:mod:`.pseudo_labels`), predicted from ``built``.
     Returns the model and what to record of it."""
     shots, rest = draw
 
-    def tune(start, chosen: ImageRecords):
+    def tune(start: nn.Module, chosen: ImageRecords) -> nn.Module:
         return fine_tune(
             start,
             chosen,
@@ -134,7 +135,7 @@ def _few_shot(
         )
 
     model = tune(model, records.subset(shots))
-    if not config.pseudo_labels:
+    if not config.pseudo_labels or not len(rest):
         return model, {}
     save_model(model, info, built.root)
     probabilities = run_predictions(
