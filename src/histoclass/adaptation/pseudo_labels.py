@@ -42,11 +42,10 @@ def with_pseudo_labels(
     shots: int,
 ) -> tuple[ImageRecords, float | None]:
     """The ``labelled`` rows of ``records`` plus the confident rows of ``pool`` (``probabilities`` in its
-    order) labelled by the model; and, where the pool carries true labels (a labelled --data), the share
-    of the added labels that are right."""
+    order) labelled by the model; and the share of the added labels that match ``records``' own (a
+    report only: --shots reads labelled data), None when none was added."""
     picked = confident_per_class(probabilities, PER_SHOT * shots)
     rows, answers = pool[picked], probabilities[picked].argmax(axis=1).astype(np.int64)
-    truth = records.labels[rows]
-    right = float((answers == truth).mean()) if len(rows) and (truth >= 0).all() else None
+    right = float((answers == records.labels[rows]).mean()) if len(rows) else None
     chosen = records.subset(np.r_[labelled, rows])
     return replace(chosen, labels=np.r_[chosen.labels[: len(labelled)], answers]), right
