@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from conftest import BLOOD, BLOOD_GROUPS, BREAST, CLASSES, blood_files, link_cla
 from histoclass.config import DataConfig
 from histoclass.data.checks import check_source, scan_records
 from histoclass.data.images import open_rgb, resize_square
-from histoclass.data.inputs import list_images
+from histoclass.data.inputs import file_identities, list_images
 from histoclass.data.sources import cache_root, read_source
 from histoclass.data.splits import groups_from_pattern, split_train_val
 from histoclass.errors import HistoclassError
@@ -219,3 +220,26 @@ def test_a_scan_is_read_back_until_a_file_changes(tmp_path: Path) -> None:
     victim.write_bytes(real[: len(real) // 3])
     again = scan_records(read_source(str(data)).splits["all"])
     assert again[0].error and again[1:] == first[1:]
+
+
+def test_file_identities_resolve_links_as_the_full_path_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folders resolved once give what resolving each file's whole path gives: linked files name their
+    targets, files in a linked folder the real folder, relative paths with ``..`` the right file."""
+    data = link_class_folders(tmp_path / "links", blood_files(2))
+    (tmp_path / "real").mkdir()
+    shutil.copy(next(data.rglob("*.jpeg")), tmp_path / "real" / "copy.jpeg")
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path)
+    paths = [
+        *sorted(data.rglob("*.jpeg")),
+        Path("alias/copy.jpeg"),
+        Path("links/../real/copy.jpeg"),
+    ]
+    identities = file_identities(paths)
+    assert identities == [
+        f"{os.path.realpath(p)}|{p.stat().st_size}|{p.stat().st_mtime_ns}" for p in paths
+    ]
+    assert str(BLOOD.resolve()) in identities[0] and identities[-2] == identities[-1]
+    assert identities[-1].startswith(str((tmp_path / "real").resolve()))

@@ -17,7 +17,7 @@ import numpy as np
 
 from histoclass.atomic import atomic_path
 from histoclass.data.images import RESIZE_METHOD
-from histoclass.data.inputs import file_identity
+from histoclass.data.inputs import file_identities
 from histoclass.data.records import ImageRecords
 
 __all__ = ["CacheKind", "build_cache", "cache_key", "decoded_cache", "fitting_cache"]
@@ -67,8 +67,8 @@ def cache_key(records: ImageRecords, size: int) -> str:
     array's bytes)."""
     digest = hashlib.sha256(f"{RESIZE_METHOD}|{size}|{len(records)}{records.framing_key}".encode())
     if records.paths is not None:
-        for path in records.paths:
-            digest.update(f"{file_identity(path)}\n".encode())
+        for identity in file_identities(records.paths):
+            digest.update(f"{identity}\n".encode())
     else:
         assert records.array is not None
         digest.update(np.ascontiguousarray(records.array).data)

@@ -18,7 +18,7 @@ import numpy as np
 
 from histoclass.atomic import write_json
 from histoclass.data.images import EMPTY_FILE, unreadable_reason
-from histoclass.data.inputs import file_identity
+from histoclass.data.inputs import file_identities
 from histoclass.data.records import DataSource, ImageRecords
 from histoclass.data.sources import cache_root
 
@@ -67,8 +67,8 @@ def _scan_file(records: ImageRecords) -> Path | None:
     stat'ed (the scan reports it)."""
     digest = hashlib.sha256(f"scan {SCAN_VERSION}\n".encode())
     try:
-        for path in records.paths:
-            digest.update(f"{file_identity(path)}\n".encode())
+        for identity in file_identities(records.paths):
+            digest.update(f"{identity}\n".encode())
     except OSError:
         return None
     return cache_root() / "scans" / f"{digest.hexdigest()[:32]}.json"

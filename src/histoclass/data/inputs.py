@@ -15,6 +15,7 @@ from histoclass.errors import HistoclassError
 
 __all__ = [
     "collect_inputs",
+    "file_identities",
     "file_identity",
     "find_image",
     "index_images",
@@ -26,8 +27,25 @@ __all__ = [
 def file_identity(path: str | Path) -> str:
     """What a file's content is taken to be: the file's own path (links resolved, so a folder of
     symlinks shares what its targets cached), size and modification time."""
-    stat = os.stat(path)
-    return f"{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+    return file_identities([path])[0]
+
+
+def file_identities(paths: Iterable[str | Path]) -> list[str]:
+    """``file_identity`` of each path, each folder resolved once: resolving every file's full path
+    costs a system call per folder above it, the most of a check of 10k cached files."""
+    folders: dict[str, str] = {}
+    identities = []
+    for path in map(os.fspath, paths):
+        stat = os.stat(path)
+        folder, name = os.path.split(path)
+        if os.path.islink(path):
+            real = os.path.realpath(path)
+        else:
+            if folder not in folders:
+                folders[folder] = os.path.realpath(folder or ".")
+            real = os.path.join(folders[folder], name)
+        identities.append(f"{real}|{stat.st_size}|{stat.st_mtime_ns}")
+    return identities
 
 
 def list_images(folder: Path) -> list[Path]:

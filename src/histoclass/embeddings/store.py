@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from histoclass.atomic import atomic_path
-from histoclass.data.inputs import file_identity
+from histoclass.data.inputs import file_identities
 from histoclass.data.records import ImageRecords
 
 __all__ = ["EmbeddingStore", "image_keys"]
@@ -27,7 +27,7 @@ def image_keys(records: ImageRecords) -> list[str]:
     """One key per record: a digest of its file's identity, or of its pixels for in-memory data, and of
     its framing."""
     if records.paths is not None:
-        texts = [file_identity(path).encode() for path in records.paths]
+        texts = [identity.encode() for identity in file_identities(records.paths)]
     else:
         texts = [np.ascontiguousarray(records.array[i]).tobytes() for i in range(len(records))]
     framing = records.framing_key.encode()

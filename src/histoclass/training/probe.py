@@ -11,7 +11,14 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    DistributedSampler,
+    Sampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
 from histoclass.config import Config, InferenceOptions
 from histoclass.data.records import ImageRecords
@@ -102,12 +109,22 @@ class ProbeModule(L.LightningModule):
         )
 
 
+class _Rows(TensorDataset):
+    """Tensors whose batches are taken by their indices at once, not gathered and stacked row by row."""
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        return tuple(tensor[indices] for tensor in self.tensors)
+
+
+def _whole(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """A batch ``_Rows`` already made: nothing to collate."""
+    return batch
+
+
 class EmbeddingDataModule(L.LightningDataModule):
     """Batches of (embedding, label, index) from memory: a probe's epoch is a pass over float vectors."""
 
-    def __init__(
-        self, train: TensorDataset, val: TensorDataset, batch_size: int, seed: int
-    ) -> None:
+    def __init__(self, train: _Rows, val: _Rows, batch_size: int, seed: int) -> None:
         super().__init__()
         self.train, self.val, self.batch_size, self.seed = train, val, batch_size, seed
 
@@ -121,15 +138,21 @@ class EmbeddingDataModule(L.LightningDataModule):
         sampler = DistributedSampler(
             self.train, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed
         )
-        return DataLoader(self.train, batch_size=self.batch_size, sampler=sampler)
+        return _batched(self.train, sampler, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val, batch_size=max(self.batch_size, 256))
+        return _batched(self.val, SequentialSampler(self.val), max(self.batch_size, 256))
+
+
+def _batched(dataset: _Rows, sampler: Sampler, batch_size: int) -> DataLoader:
+    """Batches of ``dataset`` in ``sampler``'s order, the sampler where Lightning sets its epoch."""
+    batches = BatchSampler(sampler, batch_size, drop_last=False)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=_whole)
 
 
 def _embedded(
     records: ImageRecords, extractor: Extractor, config: Config, views: str, what: str
-) -> TensorDataset:
+) -> _Rows:
     """Embeddings of ``records`` (each view its own sample) with their labels and record indices."""
     embedded = embed_records(records, extractor, views, config.data.batch_size, what)
     if embedded.errors:
@@ -140,7 +163,7 @@ def _embedded(
     features = embedded.features
     n, views_per_image, dims = features.shape
     index = np.repeat(np.arange(n), views_per_image)
-    return TensorDataset(
+    return _Rows(
         torch.from_numpy(features.reshape(n * views_per_image, dims)),
         torch.from_numpy(records.labels[index]),
         torch.from_numpy(index),
