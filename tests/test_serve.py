@@ -131,22 +131,35 @@ def test_200_concurrent_requests_from_20_clients(server) -> None:
     assert after - before < 200 * 2**20
 
 
+#: A key that is not ASCII: what a header carries as UTF-8 bytes.
+KEY = "clé-ünï"
+
+
 @pytest.fixture(scope="module")
-def keyed_server(trained_run: Path) -> Iterator[tuple[subprocess.Popen, str]]:
-    """A server behind an API key that takes at most 4 files of 20 MB a request."""
-    process, url = start_server(
-        trained_run, "--api-key", "s3cret", "--max-file-mb", "20", "--max-files", "4"
-    )
-    yield process, url
+def keyed_server(
+    trained_run: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+    """A server behind an API key that takes at most 4 files of 20 MB a request, waits 2 s for a
+    body's next part, and keeps what it accepts (in the folder it yields)."""
+    kept = tmp_path_factory.mktemp("uploads") / "kept"
+    options = ["--api-key", KEY, "--max-file-mb", "20", "--max-files", "4", "--body-timeout", "2"]
+    process, url = start_server(trained_run, *options, "--keep-uploads", str(kept))
+    yield process, url, kept
     process.terminate()
     process.wait(timeout=30)
 
 
+def keyed(**headers: str) -> dict[str, dict]:
+    """``upload``'s keyword for a request that carries the key (and ``headers``)."""
+    return {"headers": {"X-API-Key": KEY.encode(), **headers}}
+
+
 def test_api_key_guards_the_api_but_not_health_or_page(keyed_server) -> None:
-    _, url = keyed_server
+    _, url, _ = keyed_server
     image = [(TEST_IMAGES[0].name, TEST_IMAGES[0].read_bytes())]
     assert upload(url, image).status_code == 401
-    assert upload(url, image, headers={"X-API-Key": "s3cret"}).status_code == 200
+    assert upload(url, image, **keyed()).status_code == 200
+    assert upload(url, image, headers={"X-API-Key": "cle-uni"}).status_code == 401
     assert httpx.get(f"{url}/api/model").status_code == 401
     assert (
         httpx.get(f"{url}/").status_code == 200
@@ -158,13 +171,11 @@ def test_api_key_guards_the_api_but_not_health_or_page(keyed_server) -> None:
         httpx.get(f"{url}/openapi.json").status_code == 401
         and httpx.get(f"{url}/docs").status_code == 401
     )
-    assert (
-        "/api/predict"
-        in httpx.get(f"{url}/openapi.json", headers={"X-API-Key": "s3cret"}).json()["paths"]
-    )
-    docs = httpx.get(f"{url}/docs?api_key=s3cret")
+    assert "/api/predict" in httpx.get(f"{url}/openapi.json", **keyed()).json()["paths"]
+    docs = httpx.get(f"{url}/docs", params={"api_key": KEY})
     assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
-    assert httpx.get(f"{url}/docs-assets/swagger-ui-bundle.js?api_key=s3cret").status_code == 200
+    assets = httpx.get(f"{url}/docs-assets/swagger-ui-bundle.js", params={"api_key": KEY})
+    assert assets.status_code == 200
 
 
 def test_page_in_chromium_uploads_two_images_and_shows_heatmaps(server, tmp_path: Path) -> None:
@@ -241,20 +252,16 @@ def rss_mib(process: subprocess.Popen) -> float:
 
 
 def test_the_key_and_the_body_limit_are_checked_before_the_body_is_read(keyed_server) -> None:
-    process, url = keyed_server
-    upload(
-        url,
-        [(TEST_IMAGES[0].name, TEST_IMAGES[0].read_bytes())],
-        headers={"X-API-Key": "s3cret"},
-    )
+    process, url, _ = keyed_server
+    upload(url, [(TEST_IMAGES[0].name, TEST_IMAGES[0].read_bytes())], **keyed())
     before = rss_mib(process)
     blob = b"\xff\xd8\xff" + os.urandom(15_000_000)
     for _ in range(10):
         refused = upload(url, [("big.jpeg", blob)])
         assert refused.status_code == 401
-    wrong = upload(url, [("big.jpeg", blob)], headers={"X-API-Key": "s3cret-not"})
+    wrong = upload(url, [("big.jpeg", blob)], headers={"X-API-Key": (KEY + "-not").encode()})
     assert wrong.status_code == 401
-    over = upload(url, [(f"{i}.jpeg", blob) for i in range(6)], headers={"X-API-Key": "s3cret"})
+    over = upload(url, [(f"{i}.jpeg", blob) for i in range(6)], **keyed())
     assert over.status_code == 413, over.text
     assert "the limit is 80 MB" in over.json()["detail"]  # --max-files x --max-file-mb
     # none of the 240 MB was buffered
@@ -262,31 +269,25 @@ def test_the_key_and_the_body_limit_are_checked_before_the_body_is_read(keyed_se
 
 
 def test_kept_uploads_get_safe_bounded_names_and_refused_requests_keep_nothing(
-    trained_run: Path, tmp_path: Path
+    keyed_server,
 ) -> None:
-    kept = tmp_path / "kept"
-    process, url = start_server(trained_run, "--keep-uploads", str(kept))
-    try:
-        real = TEST_IMAGES[0].read_bytes()
-        long_name = "../" + "x" * 300 + ".jpeg"
-        response = upload(url, [(long_name, real)])
-        assert (
-            response.status_code == 200 and response.json()["results"][0]["filename"] == long_name
-        )
-        names = [p.name for p in kept.iterdir()]
-        assert (
-            len(names) == 1
-            and len(names[0]) <= 120
-            and names[0].endswith(".jpeg")
-            and "/" not in names[0]
-        )
-        refused = upload(url, [("good.jpeg", real), ("bad.jpeg", real[:100])])
-        assert refused.status_code == 422
-        assert len(list(kept.iterdir())) == 1  # the good file of a refused request is not kept
-        assert httpx.get(f"{url}/api/health").status_code == 200  # the connection survived
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    _, url, kept = keyed_server
+    earlier = set(kept.iterdir()) if kept.is_dir() else set()
+    real = TEST_IMAGES[0].read_bytes()
+    long_name = "../" + "x" * 300 + ".jpeg"
+    response = upload(url, [(long_name, real)], **keyed())
+    assert response.status_code == 200 and response.json()["results"][0]["filename"] == long_name
+    names = [p.name for p in set(kept.iterdir()) - earlier]
+    assert (
+        len(names) == 1
+        and len(names[0]) <= 120
+        and names[0].endswith(".jpeg")
+        and "/" not in names[0]
+    )
+    refused = upload(url, [("good.jpeg", real), ("bad.jpeg", real[:100])], **keyed())
+    assert refused.status_code == 422
+    assert len(set(kept.iterdir()) - earlier) == 1  # the good file of a refused request is not kept
+    assert httpx.get(f"{url}/api/health").status_code == 200  # the connection survived
 
 
 def test_a_taken_port_is_one_line_and_nothing_claims_to_serve(trained_run: Path) -> None:
@@ -341,35 +342,19 @@ def test_docs_never_reflect_the_key_as_markup_and_answers_carry_the_shift_score(
     assert result["shift_score"] >= 0 and isinstance(result["unlike_training"], bool)
 
 
-def test_a_non_ascii_key_matches_and_a_client_that_sends_no_body_is_dropped(
-    trained_run: Path,
-) -> None:
-    process, url = start_server(trained_run, "--api-key", "clé-ünï", "--body-timeout", "2")
-    try:
-        image = [(TEST_IMAGES[0].name, TEST_IMAGES[0].read_bytes())]
-        assert upload(url, image, headers={"X-API-Key": "clé-ünï".encode()}).status_code == 200
-        assert upload(url, image, headers={"X-API-Key": "cle-uni"}).status_code == 401
-        port = int(url.rsplit(":", 1)[1])
-        with socket.create_connection(("127.0.0.1", port), timeout=15) as client:
-            head = (
-                (
-                    b"POST /api/predict HTTP/1.1\r\nHost: t\r\n"
-                    b"Content-Type: multipart/form-data; boundary=b\r\n"
-                    b"Content-Length: 5000\r\n"
-                )
-                + b"X-API-Key: "
-                + "clé-ünï".encode()
-                + b"\r\n\r\n"
-            )
-            client.sendall(head)
-            started = time.monotonic()
-            answer = client.recv(4096)
-            assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 10, answer[
-                :200
-            ]
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+def test_a_client_that_sends_no_body_is_dropped(keyed_server) -> None:
+    _, url, _ = keyed_server
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as client:
+        head = (
+            b"POST /api/predict HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 5000\r\n"
+        )
+        client.sendall(head + b"X-API-Key: " + KEY.encode() + b"\r\n\r\n")
+        started = time.monotonic()
+        answer = client.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 408") and time.monotonic() - started < 10, answer[:200]
 
 
 def test_many_large_legal_images_are_decoded_within_a_budget_and_the_memory_comes_back(
