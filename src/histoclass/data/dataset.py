@@ -68,14 +68,15 @@ def _whole_batch(batch: Batch) -> Batch:
 
 
 def batch_loader(
-    dataset: ImageDataset,
+    dataset: Dataset,
     batch_size: int,
     sampler: Sampler | None = None,
     workers: int | None = None,
     drop_last: bool = False,
     persistent: bool = False,
 ) -> DataLoader:
-    """A loader of whole batches: worker processes, pinned memory when a GPU is there, deep prefetching."""
+    """A loader of the whole batches ``dataset.__getitems__`` returns: worker processes, pinned memory when a
+    GPU is there, deep prefetching."""
     workers = default_workers() if workers is None else workers
     return DataLoader(
         dataset,

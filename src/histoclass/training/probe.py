@@ -11,16 +11,10 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import (
-    BatchSampler,
-    DataLoader,
-    DistributedSampler,
-    Sampler,
-    SequentialSampler,
-    TensorDataset,
-)
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from histoclass.config import Config, InferenceOptions
+from histoclass.data.dataset import batch_loader
 from histoclass.data.records import ImageRecords
 from histoclass.embeddings.compute import embed_records
 from histoclass.embeddings.extractors import Extractor, backbone_extractor
@@ -116,11 +110,6 @@ class _Rows(TensorDataset):
         return tuple(tensor[indices] for tensor in self.tensors)
 
 
-def _whole(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """A batch ``_Rows`` already made: nothing to collate."""
-    return batch
-
-
 class EmbeddingDataModule(L.LightningDataModule):
     """Batches of (embedding, label, index) from memory: a probe's epoch is a pass over float vectors."""
 
@@ -138,16 +127,10 @@ class EmbeddingDataModule(L.LightningDataModule):
         sampler = DistributedSampler(
             self.train, num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed
         )
-        return _batched(self.train, sampler, self.batch_size)
+        return batch_loader(self.train, self.batch_size, sampler, workers=0)
 
     def val_dataloader(self) -> DataLoader:
-        return _batched(self.val, SequentialSampler(self.val), max(self.batch_size, 256))
-
-
-def _batched(dataset: _Rows, sampler: Sampler, batch_size: int) -> DataLoader:
-    """Batches of ``dataset`` in ``sampler``'s order, the sampler where Lightning sets its epoch."""
-    batches = BatchSampler(sampler, batch_size, drop_last=False)
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=_whole)
+        return batch_loader(self.val, max(self.batch_size, 256), workers=0)
 
 
 def _embedded(
