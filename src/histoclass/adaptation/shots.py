@@ -20,6 +20,7 @@ from histoclass.data.device_transforms import BatchAugment
 from histoclass.data.records import ImageRecords
 from histoclass.data.stain_normalize import StainNormalization
 from histoclass.errors import HistoclassError
+from histoclass.machine import keep_freed_memory
 from histoclass.training.module import ClassifierModule
 
 __all__ = ["draw_shots", "fine_tune"]
@@ -78,6 +79,7 @@ def fine_tune(
         seed=seed,
     )
     L.seed_everything(seed, verbose=False)
+    keep_freed_memory()
     module = ClassifierModule(
         model, train, label_smoothing=augment.label_smoothing, augment=BatchAugment(augment, seed)
     )

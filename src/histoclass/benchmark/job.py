@@ -34,7 +34,7 @@ from histoclass.console import console
 from histoclass.data.cache import decoded_cache
 from histoclass.data.sources import read_source
 from histoclass.errors import HistoclassError
-from histoclass.machine import cpu_name
+from histoclass.machine import cpu_name, keep_freed_memory
 
 __all__ = ["RATIOS", "STAGES", "bench"]
 
@@ -194,6 +194,7 @@ def bench(config: BenchConfig) -> dict:
             f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)}"
         )
     num_classes = _num_classes(Path(settings.data))
+    keep_freed_memory()  # as train does, for every stage alike: the ceiling is measured as train runs
     out = Path(settings.out or Path("runs") / "bench" / f"{settings.model}-{settings.image_size}px")
     result: dict = {"environment": _environment(), "settings": settings.model_dump(mode="json")}
     result["stages"] = {}

@@ -12,6 +12,7 @@ from histoclass.console import console
 from histoclass.data.checks import DataReport, check_source
 from histoclass.data.records import DataSource
 from histoclass.errors import HistoclassError
+from histoclass.machine import keep_freed_memory
 from histoclass.models.factory import Backbone, create_backbone
 from histoclass.runs import RunDir, claim_run_dir
 from histoclass.training.fit import fit_run, fit_stain, write_run_header
@@ -46,6 +47,7 @@ def launch(
 ) -> Path:
     """Train as ``config`` says on ``source`` (or continue the run ``resumed``); returns the run directory."""
     quiet_lightning()
+    keep_freed_memory()
     run, checkpoint = resumed, None
     if resumed:
         checkpoint = resume_checkpoint(resumed) if config.train.folds == 1 else None
