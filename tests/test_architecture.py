@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "histoclass"
 
 #: Layers that know nothing above them: they import only from these packages and modules of ours.
-BASE = {"errors", "console", "atomic", "registry", "machine"}
+BASE = {"errors", "console", "atomic", "registry", "machine", "heap"}
 LOW_LAYERS = {
     "config": BASE | {"config"},
     "data": BASE | {"config", "data"},

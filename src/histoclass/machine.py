@@ -8,14 +8,12 @@ measured on; distributed jobs (training, slides) read their rank the same way un
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import functools
 import os
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_flags", "cpu_name", "describe_machine", "keep_freed_memory", "launch"]
+__all__ = ["cpu_flags", "cpu_name", "describe_machine", "launch"]
 
 #: Instruction sets that decide precision and engine choices on x86 CPUs.
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
@@ -54,31 +52,6 @@ def describe_machine() -> str:
     """Names this machine for speed records: the CPU, its cores, and whether a GPU is attached."""
     gpu = any(Path(node).exists() for node in ("/dev/nvidia0", "/dev/kfd"))
     return f"{cpu_name()}, {os.cpu_count()} cpus{', gpu' if gpu else ''}"
-
-
-#: glibc's ``mallopt`` parameters (``malloc.h``).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Let glibc keep the memory a training step frees for the next step, instead of handing it back to the
-    system and faulting it in again; whether it applied (glibc only).
-
-    A step allocates and frees the same activations (up to tens of MB each) every time: with glibc's
-    defaults the large ones are mapped and unmapped each step, and the heap is trimmed as soon as its top
-    is free, so a 128 px Lite0 step on 2 cores spent a fifth of its time in the kernel zeroing fresh pages
-    (docs/benchmarks.md, "Freed memory kept"). Allocations up to 32 MB (glibc's ceiling) now come from the
-    heap and up to 1 GiB of freed heap is kept: memory held at the step's peak, which a training process
-    reaches every step anyway. PyTorch's CPU tuning guide recommends jemalloc or tcmalloc for the same
-    reason; this needs neither."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    # Both or neither: setting either ends glibc's sliding threshold, and the trim threshold alone would
-    # leave everything over 128 KiB mapped afresh each time (steps twice as slow, measured).
-    mapped = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)
-    return bool(mapped and libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def launch() -> tuple[int, int, str]:

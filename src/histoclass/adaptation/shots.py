@@ -20,7 +20,7 @@ from histoclass.data.device_transforms import BatchAugment
 from histoclass.data.records import ImageRecords
 from histoclass.data.stain_normalize import StainNormalization
 from histoclass.errors import HistoclassError
-from histoclass.machine import keep_freed_memory
+from histoclass.heap import keep_freed_memory
 from histoclass.training.module import ClassifierModule
 
 __all__ = ["draw_shots", "fine_tune"]

@@ -34,7 +34,8 @@ from histoclass.console import console
 from histoclass.data.cache import decoded_cache
 from histoclass.data.sources import read_source
 from histoclass.errors import HistoclassError
-from histoclass.machine import cpu_name, keep_freed_memory
+from histoclass.heap import keep_freed_memory
+from histoclass.machine import cpu_name
 
 __all__ = ["RATIOS", "STAGES", "bench"]
 

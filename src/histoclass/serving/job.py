@@ -9,8 +9,8 @@ import socket
 from histoclass.config import ServeConfig
 from histoclass.console import console
 from histoclass.errors import HistoclassError
+from histoclass.heap import limit_arenas
 from histoclass.serving.app import SETTINGS_ENV, create_app
-from histoclass.serving.heap import limit_arenas
 from histoclass.serving.viewer import check_slides
 
 __all__ = ["bind", "serve"]

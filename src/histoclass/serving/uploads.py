@@ -19,7 +19,7 @@ from PIL import Image
 
 from histoclass.data.framing import Framing
 from histoclass.data.images import EMPTY_FILE, IMAGE_EXTENSIONS, open_rgb, resize_square
-from histoclass.serving.heap import give_back_freed_memory
+from histoclass.heap import give_back_freed_memory
 
 __all__ = [
     "DecodeBudget",

@@ -12,7 +12,7 @@ from histoclass.console import console
 from histoclass.data.checks import DataReport, check_source
 from histoclass.data.records import DataSource
 from histoclass.errors import HistoclassError
-from histoclass.machine import keep_freed_memory
+from histoclass.heap import keep_freed_memory
 from histoclass.models.factory import Backbone, create_backbone
 from histoclass.runs import RunDir, claim_run_dir
 from histoclass.training.fit import fit_run, fit_stain, write_run_header

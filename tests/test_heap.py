@@ -1,4 +1,4 @@
-"""The machine a process runs on: glibc keeps what a training step frees for the next step."""
+"""glibc's allocator: a training process keeps what a step frees for the next step."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 STEPS = """
 import resource
 import torch
-from histoclass.machine import keep_freed_memory
+from histoclass.heap import keep_freed_memory
 
 torch.manual_seed(0)
 layers = [torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 32, 3, padding=1)]
