@@ -115,6 +115,8 @@ ROWS: dict[str, dict] = {
     # An ensemble of three folds of today's defaults, 5 epochs each (aimed at the 30-minute budget:
     # it took 44).
     "128px-folds-3-5ep": AT_128 | {"train.folds": 3, "train.epochs": 5},
+    # Progressive resizing (issue 34): a third of the epochs at 64 px, a third at 96, the rest at 128.
+    "128px-progressive": AT_128 | {"train.progressive_resize": 64},
     # Another lab's cells (benchmarks/robustness.py): strong colour, stain and grey; objects 1/3 to
     # 3x the size.
     "128px-robust": AT_128 | {"augment.preset": "robust"},

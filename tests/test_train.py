@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -92,19 +93,43 @@ def test_existing_run_name_is_never_overwritten(tmp_path: Path) -> None:
     assert second.root.name == "exp-2" and (first.root / "keep.txt").read_text() == "x"
 
 
-def test_unfreeze_last_leaves_the_early_blocks_and_ema_weights_are_saved(
+class InputSides(L.Callback):
+    """The sides of the batches the model sees, by stage and epoch (a hook on the trained and the
+    validated weights)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[str, int], set[int]] = {}
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        def record(_, args) -> None:
+            stage = "train" if trainer.training else "val"
+            self.seen.setdefault((stage, trainer.current_epoch), set()).add(args[0].shape[-1])
+
+        for model in {id(m): m for m in (module.model, module.evaluated)}.values():
+            model.register_forward_pre_hook(record)
+
+
+def test_the_loop_keeps_frozen_blocks_saves_ema_weights_and_resizes_progressively(
     blood_subset: Path, tmp_path: Path
 ) -> None:
     """With --unfreeze-last 3 the stem keeps its ImageNet weights and BatchNorm statistics (frozen,
     in inference mode) while the last block moves; with EMA on, the saved model is the averaged
-    weights, not the raw ones."""
+    weights, not the raw ones; with --progressive-resize the model trains on each epoch's side (a
+    third of the epochs at the start, a third halfway, the rest at full size) and is validated at
+    full size, as every later use sees it."""
     from histoclass.models.factory import create_backbone
     from histoclass.training.callbacks import AtomicCheckpointIO
     from histoclass.training.job import train
 
-    values = small_config(blood_subset, tmp_path, "ema", epochs=2, ema=0.9, unfreeze_last=3)
+    values = small_config(
+        blood_subset, tmp_path, "ema", epochs=3, ema=0.9, unfreeze_last=3, progressive_resize=16
+    )
     values["data"]["image_size"] = 32
-    run = RunDir(train(build_config(values)))
+    sides = InputSides()
+    run = RunDir(train(build_config(values), [sides]))
+    assert {e: sides.seen[("train", e)] for e in range(3)} == {0: {16}, 1: {24}, 2: {32}}
+    validated = {side for (stage, _), seen in sides.seen.items() if stage == "val" for side in seen}
+    assert validated == {32}
     saved = load_file(str(run.weights))
     start = create_backbone("tf_efficientnet_lite0", weights=str(LITE0)).module.state_dict()
     for key in ("conv_stem.weight", "bn1.running_mean"):

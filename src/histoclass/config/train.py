@@ -293,6 +293,12 @@ class TrainConfig(ConfigModel):
         "probe: embeddings per optimizer step (--batch-size is the images per embedding pass)",
         ge=1,
     )
+    progressive_resize: int | None = option(
+        None,
+        "progressive resizing: the first third of the epochs at this side (px), the next at halfway, "
+        "the last at --image-size [off]",
+        ge=16,
+    )
     folds: int = option(
         1,
         "train K group-aware cross-validation folds and save their ensemble (mean of probabilities)",
@@ -358,6 +364,18 @@ class Config(ConfigModel):
                 raise ValueError(
                     "--probe caches embeddings of the images as stored: drop --stain-normalize"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _progressive_below_the_size(self) -> Config:
+        """Progressive resizing starts below the training size, on a backbone that trains."""
+        start, size = self.train.progressive_resize, self.data.image_size
+        if start is not None and self.train.probe:
+            raise ValueError("--probe trains on embeddings: drop --progressive-resize")
+        if start is not None and size is not None and start >= size:
+            raise ValueError(
+                f"--progressive-resize {start} must be below --image-size {size} (half of it, say)"
+            )
         return self
 
 

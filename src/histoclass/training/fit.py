@@ -35,6 +35,7 @@ from histoclass.training.loggers import record_tracking
 from histoclass.training.module import ClassifierModule
 from histoclass.training.plan import TrainingPlan
 from histoclass.training.probe import probe_parts
+from histoclass.training.resizing import describe_sides, epoch_sides
 from histoclass.training.trainer import (
     RunCallbacks,
     build_trainer,
@@ -134,6 +135,7 @@ def _build_parts(plan: TrainingPlan) -> tuple[L.LightningModule, L.LightningData
         label_smoothing=config.augment.label_smoothing,
         mixer=create_batch_mixer(config.augment, len(classes)),
         augment=BatchAugment(config.augment, config.train.seed, fill=backbone.mean),
+        sides=_epoch_sides(config),
     )
     on_gpu = on_gpu_training(config)
     cache = _cache_kind(plan, on_gpu)
@@ -146,6 +148,17 @@ def _build_parts(plan: TrainingPlan) -> tuple[L.LightningModule, L.LightningData
     return module, HistoDataModule(
         train_set, val_set, data.batch_size, workers, seed=config.train.seed
     )
+
+
+def _epoch_sides(config: Config) -> list[int] | None:
+    """Progressive resizing's side for each epoch (said once), or none."""
+    if config.train.progressive_resize is None:
+        return None
+    sides = epoch_sides(
+        config.train.progressive_resize, config.data.image_size, config.train.epochs
+    )
+    console.print(f"Progressive resizing: {describe_sides(sides)}")
+    return sides
 
 
 def _typical_side(records: ImageRecords, sample: int = 32) -> int | None:

@@ -39,6 +39,11 @@ def _with_image_size(config: Config, backbone: Backbone) -> Config:
     if config.data.image_size is not None:
         return config
     size = backbone.input_size or RECIPE_IMAGE_SIZE
+    start = config.train.progressive_resize
+    if start is not None and start >= size:
+        raise HistoclassError(
+            f"--progressive-resize {start} must be below the image size {size}: pass a smaller one"
+        )
     return config.model_copy(update={"data": config.data.model_copy(update={"image_size": size})})
 
 

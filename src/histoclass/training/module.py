@@ -20,6 +20,7 @@ from histoclass.data.transforms import BatchMixer
 from histoclass.inference.preprocess import normalize_torch, standardize_torch
 from histoclass.models.factory import Classifier
 from histoclass.training.optim import create_optimizer, create_scheduler
+from histoclass.training.resizing import resized
 
 __all__ = [
     "ClassifierModule",
@@ -93,8 +94,11 @@ class ClassifierModule(L.LightningModule):
         label_smoothing: float = 0.0,
         mixer: BatchMixer | None = None,
         augment: BatchAugment | None = None,
+        sides: list[int] | None = None,
     ) -> None:
+        """``sides``: each epoch's training side (progressive resizing); none: the images' own."""
         super().__init__()
+        self.sides = sides
         self.model = model.to(memory_format=torch.channels_last)
         self.train_config = train
         self.mixer = mixer
@@ -130,6 +134,8 @@ class ClassifierModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels, index = batch
         scaled = images.float() * (1 / 255)
+        if self.sides:
+            scaled = resized(scaled, self.sides[min(self.current_epoch, len(self.sides) - 1)])
         if self.augment is not None:
             scaled = self.augment(scaled, index, self.current_epoch, batch_idx)
         inputs = standardize_torch(scaled, self.mean, self.std)
