@@ -122,7 +122,7 @@ def test_bad_inputs_give_one_clear_line(tmp_path: Path, tiny: Path) -> None:
             ["--data", str(tiny), "--stain-normalize", "macenko"],
             ["--stain-target", "both or neither"],
         ),
-        (["--data", str(tiny), "--progressive-resize", "32"], ["must be below --image-size 32"]),
+        (["--data", str(tiny), "--progressive-resize", "32"], ["must be below the image size 32"]),
     ]
     results = run_cli_all([["train", *args, *common] for args, _ in cases])
     for (_, expected), result in zip(cases, results, strict=True):

@@ -18,6 +18,7 @@ from histoclass.config.train import (
     RunConfig,
     TrainConfig,
     build_config,
+    check_progressive_resize,
 )
 from histoclass.config.tune import TuneConfig, TuneOptions, parse_duration
 from histoclass.config.verbs import (
@@ -69,6 +70,7 @@ __all__ = [
     "TuneOptions",
     "apply_overrides",
     "build_config",
+    "check_progressive_resize",
     "load_yaml",
     "option",
     "parse_duration",

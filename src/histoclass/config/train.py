@@ -23,6 +23,7 @@ __all__ = [
     "RunConfig",
     "TrainConfig",
     "build_config",
+    "check_progressive_resize",
 ]
 
 
@@ -369,14 +370,19 @@ class Config(ConfigModel):
     @model_validator(mode="after")
     def _progressive_below_the_size(self) -> Config:
         """Progressive resizing starts below the training size, on a backbone that trains."""
-        start, size = self.train.progressive_resize, self.data.image_size
-        if start is not None and self.train.probe:
+        if self.train.progressive_resize is not None and self.train.probe:
             raise ValueError("--probe trains on embeddings: drop --progressive-resize")
-        if start is not None and size is not None and start >= size:
-            raise ValueError(
-                f"--progressive-resize {start} must be below --image-size {size} (half of it, say)"
-            )
+        if self.data.image_size is not None:
+            check_progressive_resize(self.train.progressive_resize, self.data.image_size)
         return self
+
+
+def check_progressive_resize(start: int | None, size: int) -> None:
+    """Progressive resizing's first side must be below the training size (a ValueError says so)."""
+    if start is not None and start >= size:
+        raise ValueError(
+            f"--progressive-resize {start} must be below the image size {size} (half of it, say)"
+        )
 
 
 def build_config(values: dict[str, Any]) -> Config:

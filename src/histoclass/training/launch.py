@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 
-from histoclass.config import RECIPE_IMAGE_SIZE, Config
+from histoclass.config import RECIPE_IMAGE_SIZE, Config, check_progressive_resize
 from histoclass.console import console
 from histoclass.data.checks import DataReport, check_source
 from histoclass.data.records import DataSource
@@ -39,11 +39,10 @@ def _with_image_size(config: Config, backbone: Backbone) -> Config:
     if config.data.image_size is not None:
         return config
     size = backbone.input_size or RECIPE_IMAGE_SIZE
-    start = config.train.progressive_resize
-    if start is not None and start >= size:
-        raise HistoclassError(
-            f"--progressive-resize {start} must be below the image size {size}: pass a smaller one"
-        )
+    try:
+        check_progressive_resize(config.train.progressive_resize, size)
+    except ValueError as error:
+        raise HistoclassError(str(error)) from None
     return config.model_copy(update={"data": config.data.model_copy(update={"image_size": size})})
 
 
