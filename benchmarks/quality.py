@@ -117,6 +117,7 @@ ROWS: dict[str, dict] = {
     "128px-folds-3-5ep": AT_128 | {"train.folds": 3, "train.epochs": 5},
     # Progressive resizing (issue 34): a third of the epochs at 64 px, a third at 96, the rest at 128.
     "128px-progressive": AT_128 | {"train.progressive_resize": 64},
+    "128px-progressive-96": AT_128 | {"train.progressive_resize": 96},
     # Another lab's cells (benchmarks/robustness.py): strong colour, stain and grey; objects 1/3 to
     # 3x the size.
     "128px-robust": AT_128 | {"augment.preset": "robust"},
