@@ -7,6 +7,8 @@ shrink (after decoding, before augmentation), so the decoded cache and the run d
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -23,12 +25,13 @@ def epoch_sides(start: int, target: int, epochs: int) -> list[int]:
 
 def describe_sides(sides: list[int]) -> str:
     """``epochs 1-3 at 64 px, epochs 4-6 at 96 px, epochs 7-10 at 128 px``: said at the start of a run."""
-    spans, first = [], 0
-    for i in range(1, len(sides) + 1):
-        if i == len(sides) or sides[i] != sides[first]:
-            epochs = f"epochs {first + 1}-{i}" if i - first > 1 else f"epoch {i}"
-            spans.append(f"{epochs} at {sides[first]} px")
-            first = i
+    spans, first = [], 1
+    for side, run in itertools.groupby(sides):
+        last = first + len(list(run)) - 1
+        spans.append(
+            f"epochs {first}-{last} at {side} px" if last > first else f"epoch {first} at {side} px"
+        )
+        first = last + 1
     return ", ".join(spans)
 
 
