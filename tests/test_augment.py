@@ -14,7 +14,7 @@ from histoclass.data.images import open_rgb, resize_square
 from histoclass.data.stain import hed_jitter, hed_to_rgb, rgb_to_hed
 from histoclass.data.transforms import create_train_transform
 
-SIZE, N = 96, 2000
+SIZE, N = 64, 2000
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 

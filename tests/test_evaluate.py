@@ -13,7 +13,7 @@ import pytest
 from sklearn import metrics as skm
 
 import histoclass
-from conftest import BLOOD, BLOOD_TEST, BREAST, CLASSES, run_cli, val_accuracy
+from conftest import BLOOD, BLOOD_TEST, BREAST, CLASSES, NO_AUDITS, run_cli, val_accuracy
 from histoclass.evaluation.metrics import (
     METRIC_KEYS,
     ece_of_perfect_calibration,
@@ -39,7 +39,8 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def evaluated(trained_run: Path) -> Path:
-    result = run_cli("evaluate", str(trained_run), "--data", str(BLOOD_TEST))
+    """The run evaluated on unseen cells (the audits have their own tests in test_audit)."""
+    result = run_cli("evaluate", str(trained_run), "--data", str(BLOOD_TEST), *NO_AUDITS)
     assert result.returncode == 0, result.stderr[-2000:]
     return trained_run / "eval" / "test_simple"
 
