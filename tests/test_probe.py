@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 
 from conftest import BLOOD_TEST, LITE0, NO_AUDITS, probe, run_cli, val_accuracy
 from histoclass.calibration.temperature import fit_temperature
+from histoclass.data.images import load_resized
+from histoclass.embeddings.extractors import OPENVINO_FROM, create_extractor
 from histoclass.inference.embedder import Embedder
 from histoclass.inference.engines.torch_engine import TorchEngine
 from histoclass.runs import ModelInfo, RunDir
@@ -56,6 +58,21 @@ def test_a_probe_is_calibrated_as_its_saved_model_answers(probe_run: Path) -> No
     logits, labels = validation_logits(run, split_records(run, "val"))
     stored = ModelInfo.load(run.model_info).calibration.temperature
     assert fit_temperature(logits, labels) == pytest.approx(stored, rel=0.05)
+
+
+def test_large_sets_are_embedded_with_openvino_with_the_same_features() -> None:
+    """From OPENVINO_FROM image passes a CPU embeds with the module converted to OpenVINO; fewer stay
+    with PyTorch; both give the same features."""
+    extractor = create_extractor("tf_efficientnet_lite0", str(LITE0), 64, "pooled")
+    below, above = (extractor.engine(passes=OPENVINO_FROM + k) for k in (-1, 0))
+    assert (below.name, above.name) == ("torch", "openvino")
+    pixels = np.stack([load_resized(p, 64) for p in sorted(BLOOD_TEST.rglob("*.jpeg"))[:16]])
+    expected, converted = below.logits(pixels), above.logits(pixels)
+    cosine = (expected * converted).sum(1) / (
+        np.linalg.norm(expected, axis=1) * np.linalg.norm(converted, axis=1)
+    )
+    # f32 on both (bf16 on both where the CPU computes it natively)
+    assert cosine.min() > 0.999 and expected.shape == converted.shape == (16, 1280)
 
 
 def test_a_second_probe_reads_the_cache_instead_of_the_backbone(
