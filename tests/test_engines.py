@@ -126,6 +126,34 @@ def test_auto_uses_a_checked_engine_and_caches_it_by_the_weights(
     assert np.abs(got - expected).max() < 1e-3
 
 
+def test_a_long_validation_pass_runs_on_the_engine_predict_picks(
+    run_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finishing a run on a CPU: from CONVERT_FROM image passes the validation split's test-time views
+    are predicted on the checked engine ``auto`` picks, its conversion kept in the run, with the
+    logits PyTorch gives; fewer stay with PyTorch."""
+    import torch
+
+    from histoclass.runs.records import split_records
+    from histoclass.training import finish
+
+    run = RunDir(run_copy)
+    records = split_records(run, "val")
+    expected, labels = finish.validation_logits(run, records)
+    assert finish.validation_engine(len(records), 8) == "torch" and not run.engines.exists()
+    monkeypatch.setattr(finish, "CONVERT_FROM", len(records) * 8)
+    if torch.cuda.is_available():  # a GPU keeps PyTorch
+        assert finish.validation_engine(len(records), 8) == "torch"
+        return
+    assert finish.validation_engine(len(records), 8) == "auto"
+    got, same = finish.validation_logits(run, records)
+    assert len(list(run.engines.iterdir())) == 1  # converted and checked once, kept for predict
+    assert np.array_equal(labels, same) and got.shape == expected.shape == (len(records), 8, 4)
+    # f32 engines to ~1e-5; OpenVINO bf16 (CPUs that compute it natively) to its rounding
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()
+    assert (got.mean(1).argmax(1) == expected.mean(1).argmax(1)).mean() >= 0.99
+
+
 def test_auto_falls_back_when_runtimes_are_missing(run_copy: Path, monkeypatch, capsys) -> None:
     # as where it is absent
     monkeypatch.setitem(engines._RUNTIMES, "openvino", "openvino_is_not_installed")

@@ -4,6 +4,7 @@ metrics, curves and reasons for stopping are written."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from histoclass.atomic import write_json
 from histoclass.calibration.fit import fit_calibration
@@ -24,7 +25,18 @@ from histoclass.training.plan import TrainingPlan
 from histoclass.training.probe import ProbeModule
 from histoclass.training.trainer import RunCallbacks
 
-__all__ = ["calibrate_on_validation", "finish_run", "validation_logits"]
+__all__ = [
+    "CONVERT_FROM",
+    "calibrate_on_validation",
+    "finish_run",
+    "validation_engine",
+    "validation_logits",
+]
+
+#: Image passes (images x test-time views) from which a CPU predicts the validation split on a
+#: converted engine: converting and checking it takes ~20 s, and ONNX Runtime then passes a 128 px
+#: run's 2,013 x 8 views in 88 s against PyTorch's 227 s (2-core AMD EPYC; docs/benchmarks.md).
+CONVERT_FROM = 5000
 
 
 def _stop_summary(callbacks: RunCallbacks, rows: list[dict], config: Config) -> dict:
@@ -40,13 +52,22 @@ def _stop_summary(callbacks: RunCallbacks, rows: list[dict], config: Config) -> 
     return {"stopped_early": True, "stop_reason": reason}
 
 
+def validation_engine(images: int, views: int) -> str:
+    """PyTorch on a GPU or for a short pass; on a CPU from :data:`CONVERT_FROM` image passes, the
+    engine ``predict`` picks (``auto``), converted once and kept in the run for its later use."""
+    short = images * views < CONVERT_FROM
+    return "torch" if short or torch.cuda.is_available() else "auto"
+
+
 def validation_logits(run: RunDir, records: ImageRecords) -> tuple[np.ndarray, np.ndarray]:
     """Raw logits (N x views x C) of the saved model on the validation images, through the inference
     path, with the default test-time views; and the images' labels."""
-    predictor = open_predictor(run.root, "torch", shift=False)
+    tta = InferenceOptions().tta
+    engine = validation_engine(len(records), 8 if tta else 1)
+    predictor = open_predictor(run.root, engine, shift=False)
     indices, logits = [], []
     with console.status("Predicting the validation split"):
-        for batch in predictor.predict_records(records, tta=InferenceOptions().tta):
+        for batch in predictor.predict_records(records, tta=tta):
             indices += batch.indices
             logits.append(batch.view_logits)
     return np.concatenate(logits), records.labels[np.asarray(indices, dtype=np.int64)]
