@@ -15,6 +15,7 @@ from histoclass.data.records import ImageRecords
 from histoclass.deploy import open_predictor
 from histoclass.evaluation.curves import plot_curves
 from histoclass.evaluation.metrics import expected_calibration_error
+from histoclass.inference.preprocess import DIHEDRAL_VIEWS
 from histoclass.models.serialization import save_model
 from histoclass.runs import ModelInfo, RunDir
 from histoclass.runs.history import read_history
@@ -63,7 +64,7 @@ def validation_logits(run: RunDir, records: ImageRecords) -> tuple[np.ndarray, n
     """Raw logits (N x views x C) of the saved model on the validation images, through the inference
     path, with the default test-time views; and the images' labels."""
     tta = InferenceOptions().tta
-    engine = validation_engine(len(records), 8 if tta else 1)
+    engine = validation_engine(len(records), DIHEDRAL_VIEWS if tta else 1)
     predictor = open_predictor(run.root, engine, shift=False)
     indices, logits = [], []
     with console.status("Predicting the validation split"):
