@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,6 @@ from safetensors.torch import load_file
 
 from conftest import BLOOD_TEST, LITE0, NO_AUDITS, probe, run_cli, val_accuracy
 from histoclass.calibration.temperature import fit_temperature
-from histoclass.data.images import load_resized
-from histoclass.embeddings.extractors import OPENVINO_FROM, create_extractor
 from histoclass.inference.embedder import Embedder
 from histoclass.inference.engines.torch_engine import TorchEngine
 from histoclass.runs import ModelInfo, RunDir
@@ -60,19 +60,39 @@ def test_a_probe_is_calibrated_as_its_saved_model_answers(probe_run: Path) -> No
     assert fit_temperature(logits, labels) == pytest.approx(stored, rel=0.05)
 
 
+#: In a fresh interpreter: OpenVINO loaded into a pytest worker beside the in-process trainings made a
+#: later subprocess call crash that worker (test_engines.py says the same).
+OPENVINO_FEATURES = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from histoclass.data.images import load_resized
+from histoclass.embeddings.extractors import OPENVINO_FROM, create_extractor
+extractor = create_extractor("tf_efficientnet_lite0", sys.argv[1], 64, "pooled")
+below, above = (extractor.engine(passes=OPENVINO_FROM + k) for k in (-1, 0))
+pixels = np.stack([load_resized(Path(p), 64) for p in json.loads(sys.argv[2])])
+expected, converted = below.logits(pixels), above.logits(pixels)
+cosine = (expected * converted).sum(1) / (
+    np.linalg.norm(expected, axis=1) * np.linalg.norm(converted, axis=1)
+)
+print(json.dumps([below.name, above.name, float(cosine.min()), list(converted.shape)]))
+"""
+
+
 def test_large_sets_are_embedded_with_openvino_with_the_same_features() -> None:
     """From OPENVINO_FROM image passes a CPU embeds with the module converted to OpenVINO; fewer stay
     with PyTorch; both give the same features."""
-    extractor = create_extractor("tf_efficientnet_lite0", str(LITE0), 64, "pooled")
-    below, above = (extractor.engine(passes=OPENVINO_FROM + k) for k in (-1, 0))
-    assert (below.name, above.name) == ("torch", "openvino")
-    pixels = np.stack([load_resized(p, 64) for p in sorted(BLOOD_TEST.rglob("*.jpeg"))[:16]])
-    expected, converted = below.logits(pixels), above.logits(pixels)
-    cosine = (expected * converted).sum(1) / (
-        np.linalg.norm(expected, axis=1) * np.linalg.norm(converted, axis=1)
+    images = json.dumps([str(p) for p in sorted(BLOOD_TEST.rglob("*.jpeg"))[:16]])
+    done = subprocess.run(
+        [sys.executable, "-c", OPENVINO_FEATURES, str(LITE0), images],
+        capture_output=True,
+        text=True,
+        check=True,
     )
+    below, above, cosine, shape = json.loads(done.stdout.splitlines()[-1])
+    assert (below, above) == ("torch", "openvino")
     # f32 on both (bf16 on both where the CPU computes it natively)
-    assert cosine.min() > 0.999 and expected.shape == converted.shape == (16, 1280)
+    assert cosine > 0.999 and shape == [16, 1280]
 
 
 def test_a_second_probe_reads_the_cache_instead_of_the_backbone(
