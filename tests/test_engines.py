@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import BLOOD_TEST, run_cli
+from histoclass.data.images import load_resized
 from histoclass.deploy import engines
 from histoclass.deploy.engines import convert_run, open_predictor
 from histoclass.inference.predictor import Predictor, load
@@ -104,13 +105,21 @@ def test_auto_uses_a_checked_engine_and_caches_it_by_the_weights(
     assert list(RunDir(run_copy).engines.iterdir()) == [cache]  # reused, not rebuilt
     # speeds hold for the machine they were measured on
     assert all(r["machine"] for r in records.values())
-    opened = "from histoclass.deploy import open_predictor as o; import sys; "
-    opened += f"print(o({str(run_copy)!r}).engine.name, 'torch' in sys.modules)"
+    size = ModelInfo.load(RunDir(run_copy).model_info).image_size
+    opened = "from histoclass.deploy import open_predictor as o; import sys, numpy as np; "
+    opened += (
+        f"p = o({str(run_copy)!r}); p.shift_scores(np.zeros((2, {size}, {size}, 3), np.uint8)); "
+    )
+    opened += "print(p.engine.name, 'torch' in sys.modules)"
     answer = subprocess.run(
         [sys.executable, "-c", opened], capture_output=True, text=True, check=True
     ).stdout.split()
-    # a recorded engine opens without torch
+    # a recorded engine opens, predicts and scores shift without torch (its shift module converted
+    # beside it), with PyTorch's shift scores
     assert answer == [chosen.split("-")[0], str(chosen == "torch")]
+    pixels = np.stack([load_resized(p, size) for p in IMAGES[:16]])
+    scores = [open_predictor(run_copy, e).shift_scores(pixels) for e in ("auto", "torch")]
+    assert np.abs(scores[0] - scores[1]).max() < 1e-3 * np.abs(scores[1]).max()
     info = ModelInfo.load(RunDir(run_copy).model_info)
     info.calibration.temperature *= 1.5  # new calibration: the conversion must follow
     info.save(RunDir(run_copy).model_info)

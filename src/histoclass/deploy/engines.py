@@ -30,6 +30,7 @@ from histoclass.config import ENGINE_CHOICES
 from histoclass.console import console
 from histoclass.conversion.parity import MIN_AGREEMENT, load_check_images, measure_parity
 from histoclass.errors import HistoclassError
+from histoclass.inference.embedder import Embedder
 from histoclass.inference.engines import ENGINES
 from histoclass.inference.engines.openvino_engine import openvino_core
 from histoclass.inference.engines.torch_engine import TorchEngine
@@ -57,6 +58,11 @@ _CHECK_IMAGES = 256
 #: before are checked again rather than trusted or refused on an old record.
 _CHECK_VERSION = 2
 _RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
+#: The shift score's feature module, converted beside the run's model.
+SHIFT_FOLDER = "shift"
+#: The largest difference from PyTorch's shift features, relative to the largest feature, that a
+#: conversion may show (f32 conversions differ by ~1e-6).
+SHIFT_TOLERANCE = 1e-3
 
 
 def _digest(run: RunDir) -> str:
@@ -124,12 +130,47 @@ def _check(reference: Predictor, candidate: Predictor, run: Path) -> dict:
 Reference = Callable[[], Predictor]
 
 
+def _convert_shift(run: Path, reference: Predictor, folder: Path) -> None:
+    """The shift score's feature statistics as ONNX in ``folder/shift``, when the run has a shift
+    reference and the converted features match PyTorch's on its validation images; else the scores
+    stay with PyTorch."""
+    if not RunDir(run).shift_reference.is_file() or missing_runtime("onnx"):
+        return
+    from histoclass.shift.features import statistics_module
+
+    module = statistics_module(reference.engine.model)
+    out = convert_run(module, reference.info, folder / SHIFT_FOLDER)
+    try:
+        pixels, _ = load_check_images(run, None, reference.info, 16)
+    except HistoclassError:  # nothing to check on
+        shutil.rmtree(out.root)
+        return
+    expected = TorchEngine(module, reference.info, run).logits(pixels)
+    converted = ENGINES["onnx"](out.root).logits(pixels)
+    if np.abs(converted - expected).max() > SHIFT_TOLERANCE * np.abs(expected).max():
+        shutil.rmtree(out.root)
+
+
+def _shift_features(engine) -> Callable[[], Embedder] | None:
+    """The shift module converted beside a converted engine's model, opened on the same runtime in
+    f32 (the reference was fitted on f32 features); None where it was not built."""
+    if engine.name == "torch":
+        return None
+    folder = Path(engine.source).parent / SHIFT_FOLDER
+    if not ExportDir(folder).preprocess.is_file():
+        return None
+    precision = ("f32",) if engine.name == "openvino" else ()
+    return lambda: Embedder(ENGINES[engine.name](folder, *precision))
+
+
 def _cache(run: Path, reference: Reference) -> ExportDir:
-    """The run's conversion for its current weights, built on first use (earlier weights' are removed)."""
+    """The run's conversion for its current weights (and its shift module's), built on first use
+    (earlier weights' are removed)."""
     folder = RunDir(run).engines / _digest(RunDir(run))
     if not ExportDir(folder).preprocess.is_file():
         with building_folder(folder.parent, ".building-") as built:
             convert_run(reference().engine.model, reference().info, built)
+            _convert_shift(run, reference(), built)
             # earlier weights' conversions; not one another process just built
             for old in folder.parent.iterdir():
                 if old.is_dir() and not old.name.startswith(".") and old != folder:
@@ -277,7 +318,8 @@ def open_predictor(
         chosen = _auto(path, reference)
     else:
         chosen = _chosen(path, engine, reference)
-    return Predictor(chosen.engine, path, open_scorer(path) if shift else None)
+    scorer = open_scorer(path, _shift_features(chosen.engine)) if shift else None
+    return Predictor(chosen.engine, path, scorer)
 
 
 def load(model: str | Path, compile: bool = False) -> Predictor:

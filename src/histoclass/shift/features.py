@@ -20,7 +20,13 @@ from histoclass.inference.engines.torch_engine import TorchEngine
 from histoclass.models.ensemble import Ensemble
 from histoclass.models.serialization import load_model
 
-__all__ = ["STYLE_STAGES", "FeatureStatistics", "embed_sample", "feature_embedder"]
+__all__ = [
+    "STYLE_STAGES",
+    "FeatureStatistics",
+    "embed_sample",
+    "feature_embedder",
+    "statistics_module",
+]
 
 
 #: Early stages whose channel spread is kept beside their mean (the texture and stain statistics).
@@ -44,14 +50,17 @@ class FeatureStatistics(nn.Module):
         return torch.cat(means + spreads, dim=1)
 
 
-def feature_embedder(run_root: str | Path) -> Embedder:
-    """An embedder of the run's backbone statistics (an ensemble's first member: the members saw the
-    same data)."""
-    model, info = load_model(run_root)
+def statistics_module(model: nn.Module) -> FeatureStatistics:
+    """The feature statistics of a classifier's backbone (an ensemble's first member: the members saw
+    the same data)."""
     classifier = model.members[0] if isinstance(model, Ensemble) else model
-    return Embedder(
-        TorchEngine(FeatureStatistics(classifier.backbone).eval(), info, Path(run_root))
-    )
+    return FeatureStatistics(classifier.backbone).eval()
+
+
+def feature_embedder(run_root: str | Path) -> Embedder:
+    """An embedder of the run's backbone statistics through PyTorch."""
+    model, info = load_model(run_root)
+    return Embedder(TorchEngine(statistics_module(model), info, Path(run_root)))
 
 
 def embed_sample(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +21,23 @@ REFERENCE_IMAGES = 2000
 
 
 class ShiftScorer:
-    """uint8 NHWC images at the model's size -> shift scores, with the run's reference. The run's
-    backbone (and torch) is loaded at the first score, so opening a run on a converted engine stays
-    torch-free until then."""
+    """uint8 NHWC images at the model's size -> shift scores, with the run's reference. Its features
+    come from ``features`` (a converted engine's embedder) or else the run's backbone through PyTorch,
+    opened at the first score, so opening a run on a converted engine stays torch-free until then."""
 
-    def __init__(self, run_root: Path, reference: ShiftReference) -> None:
-        self.run_root, self.reference = run_root, reference
+    def __init__(
+        self,
+        run_root: Path,
+        reference: ShiftReference,
+        features: Callable[[], Embedder] | None = None,
+    ) -> None:
+        self.run_root, self.reference, self.features = run_root, reference, features
 
     @functools.cached_property
     def embedder(self) -> Embedder:
-        from histoclass.shift.features import feature_embedder
+        if self.features:
+            return self.features()
+        from histoclass.shift.features import feature_embedder  # torch and the model: seconds
 
         return feature_embedder(self.run_root)
 
@@ -37,12 +45,15 @@ class ShiftScorer:
         return self.reference.score(self.embedder.embed_pixels(pixels)[:, 0])
 
 
-def open_scorer(run_root: str | Path) -> ShiftScorer | None:
-    """The scorer of a run directory, or None when it has no reference (trained before shift scores)."""
+def open_scorer(
+    run_root: str | Path, features: Callable[[], Embedder] | None = None
+) -> ShiftScorer | None:
+    """The scorer of a run directory, or None when it has no reference (trained before shift scores);
+    ``features``: see :class:`ShiftScorer`."""
     run = RunDir(Path(run_root))
     if not run.shift_reference.is_file():
         return None
-    return ShiftScorer(run.root, ShiftReference.load(run.shift_reference))
+    return ShiftScorer(run.root, ShiftReference.load(run.shift_reference), features)
 
 
 def build_reference(
