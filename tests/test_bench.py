@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import blood_files, link_class_folders, run_cli
+from conftest import blood_files, link_class_folders, run_cli, run_cli_process
 from histoclass.benchmark.job import RATIOS, STAGES
 from histoclass.config import DataConfig
 from histoclass.data.cache import decoded_cache
@@ -26,7 +26,8 @@ def test_bench_measures_every_stage_and_writes_json_and_markdown(
     small_folder: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "bench"
-    done = run_cli(
+    # its own process, as a user runs it: it forks loader processes and loads every runtime at once
+    done = run_cli_process(
         "bench",
         "--data",
         str(small_folder),
