@@ -11,6 +11,7 @@ import pytest
 
 from conftest import blood_files, link_class_folders, run_cli, run_cli_process
 from histoclass.benchmark.job import RATIOS, STAGES
+from histoclass.benchmark.stages import PAIRED
 from histoclass.config import DataConfig
 from histoclass.data.cache import decoded_cache
 from histoclass.data.dataset import ImageDataset
@@ -59,6 +60,14 @@ def test_bench_measures_every_stage_and_writes_json_and_markdown(
     for name in ("engine_torch_fp32", "engine_onnx", "engine_openvino_f32"):
         assert stages[name]["top1_agreement"] >= 0.99, (name, stages[name])
     assert set(result["ratios"]) == {name for name, (a, b) in RATIOS.items() if {a, b} <= ran}
+    # training against the ceiling steps interleaved with its own, not the ceiling stage run alone
+    for ratio, stage in (
+        ("train / ceiling", "ours_train"),
+        ("train cached / ceiling", "ours_train_cache"),
+    ):
+        row = stages[stage]
+        assert row[PAIRED] > 0
+        assert result["ratios"][ratio] == pytest.approx(row["images_per_s"] / row[PAIRED], rel=0.01)
     table = (out / "bench.md").read_text()
     assert (
         "train / naive" in table

@@ -3,7 +3,8 @@
 - the compute ceiling: training and inference steps on a batch already on the device;
 - the naive pipeline: ``ImageFolder`` + PIL + torchvision transforms in a ``DataLoader`` on every core;
 - histoclass's own paths: :func:`histoclass.training.job.train` and ``Predictor.predict_records``, as
-  ``histoclass train`` and ``histoclass predict`` run them, timed from inside (after ``warmup`` batches).
+  ``histoclass train`` and ``histoclass predict`` run them, timed from inside (after ``warmup`` batches);
+  a ceiling step follows each of train's batches, for a ratio measured in the same seconds.
 """
 
 from __future__ import annotations
@@ -23,7 +24,19 @@ from histoclass.inference.preprocess import normalize_torch
 from histoclass.models.factory import Classifier, create_model
 from histoclass.training.optim import FUSED
 
-__all__ = ["bench_device", "ceiling", "naive", "ours_predict", "ours_train", "timed"]
+__all__ = [
+    "PAIRED",
+    "CeilingStep",
+    "bench_device",
+    "ceiling",
+    "naive",
+    "ours_predict",
+    "ours_train",
+    "timed",
+]
+
+#: A training stage's ceiling, measured between its own steps.
+PAIRED = "paired_ceiling_images_per_s"
 
 
 def bench_device() -> torch.device:
@@ -78,30 +91,35 @@ def timed(batches: Iterable, warmup: int, steps: int, monitor: UsageMonitor, wor
     return images / (ended - started)
 
 
+class CeilingStep:
+    """The ceiling's training step (forward, backward, AdamW) on its own model and one batch resident on
+    the device, callable between another loop's steps (so both are measured in the same seconds)."""
+
+    def __init__(self, settings: BenchConfig, num_classes: int) -> None:
+        device, size, n = bench_device(), settings.image_size, settings.batch_size
+        self.model = _model(settings, num_classes)
+        pixels = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device)
+        mean = torch.tensor(self.model.mean, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(self.model.std, device=device).view(1, -1, 1, 1)
+        self.inputs = normalize_torch(pixels, mean, std)
+        self.labels = torch.randint(0, num_classes, (n,), device=device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, **FUSED)
+        self.model.train()
+
+    def __call__(self, batch=None) -> None:
+        _train_step(self.model, self.optimizer, self.inputs, self.labels)
+
+
 def ceiling(settings: BenchConfig, num_classes: int, monitor: UsageMonitor, train: bool) -> float:
     """Training (forward, backward, AdamW) or inference steps on one batch resident on the device."""
-    device, size, n = bench_device(), settings.image_size, settings.batch_size
-    model = _model(settings, num_classes)
-    pixels = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, device=device)
-    mean = torch.tensor(model.mean, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(model.std, device=device).view(1, -1, 1, 1)
-    inputs = normalize_torch(pixels, mean, std)
-    labels = torch.randint(0, num_classes, (n,), device=device)
-    batches = ((inputs, labels) for _ in range(settings.warmup + settings.steps))
+    step = CeilingStep(settings, num_classes)
+    batches = ((step.inputs, step.labels) for _ in range(settings.warmup + settings.steps))
     if train:
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **FUSED)
-        return timed(
-            batches,
-            settings.warmup,
-            settings.steps,
-            monitor,
-            lambda b: _train_step(model, optimizer, *b),
-        )
-    model.eval()
+        return timed(batches, settings.warmup, settings.steps, monitor, step)
+    model = step.model.eval()
 
     def infer(batch) -> None:
-        with torch.inference_mode(), _autocast(device):
+        with torch.inference_mode(), _autocast(batch[0].device):
             model(batch[0])
 
     return timed(batches, settings.warmup, settings.steps, monitor, infer)
@@ -156,21 +174,32 @@ def naive(
 
 
 class _BatchTimer(L.Callback):
-    """Times ``histoclass train``'s own training batches from the ``warmup``-th to the epoch's last: the
-    validation pass and checkpoints after it are not training steps (nor in the ceiling)."""
+    """Times ``histoclass train``'s own training batches from the ``warmup``-th to the epoch's last, each
+    followed by one step of the ceiling: both rates come from the same seconds, so a machine whose speed
+    drifts (by 15% within seconds on the shared 2-core VMs) moves both alike. Each of ours is timed from
+    the end of the ceiling step before it to its own end (its batch's loading included); the validation
+    pass after the last batch is not a training step (nor in the ceiling)."""
 
-    def __init__(self, warmup: int, monitor: UsageMonitor) -> None:
-        self.warmup, self.monitor = warmup, monitor
-        self.images, self.started, self.ended = 0, 0.0, 0.0
+    def __init__(self, warmup: int, monitor: UsageMonitor, ceiling: CeilingStep) -> None:
+        self.warmup, self.monitor, self.ceiling = warmup, monitor, ceiling
+        self.images, self.ours, self.ceiling_s, self.ceiling_images = 0, 0.0, 0.0, 0
+        self.mark: float | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if batch_idx == self.warmup:
-            self.started = synchronize()
             self.monitor.start()
+            self.mark = synchronize()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if batch_idx >= self.warmup:
-            self.images += len(batch[1])
+        if self.mark is None:
+            return
+        ended = synchronize()
+        self.images += len(batch[1])
+        self.ours += ended - self.mark
+        self.ceiling()
+        self.mark = synchronize()
+        self.ceiling_s += self.mark - ended
+        self.ceiling_images += len(self.ceiling.labels)
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._stop()
@@ -179,16 +208,16 @@ class _BatchTimer(L.Callback):
         self._stop()
 
     def _stop(self) -> None:
-        if self.started and not self.ended:
-            self.ended = synchronize()
+        if self.mark is not None:
+            self.mark = None
             self.monitor.stop()
 
 
 def ours_train(
-    settings: BenchConfig, monitor: UsageMonitor, runs_dir: Path, cache: str
-) -> tuple[float, Path]:
+    settings: BenchConfig, num_classes: int, monitor: UsageMonitor, runs_dir: Path, cache: str
+) -> tuple[dict, Path]:
     """``histoclass train`` for one epoch, every layer trained (as the ceiling), timed after
-    ``warmup`` batches."""
+    ``warmup`` batches: its images/s and the ceiling's, stepped between its batches."""
     from histoclass.training.job import train
 
     config = build_config(
@@ -212,13 +241,17 @@ def ours_train(
             "run": {"runs_dir": str(runs_dir), "name": f"bench-{cache}"},
         }
     )
-    timer = _BatchTimer(settings.warmup, monitor)
+    timer = _BatchTimer(settings.warmup, monitor, CeilingStep(settings, num_classes))
     run = train(config, callbacks=[timer])
     if timer.images == 0:
         raise ValueError(
             f"one epoch gave fewer than {settings.warmup + 1} batches; use more images"
         )
-    return timer.images / (timer.ended - timer.started), run
+    rates = {
+        "images_per_s": timer.images / timer.ours,
+        PAIRED: round(timer.ceiling_images / timer.ceiling_s, 1),
+    }
+    return rates, run
 
 
 def ours_predict(settings: BenchConfig, run: Path, monitor: UsageMonitor, cache: str) -> float:
