@@ -24,16 +24,16 @@ from histoclass.benchmark.monitor import UsageMonitor
 from histoclass.benchmark.stages import (
     PAIRED,
     bench_device,
+    bench_records,
     ceiling,
     naive,
     ours_predict,
     ours_train,
     temporary_runs,
 )
-from histoclass.config import BenchConfig, DataConfig
+from histoclass.config import BenchConfig
 from histoclass.console import console
 from histoclass.data.cache import decoded_cache
-from histoclass.data.sources import read_source
 from histoclass.errors import HistoclassError
 from histoclass.heap import keep_freed_memory
 from histoclass.machine import cpu_name
@@ -93,8 +93,7 @@ def _num_classes(data: Path) -> int:
 
 def _decoded(settings: BenchConfig) -> np.ndarray:
     """The folder's images decoded once at the benchmark's size (uint8), for the engine stages."""
-    records = read_source(settings.data, DataConfig(path=settings.data)).splits["all"]
-    return decoded_cache(records, settings.image_size, "ram")
+    return decoded_cache(bench_records(settings), settings.image_size, "ram")
 
 
 def _runners(

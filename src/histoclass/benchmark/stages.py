@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from collections.abc import Iterable
@@ -19,7 +20,8 @@ import torch
 from torch.nn import functional as F
 
 from histoclass.benchmark.monitor import UsageMonitor, synchronize
-from histoclass.config import AugmentConfig, BenchConfig, build_config
+from histoclass.config import AugmentConfig, BenchConfig, DataConfig, build_config
+from histoclass.data.sources import read_source
 from histoclass.inference.preprocess import normalize_torch
 from histoclass.models.factory import Classifier, create_model
 from histoclass.training.optim import FUSED
@@ -28,6 +30,7 @@ __all__ = [
     "PAIRED",
     "CeilingStep",
     "bench_device",
+    "bench_records",
     "ceiling",
     "naive",
     "ours_predict",
@@ -35,6 +38,8 @@ __all__ = [
     "timed",
 ]
 
+#: The training stages' validation share (a validation pass ends each epoch).
+_VAL_FRACTION = 0.05
 #: A training stage's ceiling, measured between its own steps.
 PAIRED = "paired_ceiling_images_per_s"
 
@@ -42,6 +47,11 @@ PAIRED = "paired_ceiling_images_per_s"
 def bench_device() -> torch.device:
     """Where every stage runs: the GPU when there is one."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def bench_records(settings: BenchConfig) -> list:
+    """Every image of the benchmark's folder, as the data layer reads it."""
+    return read_source(str(settings.data), DataConfig(path=str(settings.data))).splits["all"]
 
 
 def _model(settings: BenchConfig, num_classes: int) -> Classifier:
@@ -174,52 +184,64 @@ def naive(
 
 
 class _BatchTimer(L.Callback):
-    """Times ``histoclass train``'s own training batches from the ``warmup``-th to the epoch's last, each
-    followed by one step of the ceiling: both rates come from the same seconds, so a machine whose speed
-    drifts (by 15% within seconds on the shared 2-core VMs) moves both alike. Each of ours is timed from
-    the end of the ceiling step before it to its own end (its batch's loading included); the validation
-    pass after the last batch is not a training step (nor in the ceiling)."""
+    """Times ``histoclass train``'s own training batches after the first ``warmup`` (``steps`` of them, over
+    as many epochs as it takes; then it stops the run), each followed by one step of the ceiling: both rates
+    come from the same seconds, so a machine whose speed drifts (by 15% within seconds on the shared 2-core
+    VMs) moves both alike. Each of ours is timed from the end of the ceiling step before it to its own end
+    (its batch's loading included); validation passes are not training steps (nor in the ceiling)."""
 
-    def __init__(self, warmup: int, monitor: UsageMonitor, ceiling: CeilingStep) -> None:
-        self.warmup, self.monitor, self.ceiling = warmup, monitor, ceiling
-        self.images, self.ours, self.ceiling_s, self.ceiling_images = 0, 0.0, 0.0, 0
+    def __init__(
+        self, warmup: int, steps: int, monitor: UsageMonitor, ceiling: CeilingStep
+    ) -> None:
+        self.warmup, self.steps, self.monitor, self.ceiling = warmup, steps, monitor, ceiling
+        self.seen, self.timed, self.images = 0, 0, 0
+        self.ours, self.ceiling_s, self.ceiling_images = 0.0, 0.0, 0
         self.mark: float | None = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if batch_idx == self.warmup:
+        if self.seen >= self.warmup and self.timed < self.steps and self.mark is None:
             self.monitor.start()
             self.mark = synchronize()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.seen += 1
         if self.mark is None:
+            if self.seen <= self.warmup:  # the ceiling's warm-up, as ours
+                self.ceiling()
             return
         ended = synchronize()
         self.images += len(batch[1])
         self.ours += ended - self.mark
+        self.timed += 1
         self.ceiling()
         self.mark = synchronize()
         self.ceiling_s += self.mark - ended
         self.ceiling_images += len(self.ceiling.labels)
+        if self.timed == self.steps:
+            self._pause()
+            trainer.should_stop = True
 
     def on_validation_start(self, trainer, pl_module) -> None:
-        self._stop()
+        self._pause()
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._stop()
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._pause()
 
-    def _stop(self) -> None:
-        if self.mark is not None:
-            self.mark = None
-            self.monitor.stop()
+    def _pause(self) -> None:
+        self.mark = None
+        self.monitor.stop()
 
 
 def ours_train(
     settings: BenchConfig, num_classes: int, monitor: UsageMonitor, runs_dir: Path, cache: str
 ) -> tuple[dict, Path]:
-    """``histoclass train`` for one epoch, every layer trained (as the ceiling), timed after
-    ``warmup`` batches: its images/s and the ceiling's, stepped between its batches."""
+    """``histoclass train``, every layer trained (as the ceiling), for the epochs that ``warmup`` + ``steps``
+    batches take, timed after ``warmup``: its images/s and the ceiling's, stepped between its batches."""
     from histoclass.training.job import train
 
+    per_epoch = max(
+        1, int(len(bench_records(settings)) * (1 - _VAL_FRACTION)) // settings.batch_size
+    )
     config = build_config(
         {
             "data": {
@@ -228,12 +250,12 @@ def ours_train(
                 "batch_size": settings.batch_size,
                 "workers": settings.workers,
                 "cache": cache,
-                "val_fraction": 0.05,
+                "val_fraction": _VAL_FRACTION,
             },
             "augment": {"preset": settings.augment},
             "model": {"name": settings.model, "pretrained": False},
             "train": {
-                "epochs": 1,
+                "epochs": math.ceil((settings.warmup + settings.steps) / per_epoch),
                 "phase1_epochs": 0,
                 "unfreeze_last": "all",
                 "compile": settings.compile,
@@ -241,14 +263,16 @@ def ours_train(
             "run": {"runs_dir": str(runs_dir), "name": f"bench-{cache}"},
         }
     )
-    timer = _BatchTimer(settings.warmup, monitor, CeilingStep(settings, num_classes))
+    ceiling = CeilingStep(settings, num_classes)
+    timer = _BatchTimer(settings.warmup, settings.steps, monitor, ceiling)
     run = train(config, callbacks=[timer])
     if timer.images == 0:
         raise ValueError(
-            f"one epoch gave fewer than {settings.warmup + 1} batches; use more images"
+            f"training gave no batch after the {settings.warmup} of warm-up; use more images"
         )
     rates = {
         "images_per_s": timer.images / timer.ours,
+        "timed_batches": timer.timed,
         PAIRED: round(timer.ceiling_images / timer.ceiling_s, 1),
     }
     return rates, run
@@ -257,13 +281,11 @@ def ours_train(
 def ours_predict(settings: BenchConfig, run: Path, monitor: UsageMonitor, cache: str) -> float:
     """``Predictor.predict_records`` over the whole folder on ``--engine`` (what ``histoclass predict`` and
     ``evaluate`` run)."""
-    from histoclass.config import DataConfig
     from histoclass.data.cache import decoded_cache
-    from histoclass.data.sources import read_source
     from histoclass.deploy.engines import open_predictor
 
     predictor = open_predictor(run, settings.engine, compile=settings.compile)
-    records = read_source(str(settings.data), DataConfig(path=str(settings.data))).splits["all"]
+    records = bench_records(settings)
     pixels = decoded_cache(records, settings.image_size, cache)  # type: ignore[arg-type]
     results = predictor.predict_records(
         records, settings.batch_size, threads=settings.workers, cache=pixels
