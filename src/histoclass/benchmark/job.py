@@ -186,12 +186,9 @@ def _markdown(result: dict) -> str:
     lines += ["", "| ratio | value | measured against |", "|---|---:|---|"]
     for name, value in result["ratios"].items():
         a, b = _rates(result["stages"], name)  # type: ignore[misc]
-        paired = (
-            " (its ceiling steps interleaved)"
-            if PAIRED in result["stages"][RATIOS[name][0]]
-            else ""
-        )
-        against = paired if RATIOS[name][1] == "ceiling_train" else ""
+        ours, reference = RATIOS[name]
+        paired = reference == "ceiling_train" and PAIRED in result["stages"][ours]
+        against = " (its ceiling steps interleaved)" if paired else ""
         lines.append(f"| {name} | {value:.2f} | {a:,.0f} / {b:,.0f} images/s{against} |")
     return "\n".join(lines) + "\n"
 
